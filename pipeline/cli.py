@@ -1,0 +1,230 @@
+"""The ``cmh`` command line: extract, train, report, query, grid, list, demo.
+
+Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.errors import CMHError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
+log = logging.getLogger("cmh")
+
+CacheOpt = typer.Option(None, "--cache", help="cache root (default: ./cache, or $CMH_CACHE)")
+
+
+def _layout(cache: Optional[Path]):
+    from pipeline.settings import cache_root
+    from pipeline.store.layout import CacheLayout
+
+    return CacheLayout(cache_root(cache))
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise typer.BadParameter(f"expected a comma list of integers, got {text!r}") from None
+
+
+def _key_values(pairs: list[str]) -> dict:
+    import json
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@app.command()
+def extract(
+    dataset: str = typer.Option("mirflickr", help="dataset source: mirflickr, nuswide, coco, pairs, demo"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder with the dataset files (default: its folder under ../shared/data)"),
+    encoders: str = typer.Option("alexnet,bow", help="comma list of encoders (see `cmh list encoders`)"),
+    cache: Optional[Path] = CacheOpt,
+    limit: Optional[int] = typer.Option(None, help="take only the first N pairs (quick runs)"),
+    name: Optional[str] = typer.Option(None, help="cache key for this dataset (default: <dataset>[-n<limit>])"),
+    seed: int = typer.Option(1, help="split seed"),
+    protocol: Optional[str] = typer.Option(None, help="split protocol: djsrh-mirflickr, djsrh-nuswide, random"),
+    n_query: Optional[int] = typer.Option(None, help="query split size (default per protocol)"),
+    n_train: Optional[int] = typer.Option(None, help="training split size, drawn from the database"),
+    validation: int = typer.Option(0, help="carve a validation split of this size from the database"),
+    shard: Optional[str] = typer.Option(None, help="i/n: this worker writes every n-th shard starting at i"),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
+    batch_size: int = typer.Option(64, help="images per forward pass"),
+    workers: Optional[int] = typer.Option(None, help="DataLoader workers for image decoding"),
+    option: list[str] = typer.Option([], "--option", "-o", help="encoder option as encoder.key=value, e.g. clip.pretrained=/path/weights.pt"),
+    overwrite: bool = typer.Option(False, help="replace cached items/splits/features written with another setup"),
+) -> None:
+    """Read a dataset once and write its items, splits and embeddings into the feature cache."""
+    from pipeline.prepare import DatasetRequest, prepare_dataset
+    from pipeline.store.features import ShardSpec
+    from stages.extract import create_encoder, load_encoders
+    from stages.extract.runner import run_extraction
+
+    layout = _layout(cache)
+    req = DatasetRequest(dataset=dataset, data_dir=data_dir, limit=limit, name=name, protocol=protocol, seed=seed,
+                         n_query=n_query, n_train=n_train, n_validation=validation)
+    items, splits = prepare_dataset(layout, req, overwrite=overwrite)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    typer.echo(f"dataset {req.cache_name}: {len(items)} items ({sizes}) -> {layout.dataset_dir(req.cache_name)}")
+    load_encoders()
+    opts = _key_values(option)
+    for enc_name in [e.strip() for e in encoders.split(",") if e.strip()]:
+        enc_opts = {k.split(".", 1)[1]: v for k, v in opts.items() if k.split(".", 1)[0] == enc_name.split(".")[0]}
+        encoder = create_encoder(enc_name, **enc_opts)
+        summary = run_extraction(layout, items, splits, encoder, shard=ShardSpec.parse(shard), device=device,
+                                 batch_size=batch_size, workers=workers, overwrite=overwrite)
+        typer.echo(_format_extract_summary(summary, layout.encoder_dir(req.cache_name, encoder.id)))
+
+
+def _format_extract_summary(summary, where: Path) -> str:
+    fields = getattr(summary, "__dict__", {})
+    parts = [f"{k}={v}" for k, v in fields.items() if k not in ("encoder",)]
+    return f"encoder {getattr(summary, 'encoder', '?')} -> {where}\n  " + " ".join(parts)
+
+
+@app.command()
+def train(
+    method: str = typer.Option(..., help="method id (see `cmh list methods`)"),
+    dataset: str = typer.Option("mirflickr", help="cached dataset name (as written by `cmh extract`)"),
+    bits: str = typer.Option("16,32,64,128", help="comma list of code lengths"),
+    image: str = typer.Option("alexnet", help="image features: encoder[:column[+column]] (e.g. alexnet, alexnet:pool, clip)"),
+    text: str = typer.Option("bow", help="text features: encoder[:column] (e.g. bow, clip)"),
+    seed: int = typer.Option(1, help="training seed"),
+    epochs: Optional[int] = typer.Option(None, help="override the method's epochs"),
+    set_: list[str] = typer.Option([], "--set", help="override a config field: key=value (JSON values allowed)"),
+    eval_mode: str = typer.Option("single", help="single (each modality encoded alone) or paired (reference UCMFH mode)"),
+    tie: str = typer.Option("stable", help="Hamming tie rule: stable (database order) or reference (np.argsort default)"),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
+    force: bool = typer.Option(False, help="retrain even when an identical run exists"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Train a hashing method on cached features, encode query/database, evaluate and write a run directory."""
+    from stages.train.run import TrainRequest, train_runs
+
+    req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
+                       epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
+                       force=force)
+    for r in train_runs(_layout(cache), req):
+        s = r.summary
+        state = "cached" if r.skipped else f"trained in {s.get('train_s', 0):.1f}s"
+        typer.echo(f"{r.run_id}: mAP@50 i2t {s.get('i2t_map@50', float('nan')):.4f} "
+                   f"t2i {s.get('t2i_map@50', float('nan')):.4f} ({state}) -> {r.run_dir}")
+
+
+@app.command()
+def report(
+    dataset: Optional[str] = typer.Option(None, help="only runs of this dataset"),
+    metric: str = typer.Option("map@50", help="metric to tabulate (map@50, map, p@r2, ...)"),
+    cache: Optional[Path] = CacheOpt,
+    out: Optional[Path] = typer.Option(None, help="also write the table (.md, .parquet and .png) with this stem"),
+) -> None:
+    """Print the methods x bits results table across all runs in the cache."""
+    from stages.evaluate.tables import methods_by_bits
+
+    text_table = methods_by_bits(_layout(cache).root, dataset=dataset, metric=metric, out=out)
+    typer.echo(text_table)
+
+
+@app.command()
+def query(
+    run: str = typer.Option(..., help="run id (a folder under cache/runs) or a path to a run folder"),
+    text: Optional[str] = typer.Option(None, help="query text (tags separated by commas, or a sentence)"),
+    image: Optional[Path] = typer.Option(None, help="query image file"),
+    top_k: int = typer.Option(10, help="how many database items to show"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Encode a new image or text with a trained run and print its Hamming top-k database items."""
+    from stages.evaluate.query import query_run
+
+    if (text is None) == (image is None):
+        raise typer.BadParameter("give exactly one of --text or --image")
+    for row in query_run(_layout(cache), run, text=text, image=image, top_k=top_k):
+        typer.echo("\t".join(str(v) for v in row))
+
+
+@app.command()
+def grid(
+    methods: str = typer.Option("baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph", help="comma list of methods"),
+    dataset: str = typer.Option("mirflickr", help="cached dataset name"),
+    bits: str = typer.Option("16,32,64,128", help="comma list of code lengths"),
+    seeds: str = typer.Option("1", help="comma list of seeds"),
+    image: str = typer.Option("alexnet", help="image features"),
+    text: str = typer.Option("bow", help="text features"),
+    epochs: Optional[int] = typer.Option(None, help="override every method's epochs"),
+    out: Optional[Path] = typer.Option(None, help="table stem (default: cache/grids/<dataset>)"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Train methods x code lengths x seeds on one dataset and write the combined table (Parquet, Markdown, PNG)."""
+    from stages.evaluate.tables import methods_by_bits
+    from stages.train.run import TrainRequest, train_runs
+
+    layout = _layout(cache)
+    run_ids = []
+    for seed in _ints(seeds):
+        for m in [x.strip() for x in methods.split(",") if x.strip()]:
+            req = TrainRequest(dataset=dataset, method=m, bits=_ints(bits), image=image, text=text, seed=seed,
+                               epochs=epochs)
+            for r in train_runs(layout, req):
+                run_ids.append(r.run_id)
+                typer.echo(f"{r.run_id}: i2t {r.summary.get('i2t_map@50', float('nan')):.4f} "
+                           f"t2i {r.summary.get('t2i_map@50', float('nan')):.4f}")
+    stem = out or layout.root / "grids" / dataset
+    typer.echo(methods_by_bits(layout.root, dataset=dataset, metric="map@50", out=stem, run_ids=run_ids))
+    typer.echo(f"table written to {stem}.md / .parquet / .png")
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="methods, encoders or datasets"),
+          pattern: str = typer.Option("*", help="glob filter")) -> None:
+    """List registered methods, encoders or dataset sources."""
+    if what == "methods":
+        from stages.train import methods  # noqa: F401
+        from stages.train.base import METHODS as reg
+    elif what == "encoders":
+        from stages.extract import ENCODERS as reg, load_encoders
+
+        load_encoders()
+    elif what == "datasets":
+        from pipeline.datasets import DATASETS as reg, _import_sources
+
+        _import_sources()
+    else:
+        raise typer.BadParameter("choose methods, encoders or datasets")
+    for entry in reg.entries(pattern):
+        alias = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+        typer.echo(f"{entry.name:12s} {entry.summary}{alias}")
+
+
+def main() -> None:
+    try:
+        app()
+    except CMHError as exc:
+        logging.getLogger("cmh").debug("error", exc_info=True)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyError as exc:  # registry lookups: the message already lists the alternatives
+        if exc.args and isinstance(exc.args[0], str) and "registered:" in exc.args[0]:
+            typer.echo(f"error: {exc.args[0]}", err=True)
+            sys.exit(2)
+        raise

@@ -1,0 +1,160 @@
+"""The canonical item table every dataset source produces.
+
+One row per image–text pair. ``item_id`` is stable for a given source (MIRFlickr: the 0-based row in
+the DCMH 20,015 files; COCO: the image id; ``pairs``: the row number of the user's file), so caches,
+splits and codes join on it. Texts are a list of strings per item: the tags of a tag dataset, or the
+captions of a caption dataset (``text_kind`` says which).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.errors import DataError
+from pipeline.registry import Registry
+
+TextKind = Literal["tags", "captions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemTable:
+    """Aligned columns of one dataset; row i of every field is the same pair."""
+
+    dataset: str
+    item_id: np.ndarray  # (n,) int64, unique
+    image: list[str]  # image reference: a file path, or "<file.mat>#<index>" for HDF5 image stacks
+    texts: list[list[str]]  # tags or captions per item
+    labels: np.ndarray  # (n, L) uint8 multi-hot
+    label_names: list[str]
+    text_kind: TextKind
+    source: str  # where it was read from (a path), for provenance
+    #: Optional fixed vocabulary shipped with the dataset (MIRFlickr: the 1386 tags in DCMH YAll order).
+    vocabulary: list[str] | None = None
+    #: Optional precomputed BoW shipped with the dataset, (n, V) uint8, row-aligned (NUS-WIDE .mat).
+    bow: np.ndarray | None = None
+    #: Pairs dropped while reading (id, reason), recorded rather than silently lost.
+    skipped: list[tuple[Any, str]] = field(default_factory=list)
+    #: Reading choices worth keeping with the data (e.g. "hr: 730 of 20015 images use the 256-px copy").
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.item_id.shape[0])
+
+    def validate(self) -> "ItemTable":
+        """Raise DataError on any misalignment; returns self so sources can ``return table.validate()``."""
+        n = len(self)
+        if n == 0:
+            raise DataError(f"dataset {self.dataset!r} from {self.source} has no items")
+        for name, col in (("image", self.image), ("texts", self.texts), ("labels", self.labels)):
+            if len(col) != n:
+                raise DataError(f"dataset {self.dataset!r}: column {name} has {len(col)} rows, item_id has {n}")
+        if self.bow is not None and self.bow.shape[0] != n:
+            raise DataError(f"dataset {self.dataset!r}: bow has {self.bow.shape[0]} rows, expected {n}")
+        if self.labels.ndim != 2 or self.labels.shape[1] != len(self.label_names):
+            raise DataError(
+                f"dataset {self.dataset!r}: labels have shape {self.labels.shape}, "
+                f"expected (n, {len(self.label_names)}) to match label_names"
+            )
+        uniq, counts = np.unique(self.item_id, return_counts=True)
+        if len(uniq) != n:
+            raise DataError(f"dataset {self.dataset!r}: duplicate item ids, e.g. {uniq[counts > 1][:5].tolist()}")
+        return self
+
+    def subset(self, rows: np.ndarray) -> "ItemTable":
+        rows = np.asarray(rows, dtype=np.int64)
+        return ItemTable(
+            dataset=self.dataset,
+            item_id=self.item_id[rows],
+            image=[self.image[i] for i in rows],
+            texts=[self.texts[i] for i in rows],
+            labels=self.labels[rows],
+            label_names=list(self.label_names),
+            text_kind=self.text_kind,
+            source=self.source,
+            vocabulary=self.vocabulary,
+            bow=None if self.bow is None else self.bow[rows],
+            skipped=list(self.skipped),
+            notes=list(self.notes),
+        )
+
+    def fingerprint(self) -> str:
+        """A content hash of ids, image references, texts and labels (not pixels): names the data a cache came from."""
+        h = hashlib.sha256()
+        h.update(self.dataset.encode())
+        h.update(np.ascontiguousarray(self.item_id, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.uint8).tobytes())
+        for ref, texts in zip(self.image, self.texts):
+            h.update(ref.rsplit("/", 1)[-1].encode())
+            h.update("\x1f".join(texts).encode())
+            h.update(b"\x1e")
+        return h.hexdigest()[:16]
+
+
+#: Dataset sources: ``get_dataset(name)(data_dir, **options) -> ItemTable``.
+DATASETS: Registry = Registry("dataset", "cmh list datasets")
+register_dataset = DATASETS.register
+
+
+def require_dir(data_dir: Path, dataset: str, expected: str) -> Path:
+    """``data_dir`` as an absolute Path, or DataError naming it and how to point DATA_DIR elsewhere."""
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise DataError(
+            f"dataset {dataset!r}: data folder {path} {what}; expected {expected}. "
+            f"Pass DATA_DIR=<folder> (CLI: --data-dir), or set CMH_DATA_ROOT to the folder that holds it"
+        )
+    return path.resolve()
+
+
+def require_file(path: Path, dataset: str, layout: str) -> Path:
+    """``path`` if it is a file, else DataError naming the file and the layout that needs it."""
+    if not path.is_file():
+        raise DataError(f"dataset {dataset!r}: {layout} needs {path.name}, which is missing at {path}")
+    return path
+
+
+def report_skipped(dataset: str, skipped: list[tuple[Any, str]], source: Any) -> None:
+    """One warning per reason with its count, so dropped pairs are never silent."""
+    reasons = Counter(reason.split(":", 1)[0] for _, reason in skipped)
+    for reason, count in sorted(reasons.items()):
+        log.warning("dataset %r: dropped %d pair(s) from %s: %s (ids in ItemTable.skipped)",
+                    dataset, count, source, reason)
+
+
+def drop_unusable(table: ItemTable, *, check_image_files: bool = True, drop_empty_text: bool = True) -> ItemTable:
+    """Drop pairs whose image file is missing or whose text is empty, recording each in ``skipped``.
+
+    Only existence is checked (one ``os.path.exists`` per file, no decoding): unreadable images are
+    caught later by extraction. ``"<file.mat>#<row>"`` references are not checked here; their
+    source checks the ``.mat`` file once.
+    """
+    keep: list[int] = []
+    skipped = list(table.skipped)
+    for row, (item_id, ref, texts) in enumerate(zip(table.item_id.tolist(), table.image, table.texts)):
+        if drop_empty_text and not any(t.strip() for t in texts):
+            skipped.append((item_id, "empty text"))
+        elif check_image_files and not _is_stack_ref(ref) and not os.path.exists(ref):
+            skipped.append((item_id, f"image file missing: {ref}"))
+        else:
+            keep.append(row)
+    dropped = len(skipped) - len(table.skipped)
+    if dropped == 0:
+        return table
+    report_skipped(table.dataset, skipped[len(table.skipped):], table.source)
+    out = table.subset(np.asarray(keep, dtype=np.int64))
+    out.skipped = skipped
+    return out
+
+
+def _is_stack_ref(ref: str) -> bool:
+    return "#" in ref and ref.split("#", 1)[0].endswith(".mat")

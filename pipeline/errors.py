@@ -1,0 +1,22 @@
+"""Exceptions a user can cause; each message says what was wrong and how to fix it."""
+from __future__ import annotations
+
+
+class CMHError(Exception):
+    """Base class for errors that the CLI prints without a traceback."""
+
+
+class DataError(CMHError):
+    """A dataset file is missing, corrupt or inconsistent."""
+
+
+class CacheError(CMHError):
+    """The feature cache is missing, incomplete, or was written with another config or version."""
+
+
+class ConfigError(CMHError):
+    """An unknown name, an unknown config key or an impossible setting."""
+
+
+class WeightsError(CMHError):
+    """Pretrained weights are not available where the config says they are."""

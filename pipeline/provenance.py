@@ -1,0 +1,49 @@
+"""Versions, git revision and machine facts stored next to every artifact."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from typing import Any
+
+from pipeline.settings import PROJECT_ROOT
+
+_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "numpy", "pyarrow", "duckdb", "faiss-cpu",
+             "numba", "torch_geometric", "scipy")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (rev + ("-dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    from pipeline import __version__
+
+    env: dict[str, Any] = {"cmh": __version__, "git": git_revision(), "python": platform.python_version(),
+                           "platform": platform.platform(), "machine": platform.machine(),
+                           "packages": package_versions()}
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return env

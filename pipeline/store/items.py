@@ -1,0 +1,119 @@
+"""The dataset's item table and its split membership, written once into the cache.
+
+Later stages read these instead of the raw dataset, so every method sees the same items and splits.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import CACHE_SCHEMA_VERSION
+from pipeline.datasets.base import ItemTable
+from pipeline.errors import CacheError
+from pipeline.store.layout import CacheLayout
+from pipeline.store.parquet import arrow_to_vectors, read_metadata, vectors_to_arrow, write_table_atomic
+
+Splits = dict[str, np.ndarray]  # split name -> item ids, in split order
+
+
+def write_items(layout: CacheLayout, table: ItemTable, meta: Mapping[str, Any]) -> None:
+    cols: dict[str, Any] = {
+        "item_id": pa.array(table.item_id, pa.int64()),
+        "image": pa.array(table.image, pa.string()),
+        "texts": pa.array(table.texts, pa.list_(pa.string())),
+        "labels": vectors_to_arrow(table.labels.astype(np.uint8)),
+    }
+    if table.bow is not None:
+        cols["bow"] = vectors_to_arrow(np.asarray(table.bow, dtype=np.uint8))
+    full_meta = {
+        "schema_version": CACHE_SCHEMA_VERSION,
+        "dataset": table.dataset,
+        "label_names": table.label_names,
+        "text_kind": table.text_kind,
+        "source": table.source,
+        "vocabulary": table.vocabulary,
+        "fingerprint": table.fingerprint(),
+        "skipped": [[str(i), r] for i, r in table.skipped],
+        **meta,
+    }
+    write_table_atomic(pa.table(cols), layout.items_path(table.dataset), metadata=full_meta,
+                       vector_columns=["labels", "bow"])
+
+
+def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
+    path = layout.items_path(dataset)
+    if not path.exists():
+        raise CacheError(
+            f"no cached dataset {dataset!r} under {layout.root}: run `cmh extract --dataset ...` "
+            f"(or `make extract DATASET=...`) first, or point CACHE= at the cache that holds it"
+        )
+    meta = read_metadata(path)
+    check_schema_version(meta, path)
+    return meta
+
+
+def check_schema_version(meta: Mapping[str, Any], path: Any) -> None:
+    found = meta.get("schema_version")
+    if found != CACHE_SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} was written with cache schema version {found}, this code reads version "
+            f"{CACHE_SCHEMA_VERSION}: re-run `cmh extract` into a new CACHE= directory (or delete the old one)"
+        )
+
+
+def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
+    meta = items_meta(layout, dataset)
+    t = pq.read_table(layout.items_path(dataset))
+    return ItemTable(
+        dataset=meta["dataset"],
+        item_id=t.column("item_id").to_numpy(),
+        image=t.column("image").to_pylist(),
+        texts=t.column("texts").to_pylist(),
+        labels=arrow_to_vectors(t.column("labels")),
+        label_names=list(meta["label_names"]),
+        text_kind=meta["text_kind"],
+        source=meta["source"],
+        vocabulary=meta.get("vocabulary"),
+        bow=arrow_to_vectors(t.column("bow")) if "bow" in t.column_names else None,
+        skipped=[tuple(s) for s in meta.get("skipped", [])],
+    )
+
+
+def write_splits(layout: CacheLayout, dataset: str, splits: Splits, meta: Mapping[str, Any]) -> None:
+    names, ids, order = [], [], []
+    for name, members in splits.items():
+        names += [name] * len(members)
+        ids.append(np.asarray(members, dtype=np.int64))
+        order.append(np.arange(len(members), dtype=np.int64))
+    table = pa.table({
+        "item_id": pa.array(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
+        "split": pa.array(names, pa.string()),
+        "position": pa.array(np.concatenate(order) if order else np.zeros(0, np.int64)),
+    })
+    sizes = {k: int(len(v)) for k, v in splits.items()}
+    write_table_atomic(table, layout.splits_path(dataset),
+                       metadata={"schema_version": CACHE_SCHEMA_VERSION, "sizes": sizes, **meta})
+
+
+def read_splits(layout: CacheLayout, dataset: str) -> Splits:
+    path = layout.splits_path(dataset)
+    if not path.exists():
+        raise CacheError(f"no split membership for {dataset!r} at {path}: run `cmh extract --dataset {dataset}` first")
+    check_schema_version(read_metadata(path), path)
+    t = pq.read_table(path).to_pydict()
+    out: dict[str, list[tuple[int, int]]] = {}
+    for item, split, pos in zip(t["item_id"], t["split"], t["position"]):
+        out.setdefault(split, []).append((pos, item))
+    return {k: np.array([i for _, i in sorted(v)], dtype=np.int64) for k, v in out.items()}
+
+
+def splits_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
+    return read_metadata(layout.splits_path(dataset))
+
+
+def dumps(meta: Mapping[str, Any]) -> str:
+    return json.dumps(meta, sort_keys=True, default=str)

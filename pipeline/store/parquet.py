@@ -1,0 +1,96 @@
+"""Parquet helpers: vector columns as FixedSizeList, provenance in schema metadata, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Key of the JSON provenance blob in every file's schema metadata.
+META_KEY = b"cmh"
+
+
+def vectors_to_arrow(x: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, d) array -> FixedSizeList<dtype>[d], a zero-copy wrap of the contiguous buffer."""
+    x = np.ascontiguousarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array of vectors, got shape {x.shape}")
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def arrow_to_vectors(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """FixedSizeList column -> (n, d) numpy array (one copy at most, when there are several chunks)."""
+    if isinstance(col, pa.ChunkedArray):
+        chunks = [c for c in col.chunks if len(c)]
+        if not chunks:
+            width = col.type.list_size
+            return np.zeros((0, width), dtype=col.type.value_type.to_pandas_dtype())
+        parts = [arrow_to_vectors(c) for c in chunks]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    width = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
+def write_table_atomic(
+    table: pa.Table,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    vector_columns: Iterable[str] = (),
+) -> Path:
+    """Write to ``<dir>/*.parquet.partial``, fsync, then rename, so readers never see half a file.
+
+    The ``.partial`` suffix never matches the ``*.parquet`` globs readers use.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata is not None:
+        existing = dict(table.schema.metadata or {})
+        existing[META_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(existing)
+    vectors = [c for c in vector_columns if c in table.column_names]
+    float_vectors = [c for c in vectors if pa.types.is_floating(table.schema.field(c).type.value_type)]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    os.close(fd)
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            compression_level=3,
+            use_dictionary=[c for c in table.column_names if c not in vectors],
+            use_byte_stream_split=float_vectors or False,
+            write_statistics=[c for c in table.column_names if c not in vectors],
+            row_group_size=8192,
+        )
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance blob of one Parquet file ({} when absent)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(META_KEY)
+    return json.loads(raw) if raw else {}

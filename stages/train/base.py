@@ -1,0 +1,150 @@
+"""The method interface, its registry and factory.
+
+A method is a ``HashingMethod`` built from its frozen config dataclass and the feature widths it
+finds in the cache. It exposes named, unweighted loss terms; the single loop in ``loop.py`` owns the
+optimiser, the weighting and everything else. Closed-form methods (the baselines) implement ``fit``
+instead of ``loss_terms``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.errors import ConfigError
+from pipeline.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Modality = str  # "image" | "text"
+
+
+@dataclass(frozen=True)
+class FeatureDims:
+    """Input widths, read from the feature store schema."""
+
+    image: int  # width of the concatenated image features
+    text: int
+    labels: int
+    image_parts: Mapping[str, int] = field(default_factory=dict)  # "encoder:column" -> width, in order
+    text_parts: Mapping[str, int] = field(default_factory=dict)
+    #: True when every text feature is non-negative counts/indicators (a bag of words); CCAH's tag graph needs it.
+    text_is_bow: bool = False
+
+
+@dataclass
+class FeatureBatch:
+    """m aligned items. ``image``/``text`` are the concatenated features; ``*_parts`` the branches."""
+
+    image: Tensor  # (m, d_i) float32
+    text: Tensor  # (m, d_t) float32
+    labels: Tensor  # (m, L) float32 multi-hot; only supervised methods may read it
+    index: Tensor  # (m,) int64 row positions in the training split
+    image_parts: dict[str, Tensor] = field(default_factory=dict)
+    text_parts: dict[str, Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "FeatureBatch":
+        return FeatureBatch(
+            self.image.to(device), self.text.to(device), self.labels.to(device), self.index.to(device),
+            {k: v.to(device) for k, v in self.image_parts.items()},
+            {k: v.to(device) for k, v in self.text_parts.items()},
+        )
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Optimisation settings every deep method has; subclasses override the defaults with their sources."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.005
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: Drop the last incomplete training batch (only training; evaluation never drops rows).
+    drop_last: bool = True
+    #: Loss weights keyed by term name; a term with weight 0 is skipped (the ablation switch).
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+
+class HashingMethod(nn.Module):
+    """Base class. Subclasses set ``supervised``/``closed_form`` and implement the hooks below."""
+
+    supervised: bool = False
+    #: Closed-form methods implement ``fit`` and are not run through the gradient loop.
+    closed_form: bool = False
+
+    def __init__(self, cfg: Any, dims: FeatureDims, bits: int) -> None:
+        super().__init__()
+        self.cfg, self.dims, self.bits = cfg, dims, bits
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Per-part learning rates; the default is one group at ``cfg.lr``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": self.cfg.lr}]
+
+    def loss_terms(self, batch: FeatureBatch, epoch: int) -> dict[str, Tensor]:
+        """Named, unweighted scalar loss terms for one batch."""
+        raise NotImplementedError
+
+    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
+        """Relaxed codes (m, bits) of one modality, computed from that modality's features alone."""
+        raise NotImplementedError
+
+    def fit(self, train: FeatureBatch) -> None:
+        """Closed-form training on the whole training split (closed_form methods only)."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, train: FeatureBatch) -> None:
+        """Optional hook (e.g. refresh a memory bank); must not touch query or database data."""
+
+
+METHODS: Registry = Registry("method", "cmh list methods")
+
+
+def register_method(name: str, *, config: type, presets: Mapping[str, Mapping[str, Any]] | None = None,
+                    aliases: tuple[str, ...] = ()):
+    return METHODS.register(name, config=config, presets=presets, aliases=aliases)
+
+
+def resolve_config(name: str, dataset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
+    """dataclass defaults < dataset preset < overrides (``None`` values dropped, as timm does)."""
+    entry = METHODS.get(name)
+    cfg_cls = entry.config
+    valid = {f.name for f in dataclasses.fields(cfg_cls)}
+    merged: dict[str, Any] = {}
+    if dataset is not None:
+        preset_key = dataset.split("-")[0]
+        merged.update(entry.presets.get(preset_key, {}))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in valid:
+            raise ConfigError(f"{entry.name} has no setting {key!r}; valid settings: {', '.join(sorted(valid))}")
+        merged[key] = value
+    unknown = set(merged) - valid
+    if unknown:
+        raise ConfigError(f"preset for {entry.name} names unknown settings {sorted(unknown)}")
+    cfg = cfg_cls(**merged)
+    weights = getattr(cfg, "weights", None)
+    if weights is not None and "weights" in merged:
+        defaults = cfg_cls().weights
+        bad = set(merged["weights"]) - set(defaults)
+        if bad:
+            raise ConfigError(f"{entry.name} has no loss term(s) {sorted(bad)}; terms: {', '.join(defaults)}")
+        cfg = dataclasses.replace(cfg, weights={**defaults, **merged["weights"]})
+    return cfg
+
+
+def create_method(name: str, *, dims: FeatureDims, bits: int, dataset: str | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> HashingMethod:
+    entry = METHODS.get(name)
+    cfg = resolve_config(entry.name, dataset, overrides)
+    method = entry.builder(cfg, dims, bits)
+    method.name = entry.name
+    return method

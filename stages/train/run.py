@@ -1,0 +1,181 @@
+"""The train stage: cached features -> trained method -> codes -> report, one run directory per code length.
+
+Reads only the feature cache (never images). A run directory ``runs/<run_id>/`` holds the resolved
+config, environment and data fingerprints, the trained weights, codes per split, the report and plots.
+A run whose report already exists with the same resolved config is not trained again (``force`` redoes it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.provenance import environment
+from pipeline.store.features import config_hash, read_manifest
+from pipeline.store.items import items_meta, splits_meta
+from pipeline.store.layout import CacheLayout
+from pipeline.store.parquet import write_json_atomic
+from pipeline.store.reader import SplitFeatures, load_split, parse_feature_spec
+from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config
+from stages.train.loop import encode_split, fit_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRequest:
+    dataset: str
+    method: str
+    bits: Sequence[int] = (16, 32, 64, 128)
+    image: str = "alexnet"
+    text: str = "bow"
+    seed: int = 1
+    epochs: int | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    eval_mode: str = "single"  # single | paired (labelled reference mode, UCMFH-style methods only)
+    tie: str = "stable"
+    device: str | None = None
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    bits: int
+    summary: dict[str, float]
+    skipped: bool = False
+
+
+def to_batch(split: SplitFeatures) -> FeatureBatch:
+    return FeatureBatch(
+        image=torch.from_numpy(split.image_matrix),
+        text=torch.from_numpy(split.text_matrix),
+        labels=torch.from_numpy(split.labels.astype(np.float32)),
+        index=torch.arange(len(split)),
+        image_parts={k: torch.from_numpy(v) for k, v in split.image.items()},
+        text_parts={k: torch.from_numpy(v) for k, v in split.text.items()},
+    )
+
+
+def feature_dims(split: SplitFeatures) -> FeatureDims:
+    text = split.text_matrix
+    return FeatureDims(
+        image=sum(v.shape[1] for v in split.image.values()),
+        text=text.shape[1],
+        labels=split.labels.shape[1],
+        image_parts={k: v.shape[1] for k, v in split.image.items()},
+        text_parts={k: v.shape[1] for k, v in split.text.items()},
+        text_is_bow=bool((text >= 0).all() and np.array_equal(text, np.round(text))),
+    )
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def run_id_for(req: TrainRequest, bits: int, resolved: Mapping[str, Any]) -> str:
+    key = config_hash({"image": req.image, "text": req.text, "eval_mode": req.eval_mode, "tie": req.tie,
+                       "config": resolved})[:8]
+    return f"{req.dataset}-{METHODS.resolve(req.method)}-{bits}b-s{req.seed}-{key}"
+
+
+def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
+    from stages.train import methods  # noqa: F401  (registers every method)
+    from stages.evaluate.codes import binarize, write_codes
+    from stages.evaluate.plots import plot_run
+    from stages.evaluate.report import evaluate_codes, write_report
+
+    method_name = METHODS.resolve(req.method)
+    if req.eval_mode not in ("single", "paired"):
+        raise ConfigError(f"eval mode {req.eval_mode!r}: use 'single' or 'paired'")
+    device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    image_refs = parse_feature_spec(layout, req.dataset, req.image, "image")
+    text_refs = parse_feature_spec(layout, req.dataset, req.text, "text")
+
+    t0 = time.perf_counter()
+    data = {s: load_split(layout, req.dataset, s, image_refs, text_refs) for s in ("train", "query", "database")}
+    load_s = time.perf_counter() - t0
+    dims = feature_dims(data["train"])
+    batches = {s: to_batch(v) for s, v in data.items()}
+    overrides = dict(req.overrides)
+    if req.epochs is not None:
+        overrides["epochs"] = req.epochs
+
+    results = []
+    for bits in req.bits:
+        cfg = resolve_config(method_name, req.dataset, overrides)
+        resolved = _config_dict(cfg)
+        run_id = run_id_for(req, bits, resolved)
+        run_dir = layout.run_dir(run_id)
+        if (run_dir / "report.parquet").exists() and not req.force:
+            log.info("run %s exists (same config): skipped; pass --force to retrain", run_id)
+            results.append(RunResult(run_id, run_dir, bits, _summary_from_report(run_dir), skipped=True))
+            continue
+        torch.manual_seed(req.seed)
+        np.random.seed(req.seed)
+        method = create_method(method_name, dims=dims, bits=bits, dataset=req.dataset, overrides=overrides)
+        if req.eval_mode == "paired" and not getattr(method, "supports_paired", False):
+            raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
+        meta = {
+            "run_id": run_id, "method": method_name, "dataset": req.dataset, "bits": bits, "seed": req.seed,
+            "image_features": req.image, "text_features": req.text, "eval_mode": req.eval_mode,
+            "tie_rule": req.tie, "supervised": bool(method.supervised), "device": device,
+            "n_train": len(data["train"]), "n_query": len(data["query"]), "n_database": len(data["database"]),
+            "dropped_items": sum(len(v.dropped) for v in data.values()),
+        }
+        provenance = {
+            "request": {k: v for k, v in dataclasses.asdict(req).items() if k not in ("force", "progress")},
+            "config": resolved, "dims": dataclasses.asdict(dims), "environment": environment(),
+            "dataset": {k: items_meta(layout, req.dataset).get(k) for k in ("fingerprint", "source", "text_kind")},
+            "splits": splits_meta(layout, req.dataset),
+            "features": {ref.encoder: {k: read_manifest(layout, req.dataset, ref.encoder).get(k)
+                                       for k in ("config_hash", "code_version", "dataset_fingerprint", "encoder_config")}
+                         for ref in [*image_refs, *text_refs]},
+        }
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic({**meta, **provenance}, run_dir / "config.json")  # written before training starts
+
+        log.info("training %s at %d bits on %d items (%s / %s) on %s", method_name, bits, len(data["train"]),
+                 req.image, req.text, device)
+        history = fit_method(method, batches["train"], seed=req.seed, device=device, progress=req.progress)
+        torch.save({"state_dict": method.state_dict(), "config": resolved, "dims": dataclasses.asdict(dims),
+                    "method": method_name, "bits": bits}, run_dir / "model.pt")
+        write_json_atomic({"epochs": history.epochs, "seconds": history.seconds}, run_dir / "history.json")
+
+        t1 = time.perf_counter()
+        paired = req.eval_mode == "paired"
+        codes: dict[str, dict[str, np.ndarray]] = {}
+        for split in ("query", "database"):
+            codes[split] = {m: binarize(encode_split(method, batches[split].to("cpu"), m, paired=paired))
+                            for m in ("image", "text")}
+            codes[split]["labels"] = data[split].labels
+            write_codes(run_dir / "codes", split, data[split].item_id, codes[split]["image"], codes[split]["text"],
+                        {"run_id": run_id, "bits": bits, "method": method_name})
+        encode_s = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        rows = evaluate_codes(codes["query"], codes["database"], tie=req.tie)
+        eval_s = time.perf_counter() - t2
+        timings = {"load_s": load_s, "train_s": history.seconds, "train_s_per_epoch": history.seconds_per_epoch,
+                   "encode_s": encode_s, "eval_s": eval_s}
+        write_report(run_dir, rows, {**meta, **timings})
+        plot_run(run_dir)
+        summary = {f"{r['task']}_{r['metric']}": r["value"] for r in rows if r["metric"] in ("map@50", "map")}
+        results.append(RunResult(run_id, run_dir, bits, {**summary, **timings}))
+    return results
+
+
+def _summary_from_report(run_dir: Path) -> dict[str, float]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(run_dir / "report.parquet").to_pylist()
+    return {f"{r['task']}_{r['metric']}": r["value"] for r in t if r["metric"] in ("map@50", "map")}

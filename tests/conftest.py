@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests that need the real data skip with a visible reason when it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.settings import DEFAULT_DATA_ROOT
+
+
+def shared_data_root() -> Path | None:
+    root = Path(os.environ.get("CMH_DATA_ROOT", DEFAULT_DATA_ROOT))
+    return root if (root / "mirflickr25k_real20015").exists() else None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    root = shared_data_root()
+    if root is None:
+        pytest.skip(f"real data not found at {DEFAULT_DATA_ROOT} (set CMH_DATA_ROOT to the shared data folder)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # tests share two cores; deterministic CPU kernels
+    torch.set_num_threads(1)
+    yield
