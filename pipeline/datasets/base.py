@@ -8,8 +8,8 @@ captions of a caption dataset (``text_kind`` says which).
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -38,6 +38,7 @@ def write_items(layout: CacheLayout, table: ItemTable, meta: Mapping[str, Any]) 
         "vocabulary": table.vocabulary,
         "fingerprint": table.fingerprint(),
         "skipped": [[str(i), r] for i, r in table.skipped],
+        "notes": list(getattr(table, "notes", [])),
         **meta,
     }
     write_table_atomic(pa.table(cols), layout.items_path(table.dataset), metadata=full_meta,
@@ -80,6 +81,7 @@ def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
         vocabulary=meta.get("vocabulary"),
         bow=arrow_to_vectors(t.column("bow")) if "bow" in t.column_names else None,
         skipped=[tuple(s) for s in meta.get("skipped", [])],
+        notes=list(meta.get("notes", [])),
     )
 
 

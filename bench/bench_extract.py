@@ -1,0 +1,178 @@
+"""Extraction throughput: the bare model versus the whole pipeline, on the same items and batches.
+
+    python bench/bench_extract.py [--quick] [--images N] [--data-dir DIR] [--encoder alexnet]
+                                  [--device cpu|cuda] [--batch-size 64] [--workers W] [--threads T]
+                                  [--option KEY=VALUE ...]
+
+(a) bare model: the images are decoded and transformed once, up front, and the batches already sit on
+    the device; only ``encoder.encode`` is timed (what the model alone can do).
+(b) pipeline: ``run_extraction`` into a temporary cache, with DataLoader workers decoding JPEGs,
+    shard writes and all (what a user gets).
+
+Prints items/s for both, the ratio (b)/(a) (the goal is >= 0.85: decoding must not be the
+bottleneck), peak memory, and the cache size per row with the MIRFlickr-20,015 estimate. Uses the
+first N real MIRFlickr pairs from the shared data folder when present, else synthetic 128-px JPEGs.
+Prints numbers, no pass/fail.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.datasets.base import ItemTable
+from pipeline.datasets.images import load_image
+from pipeline.settings import data_root
+from pipeline.store.layout import CacheLayout
+from stages.extract import create_encoder
+from stages.extract.runner import resolve_device, run_extraction
+
+MIRFLICKR_ROWS = 20_015
+
+
+def real_items(folder: Path, n: int) -> ItemTable | None:
+    if not (folder / "pairs.tsv").is_file():
+        return None
+    from pipeline.datasets import get_dataset
+
+    items = get_dataset("mirflickr").builder(folder)
+    return items.subset(np.arange(min(n, len(items))))
+
+
+def synthetic_items(folder: Path, n: int) -> ItemTable:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        # smooth random images (compress like photos, unlike white noise)
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        path = folder / f"im{i}.jpg"
+        Image.fromarray(small).resize((128, 128), Image.BILINEAR).save(path, quality=90)
+        paths.append(str(path))
+    return ItemTable(dataset="synthetic", item_id=np.arange(n, dtype=np.int64), image=paths,
+                     texts=[["sky", "sea"]] * n, labels=rng.integers(0, 2, (n, 4)).astype(np.uint8),
+                     label_names=list("abcd"), text_kind="tags", source=str(folder))
+
+
+def bare_throughput(encoder, items: ItemTable, batch_size: int, device: torch.device) -> float:
+    """items/s of encoder.encode over pre-decoded batches already on the device."""
+    transform = encoder.image_transform()
+    images = torch.stack([transform(load_image(ref)) for ref in items.image])  # (n, 3, H, W), not timed
+    batches = [images[s:s + batch_size].to(device) for s in range(0, len(images), batch_size)]
+    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    encoder.to(device)
+    with torch.inference_mode(), amp:
+        encoder.encode(batches[0], None, items.item_id[:batch_size])  # warm-up (cuDNN autotune, allocator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for b, x in enumerate(batches):
+            encoder.encode(x, None, items.item_id[b * batch_size:(b + 1) * batch_size])  # returns numpy: synchronises
+        seconds = time.perf_counter() - start
+    return len(items) / seconds
+
+
+def cache_bytes_per_row(layout: CacheLayout, dataset: str, encoder: str) -> float:
+    size = rows = 0
+    for split in ("query", "database"):
+        for f in layout.split_dir(dataset, encoder, split).glob("part-*.parquet"):
+            size += f.stat().st_size
+            rows += pq.ParquetFile(f).metadata.num_rows
+    return size / max(rows, 1)
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """``key=value`` strings -> settings; true/false/ints/floats parsed, anything else kept as text."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--option expects KEY=VALUE, got {pair!r}")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            out[key] = lowered == "true"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="128 images, for a smoke run")
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--data-dir", type=Path, default=data_root() / "mirflickr25k_real20015")
+    ap.add_argument("--encoder", default="alexnet")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, the core count)")
+    ap.add_argument("--shard-size", type=int, default=1024)
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="encoder setting, e.g. --option channels_last=false (repeatable)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    n = 128 if args.quick else args.images
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+
+    with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+        items = real_items(args.data_dir, n)
+        source = f"first {len(items)} MIRFlickr pairs from {args.data_dir}" if items is not None else None
+        if items is None:
+            items = synthetic_items(Path(tmp) / "images", n)
+            source = f"{n} synthetic 128-px JPEGs (no data at {args.data_dir})"
+        print(f"data: {source}")
+        print(f"device: {device}; torch threads {torch.get_num_threads()}; batch {args.batch_size}")
+        options = parse_options(args.option)
+        encoder = create_encoder(args.encoder, **options)
+        bare = bare_throughput(encoder, items, args.batch_size, device)
+        bare_gpu_peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+
+        ids = items.item_id
+        cut = max(1, len(ids) // 10)
+        splits = {"query": ids[:cut], "database": ids[cut:]}
+        layout = CacheLayout(Path(tmp) / "cache")
+        summary = run_extraction(layout, items, splits, create_encoder(args.encoder, **options), device=args.device,
+                                 batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
+                                 progress=False)
+        per_row = cache_bytes_per_row(layout, items.dataset, summary.encoder)
+        bow = run_extraction(layout, items, splits, create_encoder("bow"), progress=False)
+        bow_per_row = cache_bytes_per_row(layout, items.dataset, bow.encoder)
+
+    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"(a) bare model   {summary.encoder}: {bare:8.1f} items/s")
+    print(f"(b) pipeline     {summary.encoder}: {summary.items_per_s:8.1f} items/s "
+          f"({summary.seconds:.1f} s total incl. setup, {summary.failed} failed)")
+    print(f"ratio (b)/(a): {summary.items_per_s / bare:.3f}   (goal >= 0.85)")
+    print(f"peak RSS: main {self_rss:.0f} MiB, largest loader worker {child_rss:.0f} MiB")
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}, peak allocated {max(bare_gpu_peak, torch.cuda.max_memory_allocated()) / 2**20:.0f} MiB")
+    cols = ", ".join(f"{k} {v}" for k, v in summary.columns.items())
+    print(f"cache {summary.encoder} ({cols}): {per_row:.0f} B/row zstd Parquet -> "
+          f"{per_row * MIRFLICKR_ROWS / 2**20:.0f} MiB for MIRFlickr's {MIRFLICKR_ROWS} query+database rows "
+          f"(+ {per_row * 5000 / 2**20:.0f} MiB for a 5,000-item gathered train split)")
+    print(f"cache bow ({bow.columns['bow']}-d): {bow_per_row:.0f} B/row -> "
+          f"{bow_per_row * MIRFLICKR_ROWS / 2**20:.1f} MiB for {MIRFLICKR_ROWS} rows")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
