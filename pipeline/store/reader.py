@@ -35,6 +35,7 @@ def parse_feature_spec(layout: CacheLayout, dataset: str, spec: str, modality: s
     refs: list[FeatureRef] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         encoder, _, cols = part.partition(":")
+        encoder = resolve_cached_encoder(layout, dataset, encoder)
         manifest = read_manifest(layout, dataset, encoder)
         available = manifest["columns"]
         if cols:
@@ -53,6 +54,18 @@ def parse_feature_spec(layout: CacheLayout, dataset: str, spec: str, modality: s
     if not refs:
         raise CacheError(f"empty {modality} feature spec {spec!r}")
     return refs
+
+
+def resolve_cached_encoder(layout: CacheLayout, dataset: str, name: str) -> str:
+    """A short name (``alexnet``, ``clip``) stands for the one cached id it prefixes (``alexnet.imagenet``)."""
+    cached = layout.encoders(dataset)
+    if name in cached:
+        return name
+    matches = [e for e in cached if e.startswith(name + ".") or e.startswith(name + "-")]
+    if len(matches) > 1:
+        raise CacheError(f"{name!r} matches several cached encoders of {dataset!r}: {', '.join(matches)}; "
+                         f"name one of them")
+    return matches[0] if matches else name
 
 
 @dataclass

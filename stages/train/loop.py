@@ -6,6 +6,7 @@ model after the last epoch is the one that is kept.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -136,7 +137,8 @@ def encode_split(method: HashingMethod, features: FeatureBatch, modality: str, b
     ``paired=True`` uses the method's ``encode_paired`` (the labelled reference mode of UCMFH-style methods).
     """
     method.eval()
-    device = next((p.device for p in method.parameters()), torch.device("cpu"))
+    # closed-form methods hold only buffers, so look at both
+    device = next((t.device for t in itertools.chain(method.parameters(), method.buffers())), torch.device("cpu"))
     n = features.image.shape[0]
     out = []
     for s in range(0, n, batch_size):

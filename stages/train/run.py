@@ -93,7 +93,7 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     from stages.train import methods  # noqa: F401  (registers every method)
     from stages.evaluate.codes import binarize, write_codes
     from stages.evaluate.plots import plot_run
-    from stages.evaluate.report import evaluate_codes, write_report
+    from stages.evaluate.report import evaluate_codes_and_curves, write_curves, write_report
 
     method_name = METHODS.resolve(req.method)
     if req.eval_mode not in ("single", "paired"):
@@ -110,6 +110,11 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     overrides = dict(req.overrides)
     if req.epochs is not None:
         overrides["epochs"] = req.epochs
+    supports_paired = getattr(METHODS.get(method_name).builder, "supports_paired", False)
+    if req.eval_mode == "paired" and not supports_paired:
+        raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
+    if supports_paired:
+        overrides["eval_mode"] = req.eval_mode  # the method trains differently for the two modes
 
     results = []
     for bits in req.bits:
@@ -124,8 +129,6 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
         torch.manual_seed(req.seed)
         np.random.seed(req.seed)
         method = create_method(method_name, dims=dims, bits=bits, dataset=req.dataset, overrides=overrides)
-        if req.eval_mode == "paired" and not getattr(method, "supports_paired", False):
-            raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
         meta = {
             "run_id": run_id, "method": method_name, "dataset": req.dataset, "bits": bits, "seed": req.seed,
             "image_features": req.image, "text_features": req.text, "eval_mode": req.eval_mode,
@@ -136,7 +139,7 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
         provenance = {
             "request": {k: v for k, v in dataclasses.asdict(req).items() if k not in ("force", "progress")},
             "config": resolved, "dims": dataclasses.asdict(dims), "environment": environment(),
-            "dataset": {k: items_meta(layout, req.dataset).get(k) for k in ("fingerprint", "source", "text_kind")},
+            "data": {k: items_meta(layout, req.dataset).get(k) for k in ("fingerprint", "source", "text_kind")},
             "splits": splits_meta(layout, req.dataset),
             "features": {ref.encoder: {k: read_manifest(layout, req.dataset, ref.encoder).get(k)
                                        for k in ("config_hash", "code_version", "dataset_fingerprint", "encoder_config")}
@@ -163,11 +166,13 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                         {"run_id": run_id, "bits": bits, "method": method_name})
         encode_s = time.perf_counter() - t1
         t2 = time.perf_counter()
-        rows = evaluate_codes(codes["query"], codes["database"], tie=req.tie)
+        evaluation = evaluate_codes_and_curves(codes["query"], codes["database"], tie=req.tie)
+        rows = evaluation.rows
         eval_s = time.perf_counter() - t2
         timings = {"load_s": load_s, "train_s": history.seconds, "train_s_per_epoch": history.seconds_per_epoch,
                    "encode_s": encode_s, "eval_s": eval_s}
         write_report(run_dir, rows, {**meta, **timings})
+        write_curves(run_dir, evaluation.curves, {**meta, **timings})
         plot_run(run_dir)
         summary = {f"{r['task']}_{r['metric']}": r["value"] for r in rows if r["metric"] in ("map@50", "map")}
         results.append(RunResult(run_id, run_dir, bits, {**summary, **timings}))

@@ -1,0 +1,140 @@
+"""Retrieval with a trained run: encode a new image or text, rank the run's database by Hamming distance.
+
+The query goes through the same encoders (rebuilt from the cache manifests the run recorded) and the
+run's own trained model, so it is encoded exactly like the query split was: from its own modality alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.datasets.images import load_image
+from pipeline.errors import CacheError, WeightsError
+from pipeline.store.features import read_manifest
+from pipeline.store.items import read_items, read_splits
+from pipeline.store.layout import CacheLayout
+from pipeline.store.reader import FeatureRef, parse_feature_spec
+from stages.evaluate.codes import binarize, pack_codes, read_codes
+from stages.evaluate.hamming import topk
+
+log = logging.getLogger(__name__)
+
+
+def resolve_run_dir(layout: CacheLayout, run: str) -> Path:
+    path = Path(run)
+    if not (path / "config.json").exists():
+        path = layout.runs_dir() / run
+    if not (path / "config.json").exists():
+        have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / "config.json").exists())[:20]
+        raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
+                         f"(train one with `make train`)")
+    return path
+
+
+def load_method(run_dir: Path):
+    """The trained method of a run, weights loaded, in eval mode."""
+    from stages.train import methods  # noqa: F401  (registers every method)
+    from stages.train.base import FeatureDims, create_method
+
+    saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    dims = FeatureDims(**saved["dims"])
+    config = dict(saved["config"])
+    if "betas" in config:
+        config["betas"] = tuple(config["betas"])
+    method = create_method(saved["method"], dims=dims, bits=int(saved["bits"]), overrides=config)
+    state = saved["state_dict"]
+    own = method.state_dict()
+    for key, value in state.items():  # buffers a closed-form fit creates (projections, means) are registered here
+        if key not in own and "." not in key:
+            method.register_buffer(key, value.clone())
+    method.load_state_dict(state)
+    return method.eval()
+
+
+def _encoder_for(layout: CacheLayout, dataset: str, encoder_id: str):
+    from stages.extract import ENCODERS, create_encoder
+
+    manifest = read_manifest(layout, dataset, encoder_id)
+    config = dict(manifest["encoder_config"])
+    entry = ENCODERS.get(config.get("kind", encoder_id.split(".")[0]))
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    options = {k: v for k, v in config.items() if k in fields}
+    pretrained = options.get("pretrained")
+    if isinstance(pretrained, str) and pretrained.startswith("file:"):
+        path = (manifest.get("provenance", {}).get("weights") or {}).get("path")
+        if not path or not Path(path).exists():
+            raise WeightsError(f"run features came from a local CLIP weights file ({pretrained}) that is not at "
+                               f"{path!r}: pass it again with CLIP_WEIGHTS=/path/to/file")
+        options["pretrained"] = path
+    encoder = create_encoder(entry.name, **options)
+    if hasattr(encoder, "prepare"):
+        encoder.prepare(read_items(layout, dataset), read_splits(layout, dataset))
+    return encoder
+
+
+def _features(layout: CacheLayout, dataset: str, refs: list[FeatureRef], image: Path | None,
+              text: str | None) -> torch.Tensor:
+    parts = []
+    by_encoder: dict[str, list[str]] = {}
+    for ref in refs:
+        by_encoder.setdefault(ref.encoder, []).append(ref.column)
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for encoder_id in by_encoder:
+        encoder = _encoder_for(layout, dataset, encoder_id)
+        if image is not None:
+            pixels = encoder.image_transform()(load_image(str(image))).unsqueeze(0)
+            outputs[encoder_id] = encoder.encode(pixels, None, np.array([-1]))
+        else:
+            tags = [t.strip() for t in text.split(",") if t.strip()] if "," in text else [text.strip()]
+            outputs[encoder_id] = encoder.encode(None, [tags], np.array([-1]))
+    for ref in refs:
+        parts.append(torch.from_numpy(np.asarray(outputs[ref.encoder][ref.column], dtype=np.float32)))
+    return torch.cat(parts, dim=1)
+
+
+def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: Path | None = None,
+              top_k: int = 10) -> list[tuple[Any, ...]]:
+    """Rows (rank, item_id, hamming, texts, image) of the top-k database items for one new query."""
+    from stages.train.base import FeatureBatch
+
+    run_dir = resolve_run_dir(layout, run)
+    config = json.loads((run_dir / "config.json").read_text())
+    dataset = config["dataset"]
+    modality = "image" if image is not None else "text"
+    spec = config["image_features"] if modality == "image" else config["text_features"]
+    refs = parse_feature_spec(layout, dataset, spec, modality)
+    method = load_method(run_dir)
+    feats = _features(layout, dataset, refs, image, text)
+    dims = method.dims
+    blank_image = torch.zeros(1, dims.image)
+    blank_text = torch.zeros(1, dims.text)
+    parts = {ref.key: feats[:, :] for ref in refs}  # split back into branches
+    offset = 0
+    for ref in refs:
+        width = (dims.image_parts if modality == "image" else dims.text_parts)[ref.key]
+        parts[ref.key] = feats[:, offset:offset + width]
+        offset += width
+    batch = FeatureBatch(image=feats if modality == "image" else blank_image,
+                         text=feats if modality == "text" else blank_text,
+                         labels=torch.zeros(1, dims.labels), index=torch.zeros(1, dtype=torch.long),
+                         image_parts=parts if modality == "image" else {},
+                         text_parts=parts if modality == "text" else {})
+    with torch.no_grad():
+        code = binarize(method.encode(batch, modality))
+    target = "text" if modality == "image" else "image"
+    database = read_codes(run_dir / "codes", "database")
+    idx, dist = topk(pack_codes(code), database[f"{target}_words"], min(top_k, len(database["item_id"])))
+    items = read_items(layout, dataset)
+    row_of = {int(i): r for r, i in enumerate(items.item_id)}
+    rows = []
+    for rank, (j, d) in enumerate(zip(idx[0], dist[0]), start=1):
+        item = int(database["item_id"][j])
+        r = row_of[item]
+        rows.append((rank, item, int(d), ", ".join(items.texts[r])[:80], items.image[r]))
+    return rows
