@@ -11,8 +11,6 @@ DATASET  ?= mirflickr
 ENCODERS ?= alexnet,bow
 METHOD   ?= ucmfh
 BITS     ?= 16,32,64,128
-IMAGE    ?= alexnet
-TEXT     ?= bow
 SEED     ?= 1
 METHODS  ?= baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph
 SEEDS    ?= 1
@@ -41,11 +39,11 @@ extract: $(STAMP)
 
 train: $(STAMP)
 	$(CMH) train --method $(METHOD) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		--image $(IMAGE) --text $(TEXT) --seed $(SEED) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
+		$(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) --seed $(SEED) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
 
 grid: $(STAMP)
 	$(CMH) grid --methods $(METHODS) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		--seeds $(SEEDS) --image $(IMAGE) --text $(TEXT) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
+		--seeds $(SEEDS) $(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
 
 report: $(STAMP)
 	$(CMH) report $(call opt,--dataset,$(if $(filter command line,$(origin DATASET)),$(DATASET))) $(COMMON)

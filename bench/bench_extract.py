@@ -33,7 +33,7 @@ from pipeline.datasets.images import load_image
 from pipeline.settings import data_root
 from pipeline.store.layout import CacheLayout
 from stages.extract import create_encoder
-from stages.extract.runner import resolve_device, run_extraction
+from stages.extract.runner import available_cores, resolve_device, run_extraction
 
 MIRFLICKR_ROWS = 20_015
 
@@ -44,7 +44,12 @@ def real_items(folder: Path, n: int) -> ItemTable | None:
     from pipeline.datasets import get_dataset
 
     items = get_dataset("mirflickr").builder(folder)
-    return items.subset(np.arange(min(n, len(items))))
+    if n <= len(items):
+        return items.subset(np.arange(n))
+    rows = np.arange(n) % len(items)  # fewer pairs than asked: repeat them under new ids (timing only)
+    tiled = items.subset(rows)
+    tiled.item_id = np.arange(n, dtype=np.int64)
+    return tiled
 
 
 def synthetic_items(folder: Path, n: int) -> ItemTable:
@@ -91,6 +96,18 @@ def cache_bytes_per_row(layout: CacheLayout, dataset: str, encoder: str) -> floa
     return size / max(rows, 1)
 
 
+def _pipeline_threads(summary, args) -> int:
+    """The torch thread count run_extraction chose (it restores the previous one on return)."""
+    from stages.extract.runner import default_threads, default_workers
+
+    if args.threads:
+        return args.threads
+    device = torch.device(summary.device)
+    cores = available_cores()
+    workers = default_workers(device, cores) if args.workers is None else args.workers
+    return default_threads(device, cores, workers, torch.get_num_threads())
+
+
 def parse_options(pairs: list[str]) -> dict[str, object]:
     """``key=value`` strings -> settings; true/false/ints/floats parsed, anything else kept as text."""
     out: dict[str, object] = {}
@@ -121,50 +138,57 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, the core count)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for the pipeline (default: run_extraction's choice); (a) uses every core")
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="encoder setting, e.g. --option channels_last=false (repeatable)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     n = 128 if args.quick else args.images
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         items = real_items(args.data_dir, n)
-        source = f"first {len(items)} MIRFlickr pairs from {args.data_dir}" if items is not None else None
+        source = f"first {len(items)} MIRFlickr pairs from {args.data_dir} (repeated when fewer)" if items else ""
         if items is None:
             items = synthetic_items(Path(tmp) / "images", n)
             source = f"{n} synthetic 128-px JPEGs (no data at {args.data_dir})"
         print(f"data: {source}")
-        print(f"device: {device}; torch threads {torch.get_num_threads()}; batch {args.batch_size}")
+        print(f"device: {device}; batch {args.batch_size}")
         options = parse_options(args.option)
-        encoder = create_encoder(args.encoder, **options)
-        bare = bare_throughput(encoder, items, args.batch_size, device)
-        bare_gpu_peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
 
+        # (b) first, so the peak RSS read after it is the pipeline's own
         ids = items.item_id
         cut = max(1, len(ids) // 10)
         splits = {"query": ids[:cut], "database": ids[cut:]}
         layout = CacheLayout(Path(tmp) / "cache")
         summary = run_extraction(layout, items, splits, create_encoder(args.encoder, **options), device=args.device,
                                  batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
-                                 progress=False)
+                                 progress=False, threads=args.threads)
+        pipeline_threads = _pipeline_threads(summary, args)
+        self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+        child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         per_row = cache_bytes_per_row(layout, items.dataset, summary.encoder)
         bow = run_extraction(layout, items, splits, create_encoder("bow"), progress=False)
         bow_per_row = cache_bytes_per_row(layout, items.dataset, bow.encoder)
 
-    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"(a) bare model   {summary.encoder}: {bare:8.1f} items/s")
-    print(f"(b) pipeline     {summary.encoder}: {summary.items_per_s:8.1f} items/s "
-          f"({summary.seconds:.1f} s total incl. setup, {summary.failed} failed)")
+        # (a) the model alone, with every core
+        torch.set_num_threads(available_cores())
+        bare_threads = torch.get_num_threads()
+        torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+        bare = bare_throughput(create_encoder(args.encoder, **options), items, args.batch_size, device)
+
+    print(f"(a) bare model   {summary.encoder}: {bare:8.1f} items/s   (torch threads {bare_threads})")
+    print(f"(b) pipeline     {summary.encoder}: {summary.items_per_s:8.1f} items/s   (torch threads "
+          f"{pipeline_threads}, {summary.seconds:.1f} s total incl. setup, {summary.failed} failed)")
+    print(f"    loop time: waiting for decoded batches {summary.wait_s:.2f} s, encoding {summary.encode_s:.2f} s, "
+          f"waiting for shard writes {summary.write_s:.2f} s ({summary.shards_written} shards)")
     print(f"ratio (b)/(a): {summary.items_per_s / bare:.3f}   (goal >= 0.85)")
-    print(f"peak RSS: main {self_rss:.0f} MiB, largest loader worker {child_rss:.0f} MiB")
+    print(f"peak RSS during the pipeline: main {self_rss:.0f} MiB, largest loader worker {child_rss:.0f} MiB")
     if device.type == "cuda":
-        print(f"GPU: {torch.cuda.get_device_name()}, peak allocated {max(bare_gpu_peak, torch.cuda.max_memory_allocated()) / 2**20:.0f} MiB")
+        print(f"GPU: {torch.cuda.get_device_name()}, bare-model peak allocated "
+              f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     cols = ", ".join(f"{k} {v}" for k, v in summary.columns.items())
     print(f"cache {summary.encoder} ({cols}): {per_row:.0f} B/row zstd Parquet -> "
           f"{per_row * MIRFLICKR_ROWS / 2**20:.0f} MiB for MIRFlickr's {MIRFLICKR_ROWS} query+database rows "

@@ -108,8 +108,8 @@ def train(
     method: str = typer.Option(..., help="method id (see `cmh list methods`)"),
     dataset: str = typer.Option("mirflickr", help="cached dataset name (as written by `cmh extract`)"),
     bits: str = typer.Option("16,32,64,128", help="comma list of code lengths"),
-    image: str = typer.Option("alexnet", help="image features: encoder[:column[+column]] (e.g. alexnet, alexnet:pool, clip)"),
-    text: str = typer.Option("bow", help="text features: encoder[:column] (e.g. bow, clip)"),
+    image: Optional[str] = typer.Option(None, help="image features: encoder[:column[+column]] (e.g. alexnet, alexnet:pool, clip); default: the method's (alexnet:pool; DSPRH alexnet)"),
+    text: Optional[str] = typer.Option(None, help="text features: encoder[:column] (e.g. bow, clip); default: bow"),
     seed: int = typer.Option(1, help="training seed"),
     epochs: Optional[int] = typer.Option(None, help="override the method's epochs"),
     set_: list[str] = typer.Option([], "--set", help="override a config field: key=value (JSON values allowed)"),
@@ -137,13 +137,14 @@ def report(
     dataset: Optional[str] = typer.Option(None, help="only runs of this dataset"),
     metric: str = typer.Option("map@50", help="metric to tabulate (map@50, map, p@r2, ...)"),
     cache: Optional[Path] = CacheOpt,
-    out: Optional[Path] = typer.Option(None, help="also write the table (.md, .parquet and .png) with this stem"),
+    out_dir: Optional[Path] = typer.Option(None, help="where the table files go (default: cache/reports)"),
 ) -> None:
-    """Print the methods x bits results table across all runs in the cache."""
+    """Print the methods x bits results table across all runs in the cache (and write it as .md/.parquet/.png)."""
     from stages.evaluate.tables import methods_by_bits
 
-    text_table = methods_by_bits(_layout(cache).root, dataset=dataset, metric=metric, out=out)
-    typer.echo(text_table)
+    table = methods_by_bits(_layout(cache).root, dataset=dataset, metric=metric, out_dir=out_dir)
+    typer.echo(table.markdown)
+    typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
 
 
 @app.command()
@@ -169,10 +170,10 @@ def grid(
     dataset: str = typer.Option("mirflickr", help="cached dataset name"),
     bits: str = typer.Option("16,32,64,128", help="comma list of code lengths"),
     seeds: str = typer.Option("1", help="comma list of seeds"),
-    image: str = typer.Option("alexnet", help="image features"),
-    text: str = typer.Option("bow", help="text features"),
-    epochs: Optional[int] = typer.Option(None, help="override every method's epochs"),
-    out: Optional[Path] = typer.Option(None, help="table stem (default: cache/grids/<dataset>)"),
+    image: Optional[str] = typer.Option(None, help="image features (default: each method's own)"),
+    text: Optional[str] = typer.Option(None, help="text features (default: each method's own)"),
+    epochs: Optional[str] = typer.Option(None, help="override epochs: N for every method, or method=N,... per method"),
+    out_dir: Optional[Path] = typer.Option(None, help="where the table files go (default: cache/reports)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train methods x code lengths x seeds on one dataset and write the combined table (Parquet, Markdown, PNG)."""
@@ -181,17 +182,39 @@ def grid(
 
     layout = _layout(cache)
     run_ids = []
+    per_method = _epochs_per_method(epochs)
     for seed in _ints(seeds):
         for m in [x.strip() for x in methods.split(",") if x.strip()]:
             req = TrainRequest(dataset=dataset, method=m, bits=_ints(bits), image=image, text=text, seed=seed,
-                               epochs=epochs)
+                               epochs=per_method.get(m, per_method.get("*")))
             for r in train_runs(layout, req):
                 run_ids.append(r.run_id)
                 typer.echo(f"{r.run_id}: i2t {r.summary.get('i2t_map@50', float('nan')):.4f} "
                            f"t2i {r.summary.get('t2i_map@50', float('nan')):.4f}")
-    stem = out or layout.root / "grids" / dataset
-    typer.echo(methods_by_bits(layout.root, dataset=dataset, metric="map@50", out=stem, run_ids=run_ids))
-    typer.echo(f"table written to {stem}.md / .parquet / .png")
+    from stages.evaluate.plots import plot_map_vs_bits
+
+    for metric in ("map@50", "map"):
+        table = methods_by_bits(layout.root, dataset=dataset, metric=metric, out_dir=out_dir, run_ids=run_ids)
+        typer.echo(table.markdown)
+        typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
+    from stages.evaluate.report import read_rows
+
+    png = table.paths["markdown"].parent / f"{dataset}_map_vs_bits.png"
+    rows = [r for rid in run_ids for r in read_rows(layout.run_dir(rid) / "report.parquet")]
+    plot_map_vs_bits(rows, png, dataset=dataset)
+    typer.echo(f"mAP@50 against code length: {png}")
+
+
+def _epochs_per_method(text: Optional[str]) -> dict[str, int]:
+    if not text:
+        return {}
+    if "=" not in text:
+        return {"*": int(text)}
+    out = {}
+    for pair in text.split(","):
+        name, _, value = pair.partition("=")
+        out[name.strip()] = int(value)
+    return out
 
 
 @app.command("list")

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.settings import cache_root
     from pipeline.store.layout import CacheLayout
     from stages.evaluate.plots import plot_map_vs_bits
+    from stages.evaluate.report import read_rows
     from stages.evaluate.tables import methods_by_bits
     from stages.extract import create_encoder, load_encoders
     from stages.extract.runner import run_extraction
@@ -50,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
             run_ids.append(r.run_id)
             print(f"{r.run_id}: i2t mAP@50 {r.summary.get('i2t_map@50', float('nan')):.4f}  "
                   f"t2i mAP@50 {r.summary.get('t2i_map@50', float('nan')):.4f}")
-    stem = layout.root / "grids" / "demo"
-    print(methods_by_bits(layout.root, dataset="demo", metric="map@50", out=stem, run_ids=run_ids))
-    plot_map_vs_bits(str(layout.runs_dir() / "*" / "report.parquet"), stem.with_name("demo-map-vs-bits.png"),
-                     dataset="demo")
-    print(f"\nreport tables: {stem}.md, plots: {stem.parent}/demo-map-vs-bits.png, runs: {layout.runs_dir()}")
+    table = methods_by_bits(layout.root, dataset="demo", metric="map@50", run_ids=run_ids)
+    print(table.markdown)
+    png = table.paths["markdown"].parent / "demo_map_vs_bits.png"
+    rows = [r for rid in run_ids for r in read_rows(layout.run_dir(rid) / "report.parquet")]
+    plot_map_vs_bits(rows, png, dataset="demo")
+    print(f"\ntables: {', '.join(str(p) for p in table.paths.values())}\nplot: {png}\nruns: {layout.runs_dir()}")
     print("query them with DuckDB, e.g.:\n  duckdb -c \"SELECT method, bits, task, value FROM read_parquet("
           f"'{layout.runs_dir()}/*/report.parquet', union_by_name=true) WHERE metric='map@50' ORDER BY ALL\"")
     print(f"demo finished in {time.perf_counter() - start:.0f}s")

@@ -79,6 +79,10 @@ class HashingMethod(nn.Module):
     supervised: bool = False
     #: Closed-form methods implement ``fit`` and are not run through the gradient loop.
     closed_form: bool = False
+    #: Feature specs used when the user names none (``IMAGE=``/``TEXT=`` unset). AlexNet's pooled conv5 is the
+    #: stand-in for the fc7 feature the DJSRH family reads; a method that needs other inputs overrides these.
+    default_image_features: str = "alexnet:pool"
+    default_text_features: str = "bow"
 
     def __init__(self, cfg: Any, dims: FeatureDims, bits: int) -> None:
         super().__init__()

@@ -35,8 +35,8 @@ class TrainRequest:
     dataset: str
     method: str
     bits: Sequence[int] = (16, 32, 64, 128)
-    image: str = "alexnet"
-    text: str = "bow"
+    image: str | None = None  # None: the method's default_image_features (logged and recorded)
+    text: str | None = None
     seed: int = 1
     epochs: int | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -99,6 +99,11 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     if req.eval_mode not in ("single", "paired"):
         raise ConfigError(f"eval mode {req.eval_mode!r}: use 'single' or 'paired'")
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    builder = METHODS.get(method_name).builder
+    if req.image is None or req.text is None:
+        req = dataclasses.replace(req, image=req.image or builder.default_image_features,
+                                  text=req.text or builder.default_text_features)
+        log.info("%s reads image=%s text=%s (its defaults; set IMAGE=/TEXT= to choose)", method_name, req.image, req.text)
     image_refs = parse_feature_spec(layout, req.dataset, req.image, "image")
     text_refs = parse_feature_spec(layout, req.dataset, req.text, "text")
 
@@ -110,7 +115,7 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     overrides = dict(req.overrides)
     if req.epochs is not None:
         overrides["epochs"] = req.epochs
-    supports_paired = getattr(METHODS.get(method_name).builder, "supports_paired", False)
+    supports_paired = getattr(builder, "supports_paired", False)
     if req.eval_mode == "paired" and not supports_paired:
         raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
     if supports_paired:
@@ -130,7 +135,8 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
         np.random.seed(req.seed)
         method = create_method(method_name, dims=dims, bits=bits, dataset=req.dataset, overrides=overrides)
         meta = {
-            "run_id": run_id, "method": method_name, "dataset": req.dataset, "bits": bits, "seed": req.seed,
+            "run_id": run_id, "config_hash": run_id.rsplit("-", 1)[1],
+            "epochs": None if method.closed_form else int(cfg.epochs), "method": method_name, "dataset": req.dataset, "bits": bits, "seed": req.seed,
             "image_features": req.image, "text_features": req.text, "eval_mode": req.eval_mode,
             "tie_rule": req.tie, "supervised": bool(method.supervised), "device": device,
             "n_train": len(data["train"]), "n_query": len(data["query"]), "n_database": len(data["database"]),

@@ -153,6 +153,9 @@ class BranchFusion(nn.Module):
 class DSPRH(HashingMethod):
     """DSPRH (Entropy 2020): three-branch AlexNet fusion + twin-bottleneck semantic-preserving reconstruction."""
 
+    #: the three cached AlexNet branches (sp_cov, cov, pool), not the pooled feature alone
+    default_image_features = "alexnet"
+
     def __init__(self, cfg: DSPRHConfig, dims: FeatureDims, bits: int) -> None:
         super().__init__(cfg, dims, bits)
         if cfg.decode_from not in DECODE_CHOICES:

@@ -38,6 +38,7 @@ Eq. 8 gives λ1 = 1, λ2 = 0.1).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -50,6 +51,8 @@ from stages.train import losses
 from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
 from stages.train.layers import FusionTransformer, NormalisedHashMLP
 
+log = logging.getLogger(__name__)
+
 EVAL_MODES = ("single", "paired")
 MISSING_TOKENS = ("learned", "zeros")
 
@@ -59,7 +62,9 @@ class UCMFHConfig(MethodConfig):
     eval_mode: str = "single"  # [inferred] "single": each modality coded alone | "paired": the reference (§6.5b)
     mask_probability: float = 0.5  # [inferred] share of training samples shown as two single-modality inputs
     missing_token: str = "learned"  # [inferred] stand-in for the absent half: "learned" vector | "zeros"
-    project_to: int | None = None  # [inferred] per-modality Linear to this width before fusion; None = as stored
+    # [inferred] per-modality Linear to this width before fusion; 0 = features as stored (the reference's CLIP
+    # 512/512); "auto" = as stored when the widths are equal, else 512 (CLIP's width) so any cached features work
+    project_to: int | str = "auto"
     fusion_layers: int = 2  # ICMR.py num_layers
     fusion_heads: int = 4  # ICMR.py nhead
     fusion_feedforward: int = 2048  # PyTorch TransformerEncoderLayer default (model.py sets none)
@@ -102,15 +107,21 @@ class UCMFH(HashingMethod):
         if not 0.0 <= cfg.mask_probability <= 1.0 or (cfg.eval_mode == "single" and cfg.mask_probability == 0.0):
             raise ConfigError(f"ucmfh mask_probability={cfg.mask_probability}: use a value in (0, 1] with "
                               "eval_mode='single' (0 would never train the single-modality path)")
-        if cfg.project_to is None:
+        project_to = cfg.project_to
+        if project_to == "auto":
+            project_to = 0 if dims.image == dims.text else 512
+            if project_to:
+                log.info("ucmfh: features are %d-d and %d-d; each is projected to %d before fusion (project_to=auto)",
+                         dims.image, dims.text, project_to)
+        if not project_to:
             if dims.image != dims.text:
                 raise ConfigError(f"ucmfh contrasts the fused image and text halves, which needs equal widths; the "
                                   f"features are {dims.image}-d and {dims.text}-d: set project_to (e.g. 512)")
             self.image_in, self.text_in = nn.Identity(), nn.Identity()
             width_i, width_t = dims.image, dims.text
         else:
-            self.image_in, self.text_in = nn.Linear(dims.image, cfg.project_to), nn.Linear(dims.text, cfg.project_to)
-            width_i = width_t = cfg.project_to
+            self.image_in, self.text_in = nn.Linear(dims.image, project_to), nn.Linear(dims.text, project_to)
+            width_i = width_t = project_to
         if (width_i + width_t) % cfg.fusion_heads:
             raise ConfigError(f"ucmfh fuses {width_i} + {width_t} = {width_i + width_t} values, not divisible by "
                               f"fusion_heads={cfg.fusion_heads}: set project_to (e.g. 512) or another fusion_heads")
