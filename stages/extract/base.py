@@ -1,18 +1,54 @@
-"""The encoder interface and registry.
+"""The encoder interface, its registry and factory.
 
 An encoder turns the images and/or texts of a batch of items into one or more named vector columns.
 The runner (``runner.py``) owns data loading, devices, batching, shards and errors; an encoder only
 says what it needs and computes features.
+
+Names. An encoder *kind* (``clip``, ``alexnet``, ``bow``) is code: one module, one registered class
+with a frozen config dataclass. A *preset* is data: an entry of the kind's preset table keyed by the
+encoder id it produces (``clip-vit-b-32.openai`` -> ``{"model": "ViT-B-32", "pretrained": "openai"}``).
+``create_encoder`` accepts either, so ``clip`` (the kind with its defaults) and
+``clip-vit-b-32.openai`` (a preset) build the same encoder. The encoder's ``id`` (``<arch>.<tag>``)
+names its cache directory, so it is path-safe.
+
+Adding an encoder is adding a file. A sentence-transformers text encoder, for example, would be::
+
+    @dataclass(frozen=True)
+    class SentenceConfig:
+        model: str = "all-MiniLM-L6-v2"   # a local folder or a hub name (downloads need internet)
+        caption_mode: str = "mean"        # how several captions of one item are combined
+
+    @register_encoder("sbert", config=SentenceConfig, presets={"sbert-minilm-l6.v2": {}})
+    class SentenceEncoder(Encoder):
+        inputs = frozenset({"text"})
+
+        def __init__(self, cfg: SentenceConfig) -> None:
+            from sentence_transformers import SentenceTransformer
+            self.cfg, self.model = cfg, SentenceTransformer(cfg.model, device="cpu")
+            dim = self.model.get_sentence_embedding_dimension()
+            self.id = "sbert-" + safe_id(cfg.model)
+            self.columns = {"text": ColumnSpec(dim, "float16", "text")}
+            self.default_columns = {"text": ["text"]}
+
+        def config(self) -> dict: return dataclasses.asdict(self.cfg)
+
+        def encode(self, images, texts, item_ids):
+            return {"text": self.model.encode([", ".join(t) for t in texts])}
+
+plus one line ``from stages.extract import sbert`` in ``load_encoders``; nothing else changes.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from pipeline.datasets.base import ItemTable
-from pipeline.registry import Registry
+from pipeline.errors import ConfigError
+from pipeline.registry import Entry, Registry, check_path_safe, normalise_name
 from pipeline.store.features import ColumnSpec
 
 
@@ -37,10 +73,15 @@ class Encoder:
         return {}
 
     def prepare(self, items: ItemTable, splits: Mapping[str, np.ndarray]) -> None:
-        """Fit anything data-dependent (a vocabulary) on the *train* split only."""
+        """Fit anything data-dependent (a vocabulary) on the *train* split only.
+
+        Called by the runner before ``config()`` is read, so a fitted state can be part of the config.
+        Must be deterministic: every ``--shard i/n`` worker calls it and must get the same config.
+        """
 
     def image_transform(self) -> Callable[[Any], torch.Tensor] | None:
-        """PIL image -> tensor, run inside DataLoader workers; None when images are not read."""
+        """PIL image -> (3, H, W) tensor (float, or uint8 that ``encode`` normalises), run inside DataLoader
+        workers; None when images are not read."""
         return None
 
     def to(self, device: torch.device) -> "Encoder":
@@ -48,15 +89,101 @@ class Encoder:
 
     def encode(self, images: torch.Tensor | None, texts: Sequence[Sequence[str]] | None,
                item_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Features for one batch: column -> (m, dim) array, rows aligned with ``item_ids``."""
+        """Features for one batch: column -> (m, dim) array, rows aligned with ``item_ids``.
+
+        ``images`` is the stacked output of ``image_transform``, (m, 3, H, W), already on the encoder's
+        device (under fp16 autocast on CUDA); a transform may return uint8 pixels and leave the float
+        conversion and normalisation to ``encode``, batched on the device (cheaper for the workers);
+        ``texts`` holds each item's tags or captions. Neither is passed unless named in ``inputs``.
+        """
         raise NotImplementedError
+
+
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
+
+
+def column_array(x: torch.Tensor, spec: ColumnSpec) -> np.ndarray:
+    """A column tensor as a numpy array of the column's dtype, cast on its device before the copy
+    (half the bytes to move for float16; F16C/GPU casts are faster than numpy's)."""
+    return x.detach().to(dtype=_TORCH_DTYPES[spec.dtype]).cpu().numpy()
 
 
 #: ``create_encoder(name, **options)`` builds an Encoder.
 ENCODERS: Registry = Registry("encoder", "cmh list encoders")
-register_encoder = ENCODERS.register
+
+
+def register_encoder(name: str, *, config: type, presets: Mapping[str, Mapping[str, Any]] | None = None,
+                     aliases: Sequence[str] = ()) -> Callable[[type], type]:
+    """Register an encoder kind. ``presets`` maps an encoder id to the options that produce it."""
+    for preset_id in presets or {}:
+        check_path_safe(preset_id)
+    return ENCODERS.register(name, config=config, presets=presets, aliases=aliases)
+
+
+def safe_id(text: str) -> str:
+    """A free-form name (an open_clip model or tag) as a path-safe id part: ``ViT-B/32`` -> ``vit-b-32``."""
+    out = re.sub(r"[^a-z0-9.\-]+", "-", normalise_name(text)).strip("-.")
+    return check_path_safe(out or "x")
+
+
+def _load_kinds() -> None:
+    from stages.extract import load_encoders
+
+    load_encoders()
+
+
+def _find(name: str) -> tuple[Entry, Mapping[str, Any]]:
+    """(kind entry, preset options) for a kind name, alias or preset id."""
+    _load_kinds()
+    key = normalise_name(name)
+    for entry in ENCODERS.entries():
+        if key in entry.presets:
+            return entry, entry.presets[key]
+    try:
+        return ENCODERS.get(name), {}
+    except KeyError as exc:
+        ids = list_encoders()
+        raise ConfigError(f"{exc.args[0]}; encoder ids: {', '.join(ids)}") from None
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    """Kind names and preset ids, naturally sorted."""
+    import fnmatch
+
+    from pipeline.registry import _natural_key
+
+    _load_kinds()
+    names = set(ENCODERS.names())
+    for entry in ENCODERS.entries():
+        names.update(entry.presets)
+    return sorted((n for n in names if fnmatch.fnmatch(n, pattern)), key=_natural_key)
+
+
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def build_config(cfg_cls: type, options: Mapping[str, Any], kind: str) -> Any:
+    """``cfg_cls(**options)``; an unknown key or a value of the wrong type raises and says what is valid
+    (``None`` values dropped, so the defaults stand)."""
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    opts = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(opts) - set(fields))
+    if unknown:
+        raise ConfigError(f"encoder {kind!r} has no setting(s) {unknown}; valid settings: {', '.join(sorted(fields))}")
+    for key, value in opts.items():
+        annotation = str(fields[key].type).replace(" | None", "")
+        allowed = _SCALARS.get(annotation)
+        wrong_bool = isinstance(value, bool) and annotation in ("int", "float")
+        if allowed is not None and (not isinstance(value, allowed) or wrong_bool):
+            raise ConfigError(f"encoder {kind!r} setting {key} expects {annotation}, got {value!r}")
+    return cfg_cls(**opts)
 
 
 def create_encoder(name: str, **options: Any) -> Encoder:
-    entry = ENCODERS.get(name)
-    return entry.builder(**{k: v for k, v in options.items() if v is not None})
+    """Build an encoder from a kind (``clip``), alias or preset id (``clip-vit-b-32.openai``).
+
+    Resolution order: config dataclass defaults < preset < ``options`` (``None`` values dropped).
+    """
+    entry, preset = _find(name)
+    cfg = build_config(entry.config, {**preset, **options}, entry.name)
+    return entry.builder(cfg)

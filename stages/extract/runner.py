@@ -1,0 +1,401 @@
+"""The extraction loop: one encoder over one dataset into the feature cache.
+
+``run_extraction`` fits the encoder's data-dependent parts on the train split (``prepare``), plans the
+shards (``FeatureWriter.pending``), decodes and transforms images in DataLoader workers while the main
+process runs the model, writes each shard atomically as soon as its last batch is encoded, records
+unreadable images in ``errors.parquet``, and gathers ``train``/``validation`` from the database shards
+once every part exists (``FeatureWriter.finalize``). A killed run resumes at the first missing shard;
+``--shard i/n`` workers split the parts between them and the last one to finish finalises.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import pipeline
+from pipeline.datasets.base import ItemTable
+from pipeline.datasets.images import load_image
+from pipeline.errors import ConfigError, DataError
+from pipeline.store.features import FeatureWriter, Shard, ShardSpec, read_manifest
+from pipeline.store.layout import PHYSICAL_SPLITS, CacheLayout
+from stages.extract.base import Encoder
+
+log = logging.getLogger(__name__)
+
+#: Without a terminal (no progress bar), log one line every this many batches.
+LOG_EVERY_BATCHES = 50
+#: Package versions recorded in the provenance (distribution names).
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pyarrow", "pillow")
+
+
+@dataclass
+class ExtractSummary:
+    """What one ``run_extraction`` call did."""
+
+    dataset: str
+    encoder: str
+    device: str
+    rows: dict[str, int]  # rows on disk per split after this run
+    failed: int  # items dropped by this run (unreadable images); listed in errors.parquet
+    shards_written: int
+    shards_pending_elsewhere: int  # parts owned by other --shard workers that are not on disk yet
+    complete: bool  # every part exists and train/validation were gathered
+    seconds: float
+    items_per_s: float  # items through the encode loop per second (decoding included)
+    columns: dict[str, int] = field(default_factory=dict)  # column -> dim
+    bytes_on_disk: int = 0
+    # where the loop's time went: waiting for decoded batches (loader-bound), in encode (model-bound),
+    # waiting for the shard writer (disk-bound)
+    wait_s: float = 0.0
+    encode_s: float = 0.0
+    write_s: float = 0.0
+
+    def describe(self) -> str:
+        rows = ", ".join(f"{k} {v}" for k, v in self.rows.items())
+        cols = ", ".join(f"{k}:{v}" for k, v in self.columns.items())
+        state = ("complete" if self.complete
+                 else f"incomplete ({self.shards_pending_elsewhere} part(s) left to other workers)")
+        return (f"{self.dataset}/{self.encoder} on {self.device}: {self.shards_written} shard(s) written, {state}; "
+                f"rows {rows}; {self.failed} failed; {self.items_per_s:.1f} items/s over {self.seconds:.1f} s "
+                f"(waiting for data {self.wait_s:.1f} s, encoding {self.encode_s:.1f} s, "
+                f"writing {self.write_s:.1f} s); "
+                f"columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
+
+
+# -- device and provenance -----------------------------------------------------------------------
+def resolve_device(device: str | None) -> torch.device:
+    """None -> cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _provenance(encoder: Encoder, items: ItemTable) -> dict[str, Any]:
+    """The encoder's own provenance (weights, preprocessing, ...) plus what the runner knows."""
+    run = {"encoder_id": encoder.id, "encoder_config": encoder.config(), "packages": package_versions(),
+           "dataset_fingerprint": items.fingerprint(), "dataset_source": items.source,
+           "text_kind": items.text_kind, "code_version": pipeline.__version__}
+    own = encoder.provenance()
+    clash = sorted(set(own) & set(run))
+    if clash:
+        raise ValueError(f"encoder {encoder.id} provenance keys {clash} are reserved by the runner")
+    return {**own, **run}
+
+
+# -- data loading --------------------------------------------------------------------------------
+class _ImageDataset(Dataset):
+    """Flat position -> (position, image tensor, None) or (position, None, reason) for an unreadable image."""
+
+    def __init__(self, refs: Sequence[str], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.refs, self.transform = refs, transform
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, pos: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            image = load_image(self.refs[pos])
+        except DataError as exc:
+            return pos, None, str(exc)
+        return pos, self.transform(image), None
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]):
+    """Drop failed items: (positions (k,), images (k, 3, H, W) or None, [(position, reason), ...])."""
+    ok = [(pos, x) for pos, x, err in batch if err is None]
+    failed = [(pos, err) for pos, _, err in batch if err is not None]
+    positions = np.array([pos for pos, _ in ok], dtype=np.int64)
+    images = torch.stack([x for _, x in ok]) if ok else None
+    return positions, images, failed
+
+
+def _batches(shard_sizes: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Flat positions in batches that never straddle two shards."""
+    out, start = [], 0
+    for size in shard_sizes:
+        out += [list(range(s, min(s + batch_size, start + size))) for s in range(start, start + size, batch_size)]
+        start += size
+    return out
+
+
+def _iterate(encoder: Encoder, refs: Sequence[str], batches: list[list[int]], workers: int,
+             pin: bool) -> Iterator[tuple[np.ndarray, torch.Tensor | None, list[tuple[int, str]]]]:
+    if "image" not in encoder.inputs:  # text-only: nothing to decode, no workers
+        for b in batches:
+            yield np.asarray(b, dtype=np.int64), None, []
+        return
+    transform = encoder.image_transform()
+    if transform is None:
+        raise TypeError(f"encoder {encoder.id} reads images but has no image_transform()")
+    loader = DataLoader(_ImageDataset(refs, transform), batch_sampler=batches, num_workers=workers,
+                        collate_fn=_collate, pin_memory=pin, prefetch_factor=4 if workers > 0 else None)
+    yield from loader
+
+
+class _Timer:
+    """Accumulates wall time per phase: ``with timer("encode"): ...``."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {"wait": 0.0, "encode": 0.0, "write": 0.0}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[phase] += time.perf_counter() - start
+
+
+class _Progress:
+    """A rich progress bar on a terminal; otherwise a log line every LOG_EVERY_BATCHES batches."""
+
+    def __init__(self, label: str, total: int, enabled: bool) -> None:
+        self.label, self.total, self.done, self.batches = label, total, 0, 0
+        self.start = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
+            self.task = self.bar.add_task(label, total=total, rate="")
+            self.bar.start()
+        self.enabled = enabled
+
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.batches += 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, rate=f"{self.rate():.1f} items/s")
+        elif self.enabled and self.batches % LOG_EVERY_BATCHES == 0:
+            log.info("%s: %d/%d items (%.1f items/s)", self.label, self.done, self.total, self.rate())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def run_extraction(
+    layout: CacheLayout,
+    items: ItemTable,
+    splits: dict[str, np.ndarray],
+    encoder: Encoder,
+    *,
+    shard: ShardSpec = ShardSpec(),
+    device: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    shard_size: int = 1024,
+    overwrite: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+) -> ExtractSummary:
+    """Encode the query and database items of ``splits`` into ``layout``; see the module docstring.
+
+    ``workers``: DataLoader processes decoding images (0 decodes in this process); default
+    ``default_workers``. ``threads``: torch intra-op threads for this run (restored afterwards);
+    default ``default_threads``.
+    """
+    dev = resolve_device(device)
+    reads_images = "image" in encoder.inputs
+    cores = available_cores()
+    n_workers = (default_workers(dev, cores) if workers is None else workers) if reads_images else 0
+    if batch_size < 1 or shard_size < 1 or n_workers < 0:
+        raise ConfigError(f"batch_size and shard_size must be >= 1 and workers >= 0 "
+                          f"(got {batch_size}, {shard_size}, {n_workers})")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads(dev, cores, n_workers, previous_threads))
+    try:
+        return _run(layout, items, splits, encoder, shard=shard, dev=dev, batch_size=batch_size, n_workers=n_workers,
+                    shard_size=shard_size, overwrite=overwrite, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (respects taskset/cgroup affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: torch.device, cores: int) -> int:
+    """Image-decoding processes. CUDA: every core but one, up to 16 (the model outruns JPEG decoding
+    by an order of magnitude: AlexNet ~45k images/s on an H100, decoding ~1 ms per image per core).
+    CPU: max(2, cores // 8), capped at cores (decoding costs about a tenth of the model on CPU).
+
+    Measured with bench/bench_extract.py on a 16-vCPU machine (pipeline / bare model): 14 threads +
+    2 workers 0.82, 12 + 4 0.74, 15 + 1 0.72, 16 + 2 0.60, 16 + 4 0.55; on 2 cores (taskset) 2 + 2
+    ran 112-121 items/s and 2 + 1 102 (the bare model: 124-142, noisy).
+    """
+    if device.type == "cuda":
+        return max(1, min(16, cores - 1))
+    return min(cores, max(2, cores // 8))
+
+
+def default_threads(device: torch.device, cores: int, workers: int, current: int) -> int:
+    """torch threads on CPU: the cores the workers leave free on 8+ cores, else every core; never more
+    than ``current`` (torch's setting, by default the core count), so a process limited on purpose
+    (tests, a shared machine) stays limited.
+
+    OpenMP's parallel regions wait for their slowest thread, so a worker preempting one of them
+    stalls all of them: on many cores, threads + workers must not exceed the cores (numbers in
+    ``default_workers``). On a few cores the workers idle most of the time and every core computes.
+    """
+    if device.type != "cpu":
+        return current
+    return min(current, max(1, cores - workers)) if cores >= 8 else current
+
+
+def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], encoder: Encoder, *, shard: ShardSpec,
+         dev: torch.device, batch_size: int, n_workers: int, shard_size: int, overwrite: bool,
+         progress: bool) -> ExtractSummary:
+    t0 = time.perf_counter()
+    amp = dev.type == "cuda"
+    log.info("extract %s/%s on %s (%s; torch threads %d, %d loader workers, batch %d)", items.dataset,
+             getattr(encoder, "id", "?"), dev, "fp16 autocast" if amp else "float32", torch.get_num_threads(),
+             n_workers, batch_size)
+
+    row_of = {int(i): r for r, i in enumerate(items.item_id)}
+    for name, members in splits.items():
+        unknown = [int(i) for i in members if int(i) not in row_of]
+        if unknown:
+            raise DataError(f"split {name!r} names {len(unknown)} item id(s) not in dataset {items.dataset!r}, "
+                            f"e.g. {unknown[:5]}; the splits and the item table disagree (re-create the splits)")
+
+    encoder.prepare(items, splits)
+    writer = FeatureWriter(
+        layout, items.dataset, encoder.id, encoder_config=encoder.config(), columns=encoder.columns,
+        default_columns=encoder.default_columns, dataset_fingerprint=items.fingerprint(), splits=splits,
+        shard_size=shard_size, code_version=pipeline.__version__, provenance=_provenance(encoder, items),
+    )
+    writer.check_or_create_manifest(overwrite)
+    todo = writer.pending(shard)
+    gathered = [s for s in splits if s not in PHYSICAL_SPLITS]
+    was_complete = (not todo and bool(read_manifest(layout, items.dataset, encoder.id).get("complete"))
+                    and all(any(layout.split_dir(items.dataset, encoder.id, s).glob("part-*.parquet")) for s in gathered))
+
+    failed, written, seen = 0, 0, 0
+    timer = _Timer()
+    loop_start = time.perf_counter()
+    if todo:
+        encoder.to(dev)
+        rows = np.concatenate([np.array([row_of[int(i)] for i in s.item_ids], dtype=np.int64) for s in todo])
+        refs = [items.image[r] for r in rows] if "image" in encoder.inputs else []
+        sizes = [len(s.item_ids) for s in todo]
+        ends = np.cumsum(sizes)  # flat position where each shard ends
+        bar = _Progress(f"{items.dataset}/{encoder.id}", int(ends[-1]), progress)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+        part, acc, errors = 0, [], []
+        # one background thread writes shards (Parquet encoding + fsync release the GIL), at most one
+        # in flight, so the model does not wait for the disk
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        pending_write: Future | None = None
+        try:
+            batches = iter(_iterate(encoder, refs, _batches(sizes, batch_size), n_workers, amp))
+            while True:
+                with timer("wait"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                positions, images, bad = batch
+                errors += [(int(items.item_id[rows[p]]), items.image[rows[p]], why) for p, why in bad]
+                if len(positions):
+                    ids = items.item_id[rows[positions]]
+                    texts = [items.texts[r] for r in rows[positions]] if "text" in encoder.inputs else None
+                    with timer("encode"), torch.inference_mode(), autocast:
+                        if images is not None:
+                            images = images.to(dev, non_blocking=True)
+                        acc.append((ids, encoder.encode(images, texts, ids)))
+                bar.advance(len(positions) + len(bad))
+                seen += len(positions) + len(bad)
+                if seen == ends[part]:  # the last batch of this shard
+                    with timer("write"):
+                        if pending_write is not None:
+                            pending_write.result()  # raises what the previous write raised
+                        pending_write = pool.submit(_write, writer, todo[part], acc, errors, encoder)
+                    failed += len(errors)
+                    written += 1
+                    part, acc, errors = part + 1, [], []
+            with timer("write"):
+                if pending_write is not None:
+                    pending_write.result()
+        finally:
+            pool.shutdown(wait=True)
+            bar.close()
+    loop_seconds = time.perf_counter() - loop_start
+    if seen:
+        log.info("%s/%s: %.1f s waiting for data, %.1f s encoding, %.1f s waiting for shard writes",
+                 items.dataset, encoder.id, timer.totals["wait"], timer.totals["encode"], timer.totals["write"])
+
+    complete = was_complete or writer.finalize()
+    if failed:
+        log.warning("%s/%s: %d item(s) could not be read and were dropped from every column (listed in %s)",
+                    items.dataset, encoder.id, failed, layout.errors_path(items.dataset, encoder.id))
+    summary = ExtractSummary(
+        dataset=items.dataset, encoder=encoder.id, device=str(dev),
+        rows=_rows_on_disk(layout, items.dataset, encoder.id),
+        failed=failed, shards_written=written,
+        shards_pending_elsewhere=sum(writer.manifest["parts"].values()) - writer.done_parts(),
+        complete=complete, seconds=time.perf_counter() - t0, items_per_s=seen / loop_seconds if seen else 0.0,
+        wait_s=timer.totals["wait"], encode_s=timer.totals["encode"], write_s=timer.totals["write"],
+        columns={k: v.dim for k, v in encoder.columns.items()},
+        bytes_on_disk=sum(p.stat().st_size for p in layout.encoder_dir(items.dataset, encoder.id).rglob("*")
+                          if p.is_file()),
+    )
+    log.info("%s", summary.describe())
+    return summary
+
+
+def _write(writer: FeatureWriter, shard: Shard, acc: list[tuple[np.ndarray, dict[str, np.ndarray]]],
+           errors: list[tuple[int, str, str]], encoder: Encoder) -> None:
+    """Concatenate one shard's batches and write it (failed items absent from every column)."""
+    if errors:
+        writer.write_errors(errors)
+    if not acc:
+        raise DataError(f"every item of shard {shard.split}/part-{shard.part:05d} ({len(shard.item_ids)} items) "
+                        f"failed to load, e.g. {errors[0][2] if errors else '?'}; check the image paths/data "
+                        f"directory (failures are listed in errors.parquet)")
+    ids = np.concatenate([i for i, _ in acc])
+    arrays = {name: np.concatenate([a[name] for _, a in acc]) for name in encoder.columns}
+    writer.write_shard(shard, ids, arrays)
+
+
+def _rows_on_disk(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, int]:
+    out = {}
+    base = layout.encoder_dir(dataset, encoder)
+    for split_dir in sorted(base.glob("split=*")):
+        out[split_dir.name.split("=", 1)[1]] = sum(pq.ParquetFile(f).metadata.num_rows
+                                                   for f in split_dir.glob("part-*.parquet"))
+    return out
