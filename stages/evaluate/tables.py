@@ -160,7 +160,8 @@ def methods_by_bits(cache_root: Path, dataset: str | None = None, metric: str = 
         md.write_text(table.markdown)
         arrays: dict[str, pa.Array] = {"label": pa.array(table.labels, pa.string())}
         for name in IDENTITY:
-            arrays[name] = pa.array([identity[lab][name] for lab in table.labels], pa.string())
+            values = [identity[lab][name] for lab in table.labels]
+            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
         for task, bits in columns:
             got = [cells[lab].get((task, bits)) for lab in table.labels]
             arrays[f"{task}@{bits}"] = pa.array([c[0] if c else None for c in got], pa.float64())

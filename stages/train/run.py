@@ -118,8 +118,9 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     supports_paired = getattr(builder, "supports_paired", False)
     if req.eval_mode == "paired" and not supports_paired:
         raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
-    if supports_paired:
-        overrides["eval_mode"] = req.eval_mode  # the method trains differently for the two modes
+    cfg_fields = {f.name for f in dataclasses.fields(METHODS.get(method_name).config)}
+    if supports_paired and "eval_mode" in cfg_fields:
+        overrides["eval_mode"] = req.eval_mode  # UCMFH trains differently for the two modes
 
     results = []
     for bits in req.bits:

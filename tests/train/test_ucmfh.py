@@ -73,9 +73,10 @@ def test_every_sample_masked_still_trains_the_missing_token():
 
 def test_config_errors_name_the_fix():
     with pytest.raises(ConfigError, match="project_to"):
-        build("ucmfh", random_dims(image=24, text=40), 16)  # unequal halves cannot be contrasted
+        build("ucmfh", random_dims(image=24, text=40), 16, overrides={"project_to": 0})  # unequal halves
+    assert build("ucmfh", random_dims(image=24, text=40), 16).widths == (512, 512)  # "auto" projects them
     with pytest.raises(ConfigError, match="project_to"):
-        build("ucmfh", random_dims(image=31, text=31), 16)  # 62 values do not split over 4 heads
+        build("ucmfh", random_dims(image=31, text=31), 16, overrides={"project_to": 0})  # 62 values do not split over 4 heads
     with pytest.raises(ConfigError, match="mask_probability"):
         build("ucmfh", random_dims(), 16, overrides={"mask_probability": 0.0})
     with pytest.raises(ConfigError, match="eval_mode"):

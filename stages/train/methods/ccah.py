@@ -69,7 +69,7 @@ class CCAHConfig(MethodConfig):
     gat_negative_slope: float = 0.2  # models.py GATNet alpha (LeakyReLU of the attention logits)
     image_decoder_width: int = 1024  # models.py GATNet decode Linear(k, image_size=1024); compared only via cos()
     graph: str = "bank"  # [inferred] "bank": fixed anchor bank, batch-independent codes | "batch": the reference
-    bank_size: int = 128  # [inferred] anchor texts per bank (8 reference batches' worth of neighbours)
+    bank_size: int = 32  # [inferred] anchor texts per bank: 2 reference batches of neighbours; cost grows linearly
     neighbours: int = 8  # [inferred] links per text when the text features are not a bag of words
     lr: float = 0.005  # settings.py LR_IMG = LR_TXT (first commit: 0.01)
     optimizer: str = "sgd"  # train.py: SGD, Nesterov
