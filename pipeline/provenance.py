@@ -12,9 +12,9 @@ _PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "numpy", "pyarro
              "numba", "torch_geometric", "scipy")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
     out = {}
-    for name in _PACKAGES:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

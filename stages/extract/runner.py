@@ -10,7 +10,6 @@ once every part exists (``FeatureWriter.finalize``). A killed run resumes at the
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import os
 import sys
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 import pipeline
 from pipeline.datasets.base import ItemTable
 from pipeline.datasets.images import load_image
+from pipeline.provenance import package_versions
 from pipeline.errors import ConfigError, DataError
 from pipeline.store.features import FeatureWriter, Shard, ShardSpec, read_manifest
 from pipeline.store.layout import PHYSICAL_SPLITS, CacheLayout
@@ -37,9 +37,6 @@ log = logging.getLogger(__name__)
 #: Without a terminal (no progress bar), log one line every this many batches.
 LOG_EVERY_BATCHES = 50
 #: Package versions recorded in the provenance (distribution names).
-PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pyarrow", "pillow")
-
-
 @dataclass
 class ExtractSummary:
     """What one ``run_extraction`` call did."""
@@ -85,19 +82,13 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+#: Packages whose versions can change what an encoder writes.
+EXTRACT_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pillow", "pyarrow")
 
 
 def _provenance(encoder: Encoder, items: ItemTable) -> dict[str, Any]:
     """The encoder's own provenance (weights, preprocessing, ...) plus what the runner knows."""
-    run = {"encoder_id": encoder.id, "encoder_config": encoder.config(), "packages": package_versions(),
+    run = {"encoder_id": encoder.id, "encoder_config": encoder.config(), "packages": package_versions(EXTRACT_PACKAGES),
            "dataset_fingerprint": items.fingerprint(), "dataset_source": items.source,
            "text_kind": items.text_kind, "code_version": pipeline.__version__}
     own = encoder.provenance()
