@@ -72,7 +72,7 @@ def extract(
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
     batch_size: int = typer.Option(64, help="images per forward pass"),
     workers: Optional[int] = typer.Option(None, help="DataLoader workers for image decoding"),
-    option: list[str] = typer.Option([], "--option", "-o", help="encoder option as encoder.key=value, e.g. clip.pretrained=/path/weights.pt"),
+    option: list[str] = typer.Option([], "--option", "-o", help="encoder.key=value (e.g. clip.pretrained=/path/weights.pt, alexnet.channels=128) or dataset.key=value (e.g. dataset.text_kind=tags)"),
     overwrite: bool = typer.Option(False, help="replace cached items/splits/features written with another setup"),
 ) -> None:
     """Read a dataset once and write its items, splits and embeddings into the feature cache."""
@@ -82,25 +82,21 @@ def extract(
     from stages.extract.runner import run_extraction
 
     layout = _layout(cache)
+    opts = _key_values(option)
+    dataset_opts = {k.split(".", 1)[1]: v for k, v in opts.items() if k.startswith("dataset.")}
     req = DatasetRequest(dataset=dataset, data_dir=data_dir, limit=limit, name=name, protocol=protocol, seed=seed,
-                         n_query=n_query, n_train=n_train, n_validation=validation)
+                         n_query=n_query, n_train=n_train, n_validation=validation, options=dataset_opts)
     items, splits = prepare_dataset(layout, req, overwrite=overwrite)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     typer.echo(f"dataset {req.cache_name}: {len(items)} items ({sizes}) -> {layout.dataset_dir(req.cache_name)}")
     load_encoders()
-    opts = _key_values(option)
     for enc_name in [e.strip() for e in encoders.split(",") if e.strip()]:
-        enc_opts = {k.split(".", 1)[1]: v for k, v in opts.items() if k.split(".", 1)[0] == enc_name.split(".")[0]}
+        kind = enc_name.split(".")[0].split("-")[0]  # clip-vit-b-32.openai -> clip
+        enc_opts = {k.split(".", 1)[1]: v for k, v in opts.items() if k.split(".", 1)[0] == kind}
         encoder = create_encoder(enc_name, **enc_opts)
         summary = run_extraction(layout, items, splits, encoder, shard=ShardSpec.parse(shard), device=device,
                                  batch_size=batch_size, workers=workers, overwrite=overwrite)
-        typer.echo(_format_extract_summary(summary, layout.encoder_dir(req.cache_name, encoder.id)))
-
-
-def _format_extract_summary(summary, where: Path) -> str:
-    fields = getattr(summary, "__dict__", {})
-    parts = [f"{k}={v}" for k, v in fields.items() if k not in ("encoder",)]
-    return f"encoder {getattr(summary, 'encoder', '?')} -> {where}\n  " + " ".join(parts)
+        typer.echo(f"{summary.describe()}\n  -> {layout.encoder_dir(req.cache_name, encoder.id)}")
 
 
 @app.command()

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     load_encoders()
     for name in ("alexnet", "bow"):
         summary = run_extraction(layout, items, splits, create_encoder(name), progress=False)
-        print(f"extracted {name}: {summary}")
+        print(summary.describe())
     run_ids = []
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         results = train_runs(layout, TrainRequest(dataset="demo", method=method, bits=DEMO_BITS,
