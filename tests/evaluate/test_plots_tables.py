@@ -71,3 +71,16 @@ def test_table_errors(tmp_path: Path, cache_root: Path):
         methods_by_bits(tmp_path, None, write=False)
     with pytest.raises(CacheError, match="metric='map@7'"):
         methods_by_bits(cache_root, "toy", "map@7", write=False)
+
+
+def test_configurations_differing_in_epochs_are_not_averaged(tmp_path: Path):
+    root = tmp_path / "cache"
+    make_run(root, "short", "alpha", 16, 0, 1.0, epochs=5, config_hash="aaaa")
+    make_run(root, "long", "alpha", 16, 0, 2.0, epochs=80, config_hash="bbbb")
+    make_run(root, "long-seed1", "alpha", 16, 1, 2.0, epochs=80, config_hash="bbbb")
+    table = methods_by_bits(root, None, "map", out_dir=tmp_path / "out")
+    assert len(table.labels) == 2 and any("epochs=80" in lab for lab in table.labels)
+    assert {table.cells[lab][("i2t", 16)][2] for lab in table.labels} == {1, 2}  # seeds of one config only
+    assert pq.read_table(table.paths["parquet"]).column("epochs").to_pylist() in (["5", "80"], ["80", "5"])
+    only = methods_by_bits(root, None, "map", write=False, run_ids=["short"])
+    assert len(only.labels) == 1
