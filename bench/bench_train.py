@@ -52,7 +52,6 @@ def main() -> None:
     layout = CacheLayout(cache_root(args.cache))
     dataset = args.dataset
     if args.quick or not layout.items_path(dataset).exists():
-        from pipeline.demo import main as demo_extract  # noqa: F401
         from pipeline.prepare import DatasetRequest, prepare_dataset
         from stages.extract import create_encoder, load_encoders
         from stages.extract.runner import run_extraction
