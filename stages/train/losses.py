@@ -152,3 +152,22 @@ def symmetry(b_i: Tensor, b_t: Tensor) -> Tensor:
     """
     cross = cosine_similarity_matrix(b_i, b_t)  # (m, m)
     return F.mse_loss(cross, cross.T)
+
+
+def semantic_alignment_terms(c_i: Tensor, c_t: Tensor, s: Tensor, s_i: Tensor, s_t: Tensor,
+                             scale: float) -> dict[str, Tensor]:
+    """DSAH's alignment family (methods.md §3, L1–L4, L7, L31, L32), shared by DSAH, CCAH and DSPRH.
+
+    c_i, c_t: (m, k) relaxed codes; s: (m, m) joint target; s_i, s_t: (m, m) feature similarities in
+    [−1, 1]; scale: K (1.5), which multiplies the intra-modal targets and is the diagonal's target.
+    Returns the unweighted terms keyed by name (the symmetry term is weighted 2× by the configs).
+    """
+    return {
+        "text_text": similarity_mse(c_t, c_t, s),  # L1
+        "image_text": similarity_mse(c_i, c_t, s),  # L2
+        "image_image": similarity_mse(c_i, c_i, s),  # L3
+        "image_alignment": similarity_mse(c_i, c_i, scale * s_i),  # L31
+        "text_alignment": similarity_mse(c_t, c_t, scale * s_t),  # L32
+        "diagonal": diagonal_alignment(c_i, c_t, scale),  # L4
+        "symmetry": symmetry(c_i, c_t),  # L7
+    }

@@ -122,3 +122,18 @@ def test_symmetry_by_hand():
 
 def test_sign_plus_maps_zero_to_one():
     torch.testing.assert_close(losses.sign_plus(t([-0.1, 0.0, 2.0])), t([-1.0, 1.0, 1.0]))
+
+
+def test_semantic_alignment_terms_compose_the_dsah_family():
+    g = torch.Generator().manual_seed(0)
+    c_i, c_t = torch.tanh(torch.randn(6, 8, generator=g)), torch.tanh(torch.randn(6, 8, generator=g))
+    s_i = losses.feature_similarity(torch.rand(6, 5, generator=g))
+    s_t = losses.feature_similarity(torch.rand(6, 4, generator=g))
+    s = losses.joint_similarity(s_i, s_t, beta=0.9, mu=1.5)
+    terms = losses.semantic_alignment_terms(c_i, c_t, s, s_i, s_t, 1.5)
+    assert set(terms) == {"text_text", "image_text", "image_image", "image_alignment", "text_alignment",
+                          "diagonal", "symmetry"}
+    assert torch.allclose(terms["image_alignment"], losses.similarity_mse(c_i, c_i, 1.5 * s_i))
+    assert torch.allclose(terms["diagonal"], losses.diagonal_alignment(c_i, c_t, 1.5))
+    # hand value: identical codes in both modalities make the cross similarity symmetric
+    assert losses.semantic_alignment_terms(c_i, c_i, s, s_i, s_t, 1.5)["symmetry"].item() == 0.0

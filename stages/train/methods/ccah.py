@@ -203,15 +203,9 @@ class CCAH(HashingMethod):
         s_i, s_t = 2.0 * c_img - 1.0, 2.0 * c_txt - 1.0
         s = losses.joint_similarity(s_i, s_t, beta=self.cfg.image_share, mu=k)  # K (a S_I + (1 − a) S_T)
         return {
-            "text_text": losses.similarity_mse(c_t, c_t, s),
-            "image_text": losses.similarity_mse(c_i, c_t, s),
-            "image_image": losses.similarity_mse(c_i, c_i, s),
-            "image_alignment": losses.similarity_mse(c_i, c_i, k * s_i),
-            "text_alignment": losses.similarity_mse(c_t, c_t, k * s_t),
-            "diagonal": losses.diagonal_alignment(c_i, c_t, k),
-            "reconstruction_image": losses.similarity_mse(image_hat, image_hat, c_img),
-            "reconstruction_text": losses.similarity_mse(text_hat, text_hat, c_txt),
-            "symmetry": losses.symmetry(c_i, c_t),
+            **losses.semantic_alignment_terms(c_i, c_t, s, s_i, s_t, k),
+            "reconstruction_image": losses.similarity_mse(image_hat, image_hat, c_img),  # L5: cycle, image side
+            "reconstruction_text": losses.similarity_mse(text_hat, text_hat, c_txt),  # L6: cycle, text side
         }
 
     def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:

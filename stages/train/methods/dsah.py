@@ -104,15 +104,9 @@ class DSAH(HashingMethod):
         text_from_image = self.image_decoder(self._decoder_input(c_i))  # (m, d_t)
         image_from_text = self.text_decoder(self._decoder_input(c_t))  # (m, d_i)
         return {
-            "text_text": losses.similarity_mse(c_t, c_t, s),
-            "image_text": losses.similarity_mse(c_i, c_t, s),
-            "image_image": losses.similarity_mse(c_i, c_i, s),
-            "image_alignment": losses.similarity_mse(c_i, c_i, k * s_i),
-            "text_alignment": losses.similarity_mse(c_t, c_t, k * s_t),
-            "diagonal": losses.diagonal_alignment(c_i, c_t, k),
+            **losses.semantic_alignment_terms(c_i, c_t, s, s_i, s_t, k),
             "reconstruction_image": F.mse_loss(image_from_text, F.normalize(batch.image, dim=1)),
             "reconstruction_text": F.mse_loss(text_from_image, F.normalize(batch.text, dim=1)),
-            "symmetry": losses.symmetry(c_i, c_t),
         }
 
     def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:

@@ -225,15 +225,9 @@ class DSPRH(HashingMethod):
         triplet = (losses.cosine_triplet(c_i, c_t, c_t[negative], cfg.margin)  # I -> T
                    + losses.cosine_triplet(c_t, c_i, c_i[negative], cfg.margin))  # T -> I
         return {
-            "text_text": losses.similarity_mse(c_t, c_t, s),
-            "image_text": losses.similarity_mse(c_i, c_t, s),
-            "image_image": losses.similarity_mse(c_i, c_i, s),
-            "diagonal": losses.diagonal_alignment(c_i, c_t, cfg.similarity_scale),
-            "reconstruction_image": F.mse_loss(dec_t, F.normalize(f_i, dim=1)),
+            **losses.semantic_alignment_terms(c_i, c_t, s, s_i, s_t, cfg.similarity_scale),  # L_A: alignment
+            "reconstruction_image": F.mse_loss(dec_t, F.normalize(f_i, dim=1)),  # L_A: twin-bottleneck decoders
             "reconstruction_text": F.mse_loss(dec_i, F.normalize(batch.text, dim=1)),
-            "symmetry": losses.symmetry(c_i, c_t),
-            "image_alignment": losses.similarity_mse(c_i, c_i, cfg.similarity_scale * s_i),
-            "text_alignment": losses.similarity_mse(c_t, c_t, cfg.similarity_scale * s_t),
             "triplet": triplet,
             "pairwise": losses.pairwise_likelihood(c_i, c_t, target),
         }
