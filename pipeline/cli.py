@@ -134,6 +134,7 @@ def report(
     metric: str = typer.Option("map@50", help="metric to tabulate (map@50, map, p@r2, ...)"),
     cache: Optional[Path] = CacheOpt,
     out_dir: Optional[Path] = typer.Option(None, help="where the table files go (default: cache/reports)"),
+    published: bool = typer.Option(False, help="also print mAP@50 next to the papers' published numbers"),
 ) -> None:
     """Print the methods x bits results table across all runs in the cache (and write it as .md/.parquet/.png)."""
     from stages.evaluate.tables import methods_by_bits
@@ -141,6 +142,11 @@ def report(
     table = methods_by_bits(_layout(cache).root, dataset=dataset, metric=metric, out_dir=out_dir)
     typer.echo(table.markdown)
     typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
+    if published:
+        from stages.evaluate.published import comparison_markdown
+        from stages.evaluate.tables import results_table
+
+        typer.echo(comparison_markdown(results_table(_layout(cache).root, table.dataset, "map@50"), table.dataset))
 
 
 @app.command()
@@ -195,6 +201,10 @@ def grid(
         typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
     from stages.evaluate.report import read_rows
 
+    from stages.evaluate.published import comparison_markdown
+    from stages.evaluate.tables import results_table
+
+    typer.echo(comparison_markdown(results_table(layout.root, dataset, "map@50", run_ids), dataset))
     png = table.paths["markdown"].parent / f"{dataset}_map_vs_bits.png"
     rows = [r for rid in run_ids for r in read_rows(layout.run_dir(rid) / "report.parquet")]
     plot_map_vs_bits(rows, png, dataset=dataset)
