@@ -57,6 +57,19 @@ def test_demo_train_report_sql_and_query(demo_cache):
     assert len(hits) == 5 and [h[0] for h in hits] == [1, 2, 3, 4, 5]
     assert [h[2] for h in hits] == sorted(h[2] for h in hits)  # ranked by Hamming distance
 
+    # the same through the CLI in a fresh process, with an image query
+    import subprocess
+    import sys
+
+    image = layout.root / "demo-data"
+    picture = next(p for p in image.rglob("*.jpg"))
+    out = subprocess.run([sys.executable, "-m", "pipeline", "query", "--run", results[2].run_id, "--image",
+                          str(picture), "--top-k", "3", "--cache", str(layout.root)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split("\t") for line in out.stdout.strip().splitlines()]
+    assert [line[0] for line in lines] == ["1", "2", "3"] and all(len(line) == 5 for line in lines)
+
 
 def test_paired_mode_is_refused_for_methods_without_it(demo_cache):
     from pipeline.errors import ConfigError

@@ -58,8 +58,9 @@ def load_method(run_dir: Path):
 
 
 def _encoder_for(layout: CacheLayout, dataset: str, encoder_id: str):
-    from stages.extract import ENCODERS, create_encoder
+    from stages.extract import ENCODERS, create_encoder, load_encoders
 
+    load_encoders()  # a fresh process (the CLI) has registered none yet
     manifest = read_manifest(layout, dataset, encoder_id)
     config = dict(manifest["encoder_config"])
     entry = ENCODERS.get(config.get("kind", encoder_id.split(".")[0]))
