@@ -33,7 +33,7 @@ def _figure(width: float = 5.0, height: float = 4.0):
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # keeps a legend placed outside the axes
     return path
 
 
@@ -144,7 +144,8 @@ def plot_map_vs_bits(report_rows_or_glob: Iterable[Mapping[str, Any]] | str | Pa
         ax.set_xticks(all_bits, [str(b) for b in all_bits])
         ax.set(xlabel="bits", ylabel=metric, title=TASK_TITLES.get(task, task))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if n == len(tasks):  # one legend, outside the last panel, so it never hides a line
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(f"{metric} vs code length" + (f" · {dataset}" if dataset else "") + " (mean ± std over seeds)",
                  fontsize=9)
     return _save(fig, Path(out_png))
