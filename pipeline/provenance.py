@@ -47,3 +47,14 @@ def environment() -> dict[str, Any]:
     except ImportError:
         pass
     return env
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (weights files are recorded and checked by it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

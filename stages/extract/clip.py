@@ -23,7 +23,6 @@ L2-normalises both columns.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch import Tensor
 from pipeline.datasets.base import ItemTable
 from pipeline.errors import ConfigError, WeightsError
 from pipeline.store.features import ColumnSpec
+from pipeline.provenance import file_sha256
 from stages.extract.base import Encoder, column_array, register_encoder, safe_id
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,6 @@ class ClipConfig:
     normalize: bool = False  # L2-normalise stored embeddings; raw by default as UCMFH uses them (§15 #7)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_path(value: str) -> bool:
@@ -111,7 +105,7 @@ class ClipEncoder(Encoder):
             if not path.is_file():
                 raise WeightsError(f"CLIP weights file {path} does not exist; {_how_to_supply(cfg.model)}")
             self.tag: str | None = None
-            self.weights = {"source": "file", "path": str(path), "sha256": _sha256(path)}
+            self.weights = {"source": "file", "path": str(path), "sha256": file_sha256(path)}
             checkpoint = str(path)
             if quick_gelu is None:
                 log.warning("clip: weights file %s with quick_gelu=False; OpenAI-trained CLIP weights need the "
