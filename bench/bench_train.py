@@ -65,7 +65,6 @@ def main() -> None:
     train = load_split(layout, dataset, "train", parse_feature_spec(layout, dataset, "alexnet", "image"),
                        parse_feature_spec(layout, dataset, "bow", "text"))
     dims, batch = feature_dims(train), to_batch(train)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     base = _mlp_epoch(batch, args.bits, 32)
     print(f"{dataset}: {len(train)} training pairs, image {dims.image}-d, text {dims.text}-d, {args.bits} bits, "
           f"{torch.get_num_threads()} threads")

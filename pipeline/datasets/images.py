@@ -5,16 +5,12 @@ A reference is either a file path, or ``<path.mat>#<index>`` for the DCMH HDF5 i
 """
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 
 from pipeline.errors import DataError
-
-_local = threading.local()
-
 
 @lru_cache(maxsize=8)
 def _h5(path: str):  # one handle per process (DataLoader workers each get their own)

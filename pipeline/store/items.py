@@ -4,7 +4,6 @@ Later stages read these instead of the raw dataset, so every method sees the sam
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -116,6 +115,3 @@ def read_splits(layout: CacheLayout, dataset: str) -> Splits:
 def splits_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
     return read_metadata(layout.splits_path(dataset))
 
-
-def dumps(meta: Mapping[str, Any]) -> str:
-    return json.dumps(meta, sort_keys=True, default=str)

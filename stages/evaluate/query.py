@@ -115,7 +115,7 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     dims = method.dims
     blank_image = torch.zeros(1, dims.image)
     blank_text = torch.zeros(1, dims.text)
-    parts = {ref.key: feats[:, :] for ref in refs}  # split back into branches
+    parts = {}  # split the concatenated features back into their branches
     offset = 0
     for ref in refs:
         width = (dims.image_parts if modality == "image" else dims.text_parts)[ref.key]

@@ -181,13 +181,16 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
         write_report(run_dir, rows, {**meta, **timings})
         write_curves(run_dir, evaluation.curves, {**meta, **timings})
         plot_run(run_dir)
-        summary = {f"{r['task']}_{r['metric']}": r["value"] for r in rows if r["metric"] in ("map@50", "map")}
-        results.append(RunResult(run_id, run_dir, bits, {**summary, **timings}))
+        results.append(RunResult(run_id, run_dir, bits, {**_summary(rows), **timings}))
     return results
 
 
-def _summary_from_report(run_dir: Path) -> dict[str, float]:
-    import pyarrow.parquet as pq
+def _summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The one-line summary (mAP@50 and mAP per task) of a run's report rows."""
+    return {f"{r['task']}_{r['metric']}": r["value"] for r in rows if r["metric"] in ("map@50", "map")}
 
-    t = pq.read_table(run_dir / "report.parquet").to_pylist()
-    return {f"{r['task']}_{r['metric']}": r["value"] for r in t if r["metric"] in ("map@50", "map")}
+
+def _summary_from_report(run_dir: Path) -> dict[str, float]:
+    from stages.evaluate.report import read_rows
+
+    return _summary(read_rows(run_dir / "report.parquet"))
