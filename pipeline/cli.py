@@ -67,7 +67,7 @@ def extract(
     protocol: Optional[str] = typer.Option(None, help="split protocol: djsrh-mirflickr, djsrh-nuswide, random"),
     n_query: Optional[int] = typer.Option(None, help="query split size (default per protocol)"),
     n_train: Optional[int] = typer.Option(None, help="training split size, drawn from the database"),
-    validation: int = typer.Option(0, help="carve a validation split of this size from the database"),
+    validation: Optional[int] = typer.Option(None, help="validation split size, drawn from the database minus train (default: the query size)"),
     shard: Optional[str] = typer.Option(None, help="i/n: this worker writes every n-th shard starting at i"),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
     batch_size: int = typer.Option(64, help="images per forward pass"),

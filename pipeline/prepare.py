@@ -33,7 +33,7 @@ class DatasetRequest:
     seed: int = 1
     n_query: int | None = None
     n_train: int | None = None
-    n_validation: int = 0
+    n_validation: int | None = None  # None: as many as the query split (pipeline.splits)
     options: dict[str, Any] = field(default_factory=dict)
 
     @property

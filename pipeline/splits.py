@@ -6,9 +6,12 @@ Protocols (design.md "Protocol choices"):
   with the (Q0, T0, Q1, T1) counts (160, 400, 80, 200) and (200, 500, 200, 500) and 5,000 train.
 * ``random``: a seeded random query set, database = the rest, train drawn from the database.
 
-In every protocol ``train ⊂ database`` and ``query ∩ database = ∅`` (methods.md §1.2). An optional
-``validation`` split (for model selection, never the query set) is carved out of the database: it is
-removed from the database and is disjoint from train and query.
+In every protocol ``train ⊂ database`` and ``query ∩ database = ∅``. Every protocol also draws a
+``validation`` split for the choices a method makes (a ridge, a graph, a convergence check), so that no
+choice ever reads the query set: it is drawn from the database minus train (``validation ⊂ database``,
+``validation ∩ train = ∅``), like train it stays in the retrieval database so the test protocol is
+the papers' unchanged, and by default it has as many items as the query split. Validation scores rank
+validation queries against the training split (disjoint from them), never against the query set.
 
 Random numbers: ``djsrh_split`` draws from ``numpy.random.RandomState(seed)``, the legacy generator the
 reference code seeds with ``np.random.seed(1)`` (DSAH, CCAH), in the reference's call order, so its
@@ -159,7 +162,7 @@ def default_protocol(dataset: str) -> str:
 
 
 def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | None = None,
-                n_train: int | None = None, n_validation: int = 0) -> SplitResult:
+                n_train: int | None = None, n_validation: int | None = None) -> SplitResult:
     """Draw the splits of ``table`` and return them as ITEM IDS in a SplitResult.
 
     ``n_query``/``n_train`` None mean the protocol's standard sizes (DJSRH: the per-label counts,
@@ -168,11 +171,13 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
     database)), logged and written to ``notes``; a size given explicitly that does not fit raises
     ConfigError. For DJSRH protocols a query size other than nominal scales the per-label query
     counts by query/nominal (each at least 1), and a train size below nominal scales the train
-    counts likewise; a larger one keeps them and the top-up fills the rest.
+    counts likewise; a larger one keeps them and the top-up fills the rest. ``n_validation`` None
+    means as many as the query split, capped by the database items outside train (the cap is logged);
+    an empty validation split is refused.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    for name, value, low in (("n_query", n_query, 1), ("n_train", n_train, 1), ("n_validation", n_validation, 0)):
+    for name, value, low in (("n_query", n_query, 1), ("n_train", n_train, 1), ("n_validation", n_validation, 1)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
             raise ConfigError(f"{name}={value!r}: expected an integer >= {low}")
     n = len(table)
@@ -186,7 +191,7 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
     notes: list[str] = []
     q = int(n_query) if n_query is not None else std_query
     t = int(n_train) if n_train is not None else std_train
-    v = int(n_validation)
+    v = int(n_validation) if n_validation is not None else 0  # the default is sized once train is known
     if q + t + v > n:
         if n_query is None:
             q = max(1, int(round(SCALED_QUERY_FRACTION * n)))
@@ -203,6 +208,13 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
         log.info("splits: %s", note)  # the caller (pipeline.prepare) warns with every note
         notes.append(note)
 
+    if n_validation is None:
+        v = min(q, n - q - t)
+        if v < q:
+            notes.append(f"validation: {v} items (all the database items outside train), not {q}")
+        if v < 1:
+            raise ConfigError(f"splits for {table.dataset!r} ({n} items): query {q} + train {t} leave no database "
+                              f"item outside train for a validation split; ask for a smaller n_train")
     params: dict[str, Any] = {"n_query": q, "n_train": t, "n_validation": v}
     if counts is not None:
         used = _scaled_counts(counts, n_labels, q, t)
@@ -221,10 +233,7 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
         params["generator"] = "numpy.random.default_rng"
         rows = random_split(n, seed, q, t)
 
-    if v:
-        rows = _carve_validation(rows, v, seed, n)
-        notes.append(f"validation: {v} items carved out of the database (disjoint from train); "
-                     f"the database shrinks to {len(rows['database'])}")
+    rows = _draw_validation(rows, v, seed, n)
     ids = np.asarray(table.item_id, dtype=np.int64)
     splits = {name: ids[r] for name, r in rows.items()}
     sizes = {name: int(len(r)) for name, r in splits.items()}
@@ -245,8 +254,11 @@ def _scaled_counts(counts: DJSRHCounts, n_labels: int, n_query: int, n_train: in
     return DJSRHCounts(q_first, t_first, q_rest, t_rest, n_train)
 
 
-def _carve_validation(rows: dict[str, np.ndarray], n_validation: int, seed: int, n: int) -> dict[str, np.ndarray]:
-    """Move ``n_validation`` random database rows that are not in train into a ``validation`` split."""
+def _draw_validation(rows: dict[str, np.ndarray], n_validation: int, seed: int, n: int) -> dict[str, np.ndarray]:
+    """Draw ``n_validation`` random database rows that are not in train as the ``validation`` split.
+
+    Query and train are drawn first and are not touched, so adding validation changes no test result.
+    """
     in_train = np.zeros(n, dtype=bool)
     in_train[rows["train"]] = True
     candidates = rows["database"][~in_train[rows["database"]]]
@@ -255,6 +267,8 @@ def _carve_validation(rows: dict[str, np.ndarray], n_validation: int, seed: int,
                           f"train; ask for fewer")
     rng = np.random.default_rng([seed, 1])
     validation = np.sort(rng.choice(candidates, size=n_validation, replace=False)).astype(np.int64)
-    keep = np.ones(n, dtype=bool)
-    keep[validation] = False
-    return {**rows, "database": rows["database"][keep[rows["database"]]], "validation": validation}
+    overlap = {name: int(np.isin(validation, rows[name]).sum()) for name in ("query", "train")}
+    if any(overlap.values()):  # cannot happen by construction; a guard against a future edit
+        raise ConfigError(f"validation split overlaps {overlap} (sizes: validation {n_validation}, "
+                          f"query {len(rows['query'])}, train {len(rows['train'])}); this is a bug")
+    return {**rows, "validation": validation}

@@ -101,7 +101,7 @@ def load_split(
     splits = read_splits(layout, dataset)
     if split not in splits:
         raise CacheError(f"dataset {dataset!r} has no split {split!r} (splits: {', '.join(sorted(splits))}); "
-                         f"a validation split needs `cmh extract --validation N`")
+                         f"the cache predates validation splits: re-run `cmh extract --dataset {dataset} --overwrite` (or another CACHE=)")
     members = splits[split]
     items = read_items(layout, dataset)
     label_row = {int(i): r for r, i in enumerate(items.item_id)}

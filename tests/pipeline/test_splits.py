@@ -76,8 +76,9 @@ def test_real_mirflickr_seed1_sizes(shared_data):
     table = get_dataset("mirflickr").builder(shared_data / "mirflickr25k_real20015")
     result = make_splits(table, protocol="djsrh-mirflickr", seed=1)
     s = result.splits
-    assert result.sizes == {"query": 2000, "database": 18015, "train": 5000}  # methods.md §1.3 nominal sizes
+    assert result.sizes == {"query": 2000, "database": 18015, "train": 5000, "validation": 2000}
     assert not np.intersect1d(s["query"], s["database"]).size
+    assert np.isin(s["validation"], s["database"]).all() and not np.intersect1d(s["validation"], s["train"]).size
     assert np.isin(s["train"], s["database"]).all() and len(np.unique(s["train"])) == 5000
     assert np.array_equal(np.sort(np.concatenate([s["query"], s["database"]])), np.sort(table.item_id))
     assert result.notes == []
@@ -95,7 +96,7 @@ def test_nuswide_preset_gives_exact_sizes():
     rows = djsrh_nuswide_split(labels, seed=1)
     assert len(rows["query"]) == 2000 and len(rows["train"]) == 5000 and len(rows["database"]) == 7000
     result = make_splits(_table(labels), protocol="djsrh-nuswide", seed=1)
-    assert result.sizes == {"query": 2000, "database": 7000, "train": 5000}
+    assert result.sizes == {"query": 2000, "database": 7000, "train": 5000, "validation": 2000}
     assert result.params["q_first"] == 200 and result.params["t_rest"] == 500
 
 
@@ -111,20 +112,29 @@ def test_random_split_properties():
         random_split(100, 5, 10, 95)
 
 
-def test_make_splits_returns_item_ids_and_carves_validation():
+def test_make_splits_returns_item_ids_and_draws_validation():
     table = _table(_labels(3000, 5, seed=2))
     result = make_splits(table, protocol="random", seed=1, n_query=200, n_train=1000, n_validation=300)
     s = result.splits
-    assert result.sizes == {"query": 200, "database": 2500, "train": 1000, "validation": 300}
+    assert result.sizes == {"query": 200, "database": 2800, "train": 1000, "validation": 300}
     assert np.isin(np.concatenate(list(s.values())), table.item_id).all()  # ids, not row positions
     assert not np.intersect1d(s["validation"], s["train"]).size
-    assert not np.intersect1d(s["validation"], s["database"]).size
+    assert np.isin(s["validation"], s["database"]).all()  # stays in the retrieval database, like train
     assert not np.intersect1d(s["validation"], s["query"]).size
     assert np.isin(s["train"], s["database"]).all()
-    all_ids = np.sort(np.concatenate([s["query"], s["database"], s["validation"]]))
+    all_ids = np.sort(np.concatenate([s["query"], s["database"]]))
     assert np.array_equal(all_ids, table.item_id)
+    # adding validation changes neither query nor train (no test result moves)
+    other = make_splits(table, protocol="random", seed=1, n_query=200, n_train=1000, n_validation=50).splits
+    assert np.array_equal(other["query"], s["query"]) and np.array_equal(other["train"], s["train"])
+    # the default: as many as the query split
+    assert make_splits(table, protocol="random", seed=1, n_query=200, n_train=1000).sizes["validation"] == 200
     with pytest.raises(ConfigError, match=r"validation 2000 do not fit"):
         make_splits(table, protocol="djsrh-mirflickr", seed=1, n_query=200, n_train=1000, n_validation=2000)
+    with pytest.raises(ConfigError, match=r"n_validation=0: expected an integer >= 1"):
+        make_splits(table, protocol="random", seed=1, n_query=200, n_train=1000, n_validation=0)
+    with pytest.raises(ConfigError, match=r"query 200 \+ train 2800 leave no database item outside train"):
+        make_splits(table, protocol="random", seed=1, n_query=200, n_train=2800)
 
 
 @pytest.mark.realdata
@@ -140,7 +150,7 @@ def test_scaled_sizes_for_the_730_set(shared_data):
 def test_scaled_sizes_random_and_explicit_sizes_that_do_not_fit():
     table = _table(_labels(238, 4, seed=3))
     result = make_splits(table, protocol="random", seed=1)
-    assert result.sizes == {"query": 24, "database": 214, "train": 107} and result.notes
+    assert result.sizes == {"query": 24, "database": 214, "train": 107, "validation": 24} and result.notes
     only_query = make_splits(table, protocol="random", seed=1, n_query=50)  # train scaled around it
     assert only_query.sizes["query"] == 50 and only_query.sizes["train"] == 94
     assert make_splits(table, protocol="random", seed=1, n_query=200).sizes["train"] == 19
