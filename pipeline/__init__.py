@@ -1,6 +1,11 @@
 """cmh: cross-modal hashing retrieval, from a Parquet feature cache to binary codes and mAP reports."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# The code version stored with every published result row (results/). Bump it whenever a change can
+# alter any method's codes for the same seed; rows of another version are then listed as stale by
+# `cmh report --results` instead of being mixed into the table.
+RESULTS_VERSION = "0.2.0"
 
 # Bumped whenever the on-disk layout of the cache changes; a cache written by another schema
 # version is refused with a clear error instead of being misread.

@@ -135,11 +135,20 @@ def report(
     cache: Optional[Path] = CacheOpt,
     out_dir: Optional[Path] = typer.Option(None, help="where the table files go (default: cache/reports)"),
     published: bool = typer.Option(False, help="also print mAP@50 next to the papers' published numbers"),
+    results: Optional[Path] = typer.Option(None, help="tabulate the published rows under this folder (e.g. results/) instead of the cache's runs"),
+    readme: Optional[Path] = typer.Option(None, help="with --results: rewrite this README's generated block for the dataset"),
+    figure: Optional[Path] = typer.Option(None, help="with --results: where the mAP-vs-bits PNG goes (default: docs/<dataset>_map_vs_bits.png)"),
 ) -> None:
-    """Print the methods x bits results table across all runs in the cache (and write it as .md/.parquet/.png)."""
+    """Print the methods x bits table (validation score in brackets) of the cache's runs, or of results/."""
     from stages.evaluate.tables import methods_by_bits
 
-    table = methods_by_bits(_layout(cache).root, dataset=dataset, metric=metric, out_dir=out_dir)
+    if results is not None:
+        _report_results(results, dataset, readme, figure)
+        return
+    if readme is not None or figure is not None:
+        raise typer.BadParameter("--readme and --figure go with --results")
+    table = methods_by_bits(_layout(cache).root, dataset=dataset, metric=metric, out_dir=out_dir,
+                            beside=f"val_{metric}")
     typer.echo(table.markdown)
     typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
     if published:
@@ -147,6 +156,56 @@ def report(
         from stages.evaluate.tables import results_table
 
         typer.echo(comparison_markdown(results_table(_layout(cache).root, table.dataset, "map@50"), table.dataset))
+
+
+def _report_results(results: Path, dataset: Optional[str], readme: Optional[Path], figure: Optional[Path]) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.settings import PROJECT_ROOT
+    from stages.evaluate.plots import plot_map_vs_bits
+    from stages.evaluate.results import readme_block, scan_results, update_readme
+
+    if dataset is None:
+        raise typer.BadParameter("--results needs --dataset (the folder name under results/)")
+    figure = figure or PROJECT_ROOT / "docs" / f"{dataset}_map_vs_bits.png"
+    scan = scan_results(results, dataset)
+    rows = [r for p in scan.current for r in pq.read_table(p).to_pylist()]
+    if rows:
+        plot_map_vs_bits(rows, figure, dataset=dataset)
+    base = readme.parent if readme is not None else Path.cwd()
+    try:
+        shown = figure.resolve().relative_to(base.resolve())
+    except ValueError:
+        shown = figure
+    block = readme_block(results, dataset, figure=shown)
+    typer.echo(block)
+    for path, version in scan.stale:
+        typer.echo(f"stale: {path} (code version {version})", err=True)
+    if readme is not None:
+        changed = update_readme(readme, dataset, block)
+        typer.echo(f"{readme}: {'updated' if changed else 'already up to date'}; figure: {figure}")
+
+
+@app.command()
+def publish(
+    dataset: str = typer.Option(..., help="cached dataset whose runs to publish"),
+    run: list[str] = typer.Option([], "--run", help="run id to publish (repeat; default: every finished run of the dataset)"),
+    results: Path = typer.Option(Path("results"), help="the results registry folder"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Copy finished runs' report rows (no codes, no models) into results/<dataset>/ to be committed."""
+    from stages.evaluate.results import publish_runs
+
+    import pyarrow.parquet as pq
+
+    layout = _layout(cache)
+    run_dirs = [layout.run_dir(r) for r in run] if run else sorted(
+        p.parent for p in layout.runs_dir().glob(f"{dataset}-*/report.parquet")
+        if pq.read_table(p, columns=["dataset"]).column(0)[0].as_py() == dataset)  # not mirflickr-n100's
+    if not run_dirs:
+        raise typer.BadParameter(f"no finished runs of {dataset!r} under {layout.runs_dir()}")
+    for path in publish_runs(run_dirs, results):
+        typer.echo(f"published {path}")
 
 
 @app.command()
@@ -175,40 +234,25 @@ def grid(
     image: Optional[str] = typer.Option(None, help="image features (default: each method's own)"),
     text: Optional[str] = typer.Option(None, help="text features (default: each method's own)"),
     epochs: Optional[str] = typer.Option(None, help="override epochs: N for every method, or method=N,... per method"),
+    workers: Optional[int] = typer.Option(None, help="cells trained in parallel processes (default: 6 with a GPU, 1 on the CPU)"),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
     out_dir: Optional[Path] = typer.Option(None, help="where the table files go (default: cache/reports)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train methods x code lengths x seeds on one dataset and write the combined table (Parquet, Markdown, PNG)."""
-    from stages.evaluate.tables import methods_by_bits
-    from stages.train.run import TrainRequest, train_runs
+    from pipeline.grid import GridRequest, run_grid
 
-    layout = _layout(cache)
-    run_ids = []
-    per_method = _epochs_per_method(epochs)
-    for seed in _ints(seeds):
-        for m in [x.strip() for x in methods.split(",") if x.strip()]:
-            req = TrainRequest(dataset=dataset, method=m, bits=_ints(bits), image=image, text=text, seed=seed,
-                               epochs=per_method.get(m, per_method.get("*")))
-            for r in train_runs(layout, req):
-                run_ids.append(r.run_id)
-                typer.echo(f"{r.run_id}: i2t {r.summary.get('i2t_map@50', float('nan')):.4f} "
-                           f"t2i {r.summary.get('t2i_map@50', float('nan')):.4f}")
-    from stages.evaluate.plots import plot_map_vs_bits
-
-    for metric in ("map@50", "map"):
-        table = methods_by_bits(layout.root, dataset=dataset, metric=metric, out_dir=out_dir, run_ids=run_ids)
+    if workers is not None and workers < 1:
+        raise typer.BadParameter(f"--workers {workers}: give 1 or more")
+    req = GridRequest(dataset=dataset, methods=[x.strip() for x in methods.split(",") if x.strip()],
+                      bits=_ints(bits), seeds=_ints(seeds), image=image, text=text,
+                      epochs=_epochs_per_method(epochs), workers=workers, device=device, out_dir=out_dir)
+    result = run_grid(_layout(cache).root, req, echo=typer.echo)
+    for table in result.tables.values():
         typer.echo(table.markdown)
         typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
-    from stages.evaluate.report import read_rows
-
-    from stages.evaluate.published import comparison_markdown
-    from stages.evaluate.tables import results_table
-
-    typer.echo(comparison_markdown(results_table(layout.root, dataset, "map@50", run_ids), dataset))
-    png = table.paths["markdown"].parent / f"{dataset}_map_vs_bits.png"
-    rows = [r for rid in run_ids for r in read_rows(layout.run_dir(rid) / "report.parquet")]
-    plot_map_vs_bits(rows, png, dataset=dataset)
-    typer.echo(f"mAP@50 against code length: {png}")
+    typer.echo(result.comparison)
+    typer.echo(f"mAP@50 against code length: {result.figure}")
 
 
 def _epochs_per_method(text: Optional[str]) -> dict[str, int]:

@@ -24,16 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
-    from pipeline.errors import ConfigError
     from pipeline.prepare import DatasetRequest, prepare_dataset
     from pipeline.settings import cache_root
     from pipeline.store.layout import CacheLayout
-    from stages.evaluate.plots import plot_map_vs_bits
-    from stages.evaluate.report import read_rows
-    from stages.evaluate.tables import methods_by_bits
+    from pipeline.grid import GridRequest, run_grid
     from stages.extract import create_encoder, load_encoders
     from stages.extract.runner import run_extraction
-    from stages.train.run import TrainRequest, train_runs
 
     start = time.perf_counter()
     layout = CacheLayout(cache_root(args.cache))
@@ -44,25 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("alexnet", "bow"):
         summary = run_extraction(layout, items, splits, create_encoder(name), progress=False)
         print(summary.describe())
-    run_ids = []
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        results = []
-        for bits in DEMO_BITS:
-            try:
-                results += train_runs(layout, TrainRequest(dataset="demo", method=method, bits=(bits,),
-                                                           epochs=DEMO_EPOCHS.get(method), progress=False))
-            except ConfigError as exc:  # e.g. CCA cannot give more bits than the demo's small tag vocabulary
-                print(f"{method} at {bits} bits skipped: {exc}")
-        for r in results:
-            run_ids.append(r.run_id)
-            print(f"{r.run_id}: i2t mAP@50 {r.summary.get('i2t_map@50', float('nan')):.4f}  "
-                  f"t2i mAP@50 {r.summary.get('t2i_map@50', float('nan')):.4f}")
-    table = methods_by_bits(layout.root, dataset="demo", metric="map@50", run_ids=run_ids)
+    result = run_grid(layout.root, GridRequest(dataset="demo", methods=[m.strip() for m in args.methods.split(",")
+                                                                       if m.strip()],
+                                               bits=DEMO_BITS, epochs=dict(DEMO_EPOCHS), workers=1,
+                                               skip_config_errors=True))
+    table = result.tables["map@50"]
     print(table.markdown)
-    png = table.paths["markdown"].parent / "demo_map_vs_bits.png"
-    rows = [r for rid in run_ids for r in read_rows(layout.run_dir(rid) / "report.parquet")]
-    plot_map_vs_bits(rows, png, dataset="demo")
-    print(f"\ntables: {', '.join(str(p) for p in table.paths.values())}\nplot: {png}\nruns: {layout.runs_dir()}")
+    print(f"\ntables: {', '.join(str(p) for p in table.paths.values())}\nplot: {result.figure}\nruns: {layout.runs_dir()}")
     print("query them with DuckDB, e.g.:\n  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"SELECT method, bits, task, "
           f"value FROM read_parquet('{layout.runs_dir()}/*/report.parquet', union_by_name=true) "
           "WHERE metric='map@50' ORDER BY ALL\\\"))\"")

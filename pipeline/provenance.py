@@ -49,6 +49,25 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def hardware() -> str:
+    """One line naming what trained a run: the GPU when CUDA is used, else the CPU model and threads."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)} (CUDA)"
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = 0
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} ({threads} torch threads)"
+
+
 def file_sha256(path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (weights files are recorded and checked by it)."""
     import hashlib

@@ -56,9 +56,11 @@ REQUIRED_META: dict[str, pa.DataType] = {
     "n_train": pa.int64(), "n_query": pa.int64(), "n_database": pa.int64(),
     "train_s": pa.float64(), "encode_s": pa.float64(), "eval_s": pa.float64(),
 }
-#: Always present (NULL when not given) so cross-run SQL can group on them: the training length and the
-#: hash of the resolved method config (seeds of one configuration share it).
-OPTIONAL_META: dict[str, pa.DataType] = {"epochs": pa.int64(), "config_hash": pa.string()}
+#: Always present (NULL when not given) so cross-run SQL can group on them: the training length, the
+#: hash of the resolved method config (seeds of one configuration share it), the paper's epochs (a
+#: shorter run is marked as a budget run) and the code version (``pipeline.RESULTS_VERSION``).
+OPTIONAL_META: dict[str, pa.DataType] = {"epochs": pa.int64(), "config_hash": pa.string(),
+                                         "paper_epochs": pa.int64(), "code_version": pa.string()}
 ROW_SCHEMA: dict[str, pa.DataType] = {"task": pa.string(), "metric": pa.string(), "k": pa.int64(),
                                       "value": pa.float64()}
 CURVE_SCHEMA: dict[str, pa.DataType] = {"task": pa.string(), "curve": pa.string(), "x": pa.int64(),

@@ -35,7 +35,8 @@ LIMIT $k
 #: One metric across every run in a cache (report schemas may grow between runs: union_by_name).
 RESULTS_SQL = """
 SELECT dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, bits, task,
-       count(*) AS n_seeds, avg(value) AS mean, stddev_samp(value) AS std, list(seed ORDER BY seed) AS seeds
+       count(*) AS n_seeds, avg(value) AS mean, stddev_samp(value) AS std, list(seed ORDER BY seed) AS seeds,
+       max(paper_epochs) AS paper_epochs
 FROM read_parquet($glob, union_by_name = true)
 WHERE metric = $metric AND ($dataset IS NULL OR dataset = $dataset)
   AND ($run_ids IS NULL OR list_contains($run_ids, run_id))

@@ -28,16 +28,22 @@ def report_glob(cache_root: Path) -> str:
 
 
 def results_table(cache_root: Path, dataset: str | None = None, metric: str = "map@50",
-                  run_ids: list[str] | None = None) -> list[dict[str, Any]]:
-    """Mean, std (sample, NULL for one seed) and seed count of ``metric`` per configuration, task and bits."""
+                  run_ids: list[str] | None = None, files: list[str] | None = None) -> list[dict[str, Any]]:
+    """Mean, std (sample, NULL for one seed) and seed count of ``metric`` per configuration, task and bits.
+
+    Reads every run report under ``cache_root``, or exactly ``files`` (report rows published under
+    ``results/``) when given.
+    """
     import duckdb
 
-    if not list(Path(cache_root).glob(f"runs/*/{REPORT_FILE}")):
+    if files is None and not list(Path(cache_root).glob(f"runs/*/{REPORT_FILE}")):
         raise CacheError(f"no run reports under {Path(cache_root) / 'runs'}; train a run first (cmh train)")
+    if files is not None and not files:
+        raise CacheError("no result files to tabulate; publish runs first (cmh publish)")
     con = duckdb.connect()
     try:
-        cur = con.execute(RESULTS_SQL, {"glob": report_glob(cache_root), "metric": metric, "dataset": dataset,
-                                        "run_ids": run_ids})
+        source = [str(f) for f in files] if files is not None else report_glob(cache_root)
+        cur = con.execute(RESULTS_SQL, {"glob": source, "metric": metric, "dataset": dataset, "run_ids": run_ids})
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
     finally:
@@ -55,6 +61,8 @@ class MethodsTable:
     cells: dict[str, dict[tuple[str, int], tuple[float, float | None, int]]]
     identity: dict[str, dict[str, Any]]
     markdown: str = ""
+    beside: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)  # label -> cell -> 2nd metric
+    beside_metric: str | None = None
     paths: dict[str, Path] = field(default_factory=dict)
 
 
@@ -89,16 +97,27 @@ def _markdown(table: MethodsTable) -> str:
         best[col] = max(means) if means else None
     head = "| method | " + " | ".join(f"{t} {b}" for t, b in table.columns) + " |"
     rule = "|---|" + "---:|" * len(table.columns)
+    extra = f"; in brackets: {table.beside_metric}" if table.beside_metric else ""
     lines = [f"**{table.metric}** on **{table.dataset}** (mean ± sample std over seeds"
-             + ("" if show_n else f", n={next(iter(ns))}") + "; best per column in bold)", "", head, rule]
+             + ("" if show_n else f", n={next(iter(ns))}") + f"; best per column in bold{extra})", "", head, rule]
     for lab in table.labels:
         cells = []
         for col in table.columns:
             cell = table.cells[lab].get(col)
             text = _cell_text(cell, show_n)
-            cells.append(f"**{text}**" if cell is not None and cell[0] == best[col] else text)
-        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+            text = f"**{text}**" if cell is not None and cell[0] == best[col] else text
+            second = table.beside.get(lab, {}).get(col)
+            cells.append(text if second is None else f"{text} ({second:.4f})")
+        lines.append(f"| {_row_label(lab, table.identity.get(lab, {}))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _row_label(label: str, identity: dict[str, Any]) -> str:
+    """Mark a configuration trained for fewer epochs than its paper's schedule: a budget run, not the method."""
+    epochs, paper = identity.get("epochs"), identity.get("paper_epochs")
+    if epochs is not None and paper is not None and int(epochs) < int(paper):
+        return f"{label} (budget: {int(epochs)} of {int(paper)} epochs)"
+    return label
 
 
 def _png(table: MethodsTable, path: Path) -> Path:
@@ -124,12 +143,15 @@ def _png(table: MethodsTable, path: Path) -> Path:
 
 def methods_by_bits(cache_root: Path, dataset: str | None = None, metric: str = "map@50",
                     out_dir: Path | None = None, write: bool = True,
-                    run_ids: list[str] | None = None) -> MethodsTable:
+                    run_ids: list[str] | None = None, files: list[str] | None = None,
+                    beside: str | None = None) -> MethodsTable:
     """Method rows × (task, bits) columns of ``metric``; writes ``<out_dir>/<dataset>_<metric>.{md,parquet,png}``.
 
     ``out_dir`` defaults to ``<cache_root>/reports``. ``dataset`` may be omitted when the runs cover one dataset.
+    ``files`` tabulates exactly those report files (``results/``). ``beside`` names a second metric
+    shown in brackets in each Markdown cell, e.g. the validation score beside the test score.
     """
-    rows = results_table(cache_root, dataset, metric, run_ids)
+    rows = results_table(cache_root, dataset, metric, run_ids, files)
     if not rows:
         raise CacheError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else "")
                          + f" under {Path(cache_root) / 'runs'}")
@@ -145,12 +167,18 @@ def methods_by_bits(cache_root: Path, dataset: str | None = None, metric: str = 
     for r in rows:
         key = tuple(r[c] for c in IDENTITY)
         lab = labels[key]
-        identity[lab] = dict(zip(IDENTITY, key))
+        identity[lab] = {**dict(zip(IDENTITY, key)), "paper_epochs": r.get("paper_epochs")}
         std = r["std"]
         cells.setdefault(lab, {})[(r["task"], int(r["bits"]))] = (float(r["mean"]), None if std is None else float(std),
                                                                   int(r["n_seeds"]))
     table = MethodsTable(dataset=dataset, metric=metric, columns=columns, labels=sorted(cells), cells=cells,
                          identity=identity)
+    if beside:
+        for r in results_table(cache_root, dataset, beside, run_ids, files):
+            lab = labels.get(tuple(r[c] for c in IDENTITY))
+            if lab in cells:
+                table.beside.setdefault(lab, {})[(r["task"], int(r["bits"]))] = float(r["mean"])
+        table.beside_metric = beside
     table.markdown = _markdown(table)
     if write:
         out_dir = Path(out_dir) if out_dir is not None else Path(cache_root) / "reports"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -100,8 +100,13 @@ class HashingMethod(nn.Module):
         """Relaxed codes (m, bits) of one modality, computed from that modality's features alone."""
         raise NotImplementedError
 
-    def fit(self, train: FeatureBatch) -> None:
-        """Closed-form training on the whole training split (closed_form methods only)."""
+    def fit(self, train: FeatureBatch, score: Callable[[], float] | None = None) -> dict[str, Any] | None:
+        """Closed-form training on the whole training split (closed_form methods only).
+
+        ``score()``, when given, returns the current model's validation score (higher is better); a
+        method that has settings its paper leaves open chooses them with it and returns
+        ``{"grid": [{setting..., "score": s}, ...], "chosen": {setting...}}``. It never sees query data.
+        """
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int, train: FeatureBatch) -> None:

@@ -1,11 +1,17 @@
 """The one training loop every deep method runs through.
 
-It owns the optimiser, the weighted sum of a method's named loss terms, per-term logging and the
-non-finite guard; methods only compute terms. Model selection never looks at the query set: the
-model after the last epoch is the one that is kept.
+It owns the optimiser, the weighted sum of a method's named loss terms, per-term logging, the
+non-finite guard and the validation curve; methods only compute terms. Model selection never looks at
+the query set: the model after the last epoch is the one that is kept.
+
+On a GPU the loop never waits for the device inside an epoch: the training split is moved to the
+device once, per-term sums are accumulated there, and both the logged values and the non-finite
+guard are read once at the end of the epoch (a NaN or inf in any step makes its term's sum
+non-finite, so the guard still names the term and the epoch).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -16,6 +22,7 @@ import torch
 from torch import Tensor
 
 from stages.train.base import FeatureBatch, HashingMethod
+from stages.train.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,11 @@ log = logging.getLogger(__name__)
 class TrainHistory:
     epochs: list[dict[str, float]] = field(default_factory=list)  # per epoch: mean of each weighted term, "total"
     seconds: float = 0.0
+    #: validation points {"epoch" (1-based), "i2t", "t2i", "mean"} (mAP@50, validation vs train)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    #: settings chosen on validation by a closed-form method: {"grid": [...], "chosen": {...}}
+    selection: dict = field(default_factory=dict)
+    validation_s: float = 0.0  # seconds spent scoring validation (inside ``seconds``)
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -61,14 +73,26 @@ def fit_method(
     device: str | torch.device = "cpu",
     epochs: int | None = None,
     progress: bool = False,
+    validator: Validator | None = None,
 ) -> TrainHistory:
-    """Train ``method`` on the whole training split ``train`` (all rows, on the CPU or ``device``)."""
+    """Train ``method`` on the whole training split ``train`` (all rows, on the CPU or ``device``).
+
+    With a ``validator``, a deep method is scored on the validation split every ``validator.every``
+    epochs and after the last (``history.validation``), and a closed-form method may choose the
+    settings its paper leaves open on it (``history.selection``).
+    """
     torch.manual_seed(seed)
     history = TrainHistory()
     start = time.perf_counter()
     method.to(device)
+    if validator is not None:
+        validator = dataclasses.replace(validator, queries=validator.queries.to(device),
+                                        retrieval=validator.retrieval.to(device))
     if method.closed_form:
-        method.fit(train.to(device))
+        score = None if validator is None else (lambda: validator(method, 0)["mean"])
+        history.selection = method.fit(train.to(device), score=score) or {}
+        if validator is not None:
+            history.validation.append(validator(method, 0))
         history.seconds = time.perf_counter() - start
         return history
 
@@ -92,7 +116,7 @@ def fit_method(
             method.on_epoch_start(epoch, train_dev)
             order = torch.randperm(n, generator=generator).to(device)
             stop = n - (n % m) if (cfg.drop_last and n >= m) else n
-            sums: dict[str, float] = {}
+            sums: dict[str, Tensor] = {}  # on the device: no host sync inside the epoch
             steps = 0
             for s in range(0, stop, m):
                 batch = _slice(train_dev, order[s:s + m])
@@ -102,21 +126,29 @@ def fit_method(
                     w = weights.get(name, 1.0)
                     if w == 0:
                         continue
-                    if not torch.isfinite(value):
-                        raise NonFiniteLoss(f"loss term {name!r} became {value.item()} at epoch {epoch}; "
-                                            f"lower the learning rate or check the input features")
                     contrib = w * value
                     total = contrib if total is None else total + contrib
-                    sums[name] = sums.get(name, 0.0) + float(contrib.detach())
+                    _accumulate(sums, name, contrib)
                 if total is None:
                     raise ValueError(f"every loss term of {getattr(method, 'name', method)} has weight 0")
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                sums["total"] = sums.get("total", 0.0) + float(total.detach())
+                _accumulate(sums, "total", total)
                 steps += 1
-            record = {k: v / max(1, steps) for k, v in sums.items()}
+            record = {k: float(v) / max(1, steps) for k, v in sums.items()}  # the epoch's one sync
+            bad = [k for k, v in record.items() if k != "total" and not math.isfinite(v)]
+            if bad:
+                raise NonFiniteLoss(f"loss term {bad[0]!r} became non-finite during epoch {epoch}; "
+                                    f"lower the learning rate or check the input features")
             history.epochs.append(record)
+            if validator is not None and validator.due(epoch, n_epochs):
+                t_val = time.perf_counter()
+                point = validator(method, epoch)
+                history.validation.append(point)
+                history.validation_s += time.perf_counter() - t_val
+                log.info("epoch %d/%d validation mAP@%d i2t %.4f t2i %.4f", epoch + 1, n_epochs, validator.k,
+                         point["i2t"], point["t2i"])
             if bar is not None:
                 bar.update(1, postfix=f"loss {record.get('total', math.nan):.4f}")
             if epoch == 0 or (epoch + 1) % max(1, n_epochs // 5) == 0 or epoch == n_epochs - 1:
@@ -127,6 +159,16 @@ def fit_method(
             bar.close()
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor) -> None:
+    """Add a detached scalar to a float64 running sum on its device (float64: the sums of a long epoch
+    keep the precision the per-step Python floats had)."""
+    value = value.detach().to(torch.float64)
+    if name in sums:
+        sums[name] += value
+    else:
+        sums[name] = value.clone()
 
 
 @torch.no_grad()

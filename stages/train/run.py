@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.provenance import environment
+from pipeline import RESULTS_VERSION
+from pipeline.provenance import environment, git_revision, hardware
 from pipeline.store.features import config_hash, read_manifest
 from pipeline.store.items import items_meta, splits_meta
 from pipeline.store.layout import CacheLayout
@@ -26,6 +27,7 @@ from pipeline.store.parquet import write_json_atomic
 from pipeline.store.reader import SplitFeatures, load_split, parse_feature_spec
 from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config
 from stages.train.loop import encode_split, fit_method
+from stages.train.validation import K as VALIDATION_K, Validator, default_every
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,8 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     text_refs = parse_feature_spec(layout, req.dataset, req.text, "text")
 
     t0 = time.perf_counter()
-    data = {s: load_split(layout, req.dataset, s, image_refs, text_refs) for s in ("train", "query", "database")}
+    data = {s: load_split(layout, req.dataset, s, image_refs, text_refs)
+            for s in ("train", "validation", "query", "database")}
     load_s = time.perf_counter() - t0
     dims = feature_dims(data["train"])
     batches = {s: to_batch(v) for s, v in data.items()}
@@ -125,6 +128,8 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     results = []
     for bits in req.bits:
         cfg = resolve_config(method_name, req.dataset, overrides)
+        paper_epochs = resolve_config(method_name, req.dataset, {k: v for k, v in overrides.items()
+                                                                 if k != "epochs"}).epochs
         resolved = _config_dict(cfg)
         run_id = run_id_for(req, bits, resolved)
         run_dir = layout.run_dir(run_id)
@@ -142,6 +147,10 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
             "tie_rule": req.tie, "supervised": bool(method.supervised), "device": device,
             "n_train": len(data["train"]), "n_query": len(data["query"]), "n_database": len(data["database"]),
             "dropped_items": sum(len(v.dropped) for v in data.values()),
+            # provenance a published result row carries (results/; cmh report --results)
+            "paper_epochs": None if method.closed_form else int(paper_epochs),
+            "split_protocol": _split_protocol(layout, req.dataset), "hardware": hardware(),
+            "code_version": RESULTS_VERSION, "git": git_revision(),
         }
         provenance = {
             "request": {k: v for k, v in dataclasses.asdict(req).items() if k not in ("force", "progress")},
@@ -157,10 +166,15 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
 
         log.info("training %s at %d bits on %d items (%s / %s) on %s", method_name, bits, len(data["train"]),
                  req.image, req.text, device)
-        history = fit_method(method, batches["train"], seed=req.seed, device=device, progress=req.progress)
+        validator = Validator(batches["validation"], batches["train"], map_at_k=_validation_map, encode=encode_split,
+                              every=default_every(int(cfg.epochs)) if not method.closed_form else 1)
+        history = fit_method(method, batches["train"], seed=req.seed, device=device, progress=req.progress,
+                             validator=validator)
         torch.save({"state_dict": method.state_dict(), "config": resolved, "dims": dataclasses.asdict(dims),
                     "method": method_name, "bits": bits}, run_dir / "model.pt")
-        write_json_atomic({"epochs": history.epochs, "seconds": history.seconds}, run_dir / "history.json")
+        write_json_atomic({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
+                           "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection},
+                          run_dir / "history.json")
 
         t1 = time.perf_counter()
         paired = req.eval_mode == "paired"
@@ -174,10 +188,14 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
         encode_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         evaluation = evaluate_codes_and_curves(codes["query"], codes["database"], tie=req.tie)
-        rows = evaluation.rows
+        rows = evaluation.rows + _validation_rows(history.validation)
         eval_s = time.perf_counter() - t2
         timings = {"load_s": load_s, "train_s": history.seconds, "train_s_per_epoch": history.seconds_per_epoch,
-                   "encode_s": encode_s, "eval_s": eval_s}
+                   "validation_s": history.validation_s, "encode_s": encode_s, "eval_s": eval_s}
+        meta["n_validation"] = len(data["validation"])
+        if history.selection:
+            meta["chosen_on_validation"] = json.dumps(history.selection.get("chosen"))
+            meta["validation_grid"] = json.dumps(history.selection.get("grid"))
         write_report(run_dir, rows, {**meta, **timings})
         write_curves(run_dir, evaluation.curves, {**meta, **timings})
         plot_run(run_dir)
@@ -185,9 +203,40 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     return results
 
 
+#: How validation scores are computed (stored with every run that has them).
+VALIDATION_PROTOCOL = ("mAP@50 of the validation split's items (queries) against the training split "
+                       "(retrieval set); validation is drawn from the database minus train, never the query set")
+
+
+def _split_protocol(layout: CacheLayout, dataset: str) -> str:
+    """e.g. ``djsrh-mirflickr seed 1: query 2000, database 18015, train 5000, validation 2000``."""
+    meta = splits_meta(layout, dataset)
+    params = meta.get("params") or {}
+    sizes = meta.get("sizes") or {}
+    shown = ", ".join(f"{k} {sizes[k]}" for k in ("query", "database", "train", "validation") if k in sizes)
+    return f"{params.get('protocol')} seed {params.get('seed')}" + (f": {shown}" if shown else "")
+
+
+def _validation_map(q: np.ndarray, d: np.ndarray, q_labels: np.ndarray, d_labels: np.ndarray, k: int) -> float:
+    from stages.evaluate.codes import binarize
+    from stages.evaluate.metrics import map_at_k
+
+    return float(map_at_k(binarize(q), binarize(d), q_labels, d_labels, k).mean)
+
+
+def _validation_rows(points: Sequence[Mapping[str, float]]) -> list[dict[str, Any]]:
+    """The last validation point as report rows (metric ``val_map@50``); the whole curve is in history.json."""
+    if not points:
+        return []
+    last = points[-1]
+    return [{"task": task, "metric": f"val_map@{VALIDATION_K}", "k": VALIDATION_K, "value": float(last[task])}
+            for task in ("i2t", "t2i")]
+
+
 def _summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """The one-line summary (mAP@50 and mAP per task) of a run's report rows."""
-    return {f"{r['task']}_{r['metric']}": r["value"] for r in rows if r["metric"] in ("map@50", "map")}
+    return {f"{r['task']}_{r['metric']}": r["value"] for r in rows
+            if r["metric"] in ("map@50", "map", f"val_map@{VALIDATION_K}")}
 
 
 def _summary_from_report(run_dir: Path) -> dict[str, float]:

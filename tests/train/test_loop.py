@@ -82,3 +82,34 @@ def test_config_resolution_order_and_errors():
         resolve_config("toy-loop", None, {"hiden": 3})
     with pytest.raises(ConfigError, match="no loss term"):
         resolve_config("toy-loop", None, {"weights": {"nope": 1.0}})
+
+
+def _toy_validator(every: int, seen: list) -> "Validator":
+    from stages.train.validation import Validator
+
+    def score(q, d, q_labels, d_labels, k):  # a stand-in metric: records what it was given
+        seen.append((q.shape, d.shape, k))
+        return float((q > 0).mean())
+
+    return Validator(_batch(12), _batch(40), map_at_k=score, encode=encode_split, every=every)
+
+
+def test_validation_curve_points_and_the_kept_model_is_the_last_epoch():
+    seen: list = []
+    torch.manual_seed(3)
+    with_val = fit_method(m1 := _method(epochs=7), _batch(), seed=3, validator=_toy_validator(3, seen))
+    assert [p["epoch"] for p in with_val.validation] == [3, 6, 7]  # every 3rd epoch and the last
+    assert all(set(p) == {"epoch", "i2t", "t2i", "mean"} for p in with_val.validation)
+    assert seen[0] == ((12, 8), (40, 8), 50)  # validation queries against the training split, mAP@50
+    torch.manual_seed(3)
+    without = fit_method(m2 := _method(epochs=7), _batch(), seed=3)
+    # scoring validation changes nothing: same losses, same codes as a run without it
+    assert with_val.epochs == without.epochs
+    assert torch.equal(encode_split(m1, _batch(), "image"), encode_split(m2, _batch(), "image"))
+    assert without.validation == []
+
+
+def test_default_validation_every_gives_about_ten_points():
+    from stages.train.validation import default_every
+
+    assert [default_every(e) for e in (1, 5, 80, 200)] == [1, 1, 8, 20]

@@ -14,7 +14,7 @@ matter for the sign.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -48,7 +48,8 @@ class RandomProjectionBaseline(HashingMethod):
         self.register_buffer("text_projection", torch.zeros(dims.text, bits))  # (d_t, k)
         self.register_buffer("fitted", torch.tensor(False))
 
-    def fit(self, train: FeatureBatch) -> None:
+    def fit(self, train: FeatureBatch, score: Callable[[], float] | None = None) -> None:
+        # nothing to choose: a random projection has no setting a validation score could pick
         g = torch.Generator().manual_seed(self.cfg.seed)
         device = self.image_mean.device
         self.image_mean.copy_(train.image.mean(dim=0))
