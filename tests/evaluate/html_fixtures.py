@@ -46,7 +46,7 @@ def make_dataset(root: Path, n_items: int = 80, seed: int = 0) -> tuple[CacheLay
                       source=str(image_dir))
     write_items(layout, table, {})
     ids = np.arange(n_items, dtype=np.int64)
-    # item 0 (the HTML caption) is a query item: a gallery of all 12 queries (6 per task) shows it
+    # item 0 (the HTML caption) is a query item: a gallery of every query in both tasks shows its text
     write_splits(layout, DATASET, {"query": ids[:N_QUERY], "database": ids[N_QUERY:], "train": ids[N_QUERY:]},
                  {"protocol": "test", "seed": seed})
     return layout, table
