@@ -33,8 +33,8 @@ def chromium() -> str:
 
 def test_page_renders_without_errors_and_every_image_loads(chromium, tmp_path):
     layout, table = make_dataset(tmp_path)
-    first = make_run(layout, table, "toy-alpha-16b-s1-aaaaaaaa", "alpha", 16, 1,
-                     validation=[{"epoch": 1, "i2t": 0.5, "t2i": 0.5}, {"epoch": 2, "i2t": 0.6, "t2i": 0.55}])
+    make_run(layout, table, "toy-alpha-16b-s1-aaaaaaaa", "alpha", 16, 1,
+             validation=[{"epoch": 1, "i2t": 0.5, "t2i": 0.5}, {"epoch": 2, "i2t": 0.6, "t2i": 0.55}])
     make_run(layout, table, "toy-beta-32b-s1-bbbbbbbb", "beta", 32, 1, noise=3.0)
     gone = table.image[pick_queries(read_splits(layout, DATASET)["query"], 4, seed=0)["i2t"][0]]
     Path(gone).unlink()  # a gallery query image no longer where it was recorded

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from pipeline.store.parquet import write_bytes_atomic, write_json_atomic
 from stages.evaluate.gallery import Items, pick_queries, render_gallery, run_gallery
 from stages.evaluate.html_page import esc, legend_html, methods_table_html, page_html, rel_url
 from stages.evaluate.plots import PLOTS_DIR, plot_map_vs_bits, plot_run, plot_validation
-from stages.evaluate.report import CURVES_FILE, REPORT_FILE
+from stages.evaluate.report import CURVES_FILE
 from stages.evaluate.tables import MethodsTable, report_glob
 from stages.evaluate.thumbnails import ThumbnailStore
 
@@ -192,7 +192,7 @@ def build_html_report(layout: CacheLayout, table: MethodsTable, *, out_dir: Path
               f"dataset fingerprint {esc(fingerprint)} · written {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}")
     write_bytes_atomic(page_html(f"cmh report · {dataset}", body, footer).encode("utf-8"), page)
     sidecar = write_json_atomic({
-        "page": page.name, "dataset": dataset, "metric": metric, "gallery": settings.__dict__,
+        "page": page.name, "dataset": dataset, "metric": metric, "gallery": asdict(settings),
         "queries": queries, "runs": [r.run_id for r in runs], "dataset_fingerprint": fingerprint,
         "thumbnails": {"dir": str(thumbs.dir), "made": thumbs.made, "reused": thumbs.reused},
         "missing_images": thumbs.missing, "environment": env,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from stages.evaluate.html_report import GallerySettings, build_html_report, vali
 from stages.evaluate.query_page import write_query_page
 from stages.evaluate.tables import methods_by_bits
 from stages.evaluate.thumbnails import ThumbnailStore
-from tests.evaluate.html_fixtures import DATASET, N_QUERY, SCRIPT_CAPTION, make_dataset, make_run
+from tests.evaluate.html_fixtures import DATASET, N_QUERY, make_dataset, make_run
 
 VALIDATION = [{"epoch": 1, "i2t": 0.5, "t2i": 0.52}, {"epoch": 2, "i2t": 0.6, "t2i": 0.58}]
 
