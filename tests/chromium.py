@@ -3,7 +3,7 @@
 Used by the browser tests (console errors, images that fail to load, page-load time, screenshots) and
 by hand for the README screenshot::
 
-    python -m tests.chromium cache/reports/mirflickr.html docs/report.png --open 1 --height 1800
+    python -m tests.chromium cache/reports/mirflickr.html shot.png --open 'details.run' --height 1800
 
 Chromium reads protocol messages from fd 3 and writes to fd 4, each a JSON object ended by a NUL byte
 (``--remote-debugging-pipe``).
@@ -200,7 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Screenshot a local HTML page with headless Chromium.")
     parser.add_argument("page", type=Path)
     parser.add_argument("png", type=Path)
-    parser.add_argument("--open", type=int, default=0, help="unfold the first N <details> before the shot")
+    parser.add_argument("--open", default=None, help="CSS selector of the <details> to unfold before the shot")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--scroll-to", default=None, help="CSS selector to scroll to the top of the shot")
@@ -210,10 +210,11 @@ def main() -> None:
         raise SystemExit("error: no chromium on PATH; install it with `apt-get install -y chromium`")
     with Browser(binary, args.width, args.height) as browser:
         seconds = browser.load(args.page.resolve().as_uri())
-        browser.evaluate(f"(async () => {{ [...document.querySelectorAll('details')].slice(0, {args.open})"
-                         ".forEach(d => { d.open = true; d.querySelectorAll('img').forEach(i => i.loading = 'eager'); });"
-                         "await Promise.all([...document.images].filter(i => i.loading === 'eager')"
-                         ".map(i => i.decode().catch(() => null))); })()")
+        if args.open:
+            browser.evaluate(f"(async () => {{ document.querySelectorAll({json.dumps(args.open)})"
+                             ".forEach(d => { d.open = true; d.querySelectorAll('img').forEach(i => i.loading = 'eager'); });"
+                             "await Promise.all([...document.images].filter(i => i.loading === 'eager')"
+                             ".map(i => i.decode().catch(() => null))); })()")
         if args.scroll_to:
             browser.evaluate(f"document.querySelector({json.dumps(args.scroll_to)}).scrollIntoView()")
         browser.screenshot(args.png)

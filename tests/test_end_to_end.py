@@ -74,8 +74,8 @@ def test_demo_train_report_sql_and_query(demo_cache):
     # the same result as a single-file gallery: the query image and the three hits, in rank order
     html = page.read_text()
     assert f"html: {page}" in out.stdout and html.count("data:image/jpeg;base64,") == 1
-    assert [m for m in re.findall(r"#(\d+) · d=(\d+) · .*? · id (\d+)", html)] == \
-        [(line[0], line[2], line[1]) for line in lines]
+    assert re.findall(r'item (\d+)"><div class="txt".*?#(\d+) · d=(\d+)', html) == \
+        [(line[1], line[0], line[2]) for line in lines]
 
 
 def test_paired_mode_is_refused_for_methods_without_it(demo_cache):

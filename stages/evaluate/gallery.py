@@ -192,9 +192,8 @@ def render_gallery(gallery: Gallery, items: Items | None, thumb: ImageSource, sr
                         else _text_html(f"(item {hit.item_id} is not in the cached dataset)"))
             else:
                 body = _text_html(items.text(hit.item_id) if items is not None else f"item {hit.item_id}")
-            parts.append(f'<div class="cell {cls}" title="{_esc(says)}">{body}<div class="meta">'
-                         f'#{hit.rank} · d={hit.hamming} · <span class="mk">{symbol}</span> · id {hit.item_id}'
-                         f'</div></div>')
+            parts.append(f'<div class="cell {cls}" title="{_esc(says)} · item {hit.item_id}">{body}<div class="meta">'
+                         f'#{hit.rank} · d={hit.hamming} · <span class="mk">{symbol}</span></div></div>')
         parts.append("</div></div>")
     parts.append("</div>")
     return "".join(parts)

@@ -19,7 +19,7 @@ table.results { border-collapse: collapse; font-size: 13px; }
 table.results th, table.results td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 table.results th:first-child, table.results td:first-child { text-align: left; }
 table.results td.best { font-weight: bold; background: #eef6ee; }
-img.figure { max-width: 100%; border: 1px solid #eee; }
+img.figure { max-width: min(100%, 760px); border: 1px solid #eee; }
 details.run { border: 1px solid #ddd; border-radius: 4px; margin: .4em 0; padding: .3em .6em; }
 details.run > summary { cursor: pointer; }
 details.run code.rid { color: #777; font-size: 12px; }
@@ -27,8 +27,8 @@ details.run code.rid { color: #777; font-size: 12px; }
 .q { margin: .5em 0 .9em; }
 .qhead { font-size: 13px; margin-bottom: 2px; }
 .row { display: flex; flex-wrap: wrap; gap: 4px; align-items: flex-start; }
-.cell { width: 118px; border: 2px solid #bbb; border-radius: 3px; padding: 2px; font-size: 11px; overflow: hidden; }
-.cell img { display: block; max-width: 112px; max-height: 112px; margin: 0 auto; }
+.cell { box-sizing: border-box; width: 100px; border: 2px solid #bbb; border-radius: 3px; padding: 2px; font-size: 11px; overflow: hidden; }
+.cell img { display: block; max-width: 92px; max-height: 92px; margin: 0 auto; }
 .cell.query { border-color: #3366cc; background: #eef2fb; }
 .cell.rel { border-color: #2e8b3a; } .cell.irr { border-color: #c0392b; } .cell.unk { border-color: #999; }
 .cell .txt { max-height: 7.2em; overflow: hidden; word-wrap: break-word; }

@@ -1,7 +1,7 @@
 """Small JPEG thumbnails of a dataset's images, made once per dataset and shared by every report page.
 
-A thumbnail lives at ``<reports>/<dataset>/thumbs/<item_id>-<hash of the image reference>.jpg``. The
-reference is part of the name, so a dataset re-extracted from other files never shows a stale picture.
+A thumbnail lives at ``<reports>/<dataset>/thumbs/<item_id>-<hash of the image reference and size>.jpg``.
+The reference is part of the name, so a dataset re-extracted from other files never shows a stale picture.
 Files are written atomically and reused on the next report. An image that cannot be read gives a
 ``Thumb`` without a file and with the reason, and the page shows a placeholder naming the path.
 """
@@ -19,7 +19,7 @@ from pipeline.store.parquet import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-THUMB_PX = 112  # longest side; big enough to recognise a scene, small enough for thousands on one page
+THUMB_PX = 100  # longest side; big enough to recognise a scene, small enough for thousands on one page
 JPEG_QUALITY = 80
 
 
@@ -42,8 +42,8 @@ def thumbs_dir(reports_dir: Path, dataset: str) -> Path:
     return Path(reports_dir) / dataset / "thumbs"
 
 
-def thumb_name(item_id: int | None, ref: str) -> str:
-    digest = hashlib.sha1(ref.encode("utf-8")).hexdigest()[:10]
+def thumb_name(item_id: int | None, ref: str, size: int = THUMB_PX) -> str:
+    digest = hashlib.sha1(f"{ref}|{size}".encode("utf-8")).hexdigest()[:10]
     return f"{'q' if item_id is None else int(item_id)}-{digest}.jpg"
 
 
@@ -86,7 +86,7 @@ class ThumbnailStore:
         key = (None if item_id is None else int(item_id), ref)
         if key in self._seen:
             return self._seen[key]
-        out = self.dir / thumb_name(item_id, ref)
+        out = self.dir / thumb_name(item_id, ref, self.size)
         if out.exists():
             thumb = Thumb(ref, out)
             self.reused += 1

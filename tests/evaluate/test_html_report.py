@@ -132,7 +132,7 @@ def test_thumbnails_are_made_once_per_dataset(toy, tmp_path):
     from PIL import Image
 
     with Image.open(first.path) as im:
-        assert im.format == "JPEG" and max(im.size) <= 112
+        assert im.format == "JPEG" and max(im.size) <= 100
     # a page built twice reuses every thumbnail of the first build
     table = methods_by_bits(layout.root, DATASET)
     build_html_report(layout, table, out_dir=tmp_path / "r", progress=False)
