@@ -46,7 +46,7 @@ grid: $(STAMP)
 		--seeds $(SEEDS) $(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
 
 report: $(STAMP)
-	$(CMH) report --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --published $(COMMON)
+	$(CMH) report --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --published --html $(COMMON)
 
 demo: $(STAMP)
 	$(PY) -m pipeline.demo $(COMMON)

@@ -138,6 +138,10 @@ def report(
     results: Optional[Path] = typer.Option(None, help="tabulate the published rows under this folder (e.g. results/) instead of the cache's runs"),
     readme: Optional[Path] = typer.Option(None, help="with --results: rewrite this README's generated block for the dataset"),
     figure: Optional[Path] = typer.Option(None, help="with --results: where the mAP-vs-bits PNG goes (default: docs/<dataset>_map_vs_bits.png)"),
+    html: bool = typer.Option(False, "--html", help="also write <out-dir>/<dataset>.html: table, figures, curves and a retrieval gallery per run"),
+    gallery_queries: int = typer.Option(4, min=1, help="--html: gallery queries per task (image->text and text->image)"),
+    gallery_seed: int = typer.Option(0, help="--html: seed that draws the gallery queries from the query split"),
+    top_k: int = typer.Option(10, min=1, help="--html: retrievals shown per gallery query"),
 ) -> None:
     """Print the methods x bits table (validation score in brackets) of the cache's runs, or of results/."""
     from stages.evaluate.tables import methods_by_bits
@@ -151,6 +155,13 @@ def report(
                             beside=f"val_{metric}")
     typer.echo(table.markdown)
     typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
+    if html:
+        from stages.evaluate.html_report import GallerySettings, build_html_report
+
+        page = build_html_report(_layout(cache), table, out_dir=out_dir,
+                                 settings=GallerySettings(seed=gallery_seed, per_task=gallery_queries, top_k=top_k))
+        missing = f"; {len(page.missing_images)} unreadable image(s) shown as placeholders" if page.missing_images else ""
+        typer.echo(f"html report ({page.runs} runs{missing}): {page.page}")
     if published:
         from stages.evaluate.published import comparison_markdown
         from stages.evaluate.tables import results_table
@@ -214,6 +225,7 @@ def query(
     text: Optional[str] = typer.Option(None, help="query text (tags separated by commas, or a sentence)"),
     image: Optional[Path] = typer.Option(None, help="query image file"),
     top_k: int = typer.Option(10, help="how many database items to show"),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write the result as a self-contained HTML gallery to this file"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Encode a new image or text with a trained run and print its Hamming top-k database items."""
@@ -221,8 +233,15 @@ def query(
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give exactly one of --text or --image")
-    for row in query_run(_layout(cache), run, text=text, image=image, top_k=top_k):
+    if html is not None and (html.is_dir() or html.suffix.lower() not in (".html", ".htm")):
+        raise typer.BadParameter(f"--html expects a file name ending in .html, got {str(html)!r}")
+    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k)
+    for row in rows:
         typer.echo("\t".join(str(v) for v in row))
+    if html is not None:
+        from stages.evaluate.query_page import write_query_page
+
+        typer.echo(f"html: {write_query_page(_layout(cache), run, rows, html, text=text, image=image)}")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import duckdb
 import numpy as np
@@ -63,12 +64,18 @@ def test_demo_train_report_sql_and_query(demo_cache):
 
     image = layout.root / "demo-data"
     picture = next(p for p in image.rglob("*.jpg"))
+    page = layout.root / "query.html"
     out = subprocess.run([sys.executable, "-m", "pipeline", "query", "--run", results[2].run_id, "--image",
-                          str(picture), "--top-k", "3", "--cache", str(layout.root)],
+                          str(picture), "--top-k", "3", "--cache", str(layout.root), "--html", str(page)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    lines = [line.split("\t") for line in out.stdout.strip().splitlines()]
+    lines = [line.split("\t") for line in out.stdout.strip().splitlines() if "\t" in line]
     assert [line[0] for line in lines] == ["1", "2", "3"] and all(len(line) == 5 for line in lines)
+    # the same result as a single-file gallery: the query image and the three hits, in rank order
+    html = page.read_text()
+    assert f"html: {page}" in out.stdout and html.count("data:image/jpeg;base64,") == 1
+    assert re.findall(r'item (\d+)"><div class="txt".*?#(\d+) · d=(\d+)', html) == \
+        [(line[1], line[0], line[2]) for line in lines]
 
 
 def test_paired_mode_is_refused_for_methods_without_it(demo_cache):

@@ -89,6 +89,24 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to a ``.partial`` sibling, fsync, then rename (pages, thumbnails, figures)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; pages and images are meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The provenance blob of one Parquet file ({} when absent)."""
     meta = pq.read_schema(path).metadata or {}

@@ -31,10 +31,14 @@ def _figure(width: float = 5.0, height: float = 4.0):
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    from pipeline.store.parquet import write_bytes_atomic
+
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")  # keeps a legend placed outside the axes
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")  # bbox keeps a legend placed outside the axes
+    return write_bytes_atomic(buf.getvalue(), path)  # a page never links a half-written figure
 
 
 def _run_title(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -148,4 +152,21 @@ def plot_map_vs_bits(report_rows_or_glob: Iterable[Mapping[str, Any]] | str | Pa
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(f"{metric} vs code length" + (f" · {dataset}" if dataset else "") + " (mean ± std over seeds)",
                  fontsize=9)
+    return _save(fig, Path(out_png))
+
+
+def plot_validation(points: Sequence[Mapping[str, Any]], out_png: Path, title: str, metric: str = "val mAP@50") -> Path:
+    """Validation score per epoch, one line per task; ``points`` are ``{"epoch": int, "<task>": float, ...}``."""
+    if not points:
+        raise DataError("plot_validation: no validation points")
+    fig = _figure(5.0, 3.4)
+    ax = fig.add_subplot()
+    epochs = [int(p["epoch"]) for p in points]
+    for task in [t for t in TASK_TITLES if any(t in p for p in points)]:
+        ax.plot(epochs, [p.get(task, float("nan")) for p in points], marker="o", markersize=3,
+                label=TASK_TITLES[task])
+    ax.set(xlabel="epoch", ylabel=metric, title="validation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
     return _save(fig, Path(out_png))

@@ -80,7 +80,8 @@ def _labels(rows: list[dict[str, Any]]) -> dict[tuple, str]:
     return labels
 
 
-def _cell_text(cell: tuple[float, float | None, int] | None, show_n: bool) -> str:
+def cell_text(cell: tuple[float, float | None, int] | None, show_n: bool) -> str:
+    """``mean ± std`` (the mean alone for one seed), with ``(n=…)`` when seed counts differ across cells."""
     if cell is None:
         return "–"
     mean, std, n = cell
@@ -88,13 +89,19 @@ def _cell_text(cell: tuple[float, float | None, int] | None, show_n: bool) -> st
     return f"{text} (n={n})" if show_n else text
 
 
-def _markdown(table: MethodsTable) -> str:
-    ns = {c[2] for cells in table.cells.values() for c in cells.values()}
-    show_n = len(ns) > 1
+def best_by_column(table: MethodsTable) -> dict[tuple[str, int], float | None]:
+    """The highest mean in each (task, bits) column (None for an empty column)."""
     best = {}
     for col in table.columns:
         means = [table.cells[lab][col][0] for lab in table.labels if col in table.cells[lab]]
         best[col] = max(means) if means else None
+    return best
+
+
+def _markdown(table: MethodsTable) -> str:
+    ns = {c[2] for cells in table.cells.values() for c in cells.values()}
+    show_n = len(ns) > 1
+    best = best_by_column(table)
     head = "| method | " + " | ".join(f"{t} {b}" for t, b in table.columns) + " |"
     rule = "|---|" + "---:|" * len(table.columns)
     extra = f"; in brackets: {table.beside_metric}" if table.beside_metric else ""
@@ -104,7 +111,7 @@ def _markdown(table: MethodsTable) -> str:
         cells = []
         for col in table.columns:
             cell = table.cells[lab].get(col)
-            text = _cell_text(cell, show_n)
+            text = cell_text(cell, show_n)
             text = f"**{text}**" if cell is not None and cell[0] == best[col] else text
             second = table.beside.get(lab, {}).get(col)
             cells.append(text if second is None else f"{text} ({second:.4f})")
@@ -124,7 +131,7 @@ def _png(table: MethodsTable, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    text = [[_cell_text(table.cells[lab].get(col), False) for col in table.columns] for lab in table.labels]
+    text = [[cell_text(table.cells[lab].get(col), False) for col in table.columns] for lab in table.labels]
     width = 1.8 + 1.25 * len(table.columns)
     fig = Figure(figsize=(width, 0.9 + 0.32 * (len(table.labels) + 1)), dpi=120)
     FigureCanvasAgg(fig)

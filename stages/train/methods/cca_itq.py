@@ -54,7 +54,7 @@ class CCAITQConfig(MethodConfig):
     #: [inferred] ridge on each covariance, relative to its mean eigenvalue; None: chosen on validation
     reg: float | None = None
     #: the candidates tried when a setting is None; log-spaced around the usual 1e-2-relative ridge
-    reg_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    reg_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
     pca_grid: tuple[int, ...] = (128, 512, 0)
     itq_iterations: int = 50  # Gong & Lazebnik ITQ.m: 50 iterations
     seed: int = 0  # seed of ITQ's random initial rotation [inferred]
