@@ -25,7 +25,9 @@ from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodCo
 
 @dataclass(frozen=True)
 class BaselineConfig(MethodConfig):
-    seed: int = 0  # seed of the projection draws [inferred]; independent of the run seed so a projection can be pinned
+    #: seed of the projection draws [inferred]; None: the run's seed (cmh train --seed), so seeds give a spread;
+    #: an integer pins one projection across seeds
+    seed: int | None = None
     epochs: int = 0  # closed form: no epochs
     weights: Mapping[str, float] = field(default_factory=dict)  # no loss terms
 
@@ -50,7 +52,8 @@ class RandomProjectionBaseline(HashingMethod):
 
     def fit(self, train: FeatureBatch, score: Callable[[], float] | None = None) -> None:
         # nothing to choose: a random projection has no setting a validation score could pick
-        g = torch.Generator().manual_seed(self.cfg.seed)
+        # the loop seeds torch with the run's seed before fit: initial_seed() is that seed
+        g = torch.Generator().manual_seed(self.cfg.seed if self.cfg.seed is not None else torch.initial_seed())
         device = self.image_mean.device
         self.image_mean.copy_(train.image.mean(dim=0))
         self.text_mean.copy_(train.text.mean(dim=0))

@@ -57,7 +57,7 @@ class CCAITQConfig(MethodConfig):
     reg_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
     pca_grid: tuple[int, ...] = (128, 512, 0)
     itq_iterations: int = 50  # Gong & Lazebnik ITQ.m: 50 iterations
-    seed: int = 0  # seed of ITQ's random initial rotation [inferred]
+    seed: int | None = None  # seed of ITQ's random initial rotation [inferred]; None: the run's seed
     epochs: int = 0  # closed form: no epochs
     weights: Mapping[str, float] = field(default_factory=dict)  # no loss terms
 
@@ -177,7 +177,9 @@ class CCAITQ(HashingMethod):
         a = w_x @ u[:, : self.bits]  # (d_i, k) CCA directions of the image features
         b = w_y @ vt.T[:, : self.bits]  # (d_t, k)
         v = np.concatenate([x @ a, y @ b])  # (2n, k): ITQ is learned on both modalities' projections
-        rotation, itq_loss = _itq_rotation(v, self.cfg.itq_iterations, np.random.default_rng(self.cfg.seed))
+        # the loop seeds torch with the run's seed before fit: initial_seed() is that seed
+        seed = self.cfg.seed if self.cfg.seed is not None else torch.initial_seed()
+        rotation, itq_loss = _itq_rotation(v, self.cfg.itq_iterations, np.random.default_rng(seed))
         device = self.image_mean.device
         self.image_mean.copy_(torch.from_numpy(mean_x).float().to(device))
         self.text_mean.copy_(torch.from_numpy(mean_y).float().to(device))
