@@ -1,5 +1,5 @@
 # Thin wrappers over `cmh` subcommands (python -m pipeline). Every target installs .venv first when missing.
-# Variables: DATASET DATA_DIR ENCODERS METHOD BITS IMAGE TEXT CACHE LIMIT EPOCHS SEED METHODS SEEDS
+# Variables: DATASET DATA_DIR ENCODERS METHOD BITS IMAGE TEXT CACHE LIMIT EPOCHS SEED METHODS SEEDS WORKERS
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -18,10 +18,10 @@ SEEDS    ?= 1
 opt = $(if $(2),$(1) $(2))
 COMMON   = $(call opt,--cache,$(CACHE))
 
-.PHONY: setup extract train demo test bench grid report clean-cache help
+.PHONY: setup extract train demo test bench grid report table clean-cache help
 
 help:
-	@echo "make setup | extract | train | demo | test | bench | grid | report   (see README.md)"
+	@echo "make setup | extract | train | demo | test | bench | grid | report | table   (see README.md)"
 
 setup: $(STAMP)
 
@@ -43,7 +43,14 @@ train: $(STAMP)
 
 grid: $(STAMP)
 	$(CMH) grid --methods $(METHODS) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		--seeds $(SEEDS) $(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
+		--seeds $(SEEDS) $(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) $(call opt,--epochs,$(EPOCHS)) \
+		$(call opt,--workers,$(WORKERS)) $(COMMON)
+
+# The published table: the grid (papers' epochs unless EPOCHS= says otherwise), its report rows copied
+# into results/, and the README block and figure regenerated from results/ (commit all three).
+table: grid
+	$(CMH) publish --dataset $(DATASET) $(COMMON)
+	$(CMH) report --results results --dataset $(DATASET) --readme README.md
 
 report: $(STAMP)
 	$(CMH) report --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --published --html $(COMMON)

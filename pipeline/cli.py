@@ -124,8 +124,10 @@ def train(
     for r in train_runs(_layout(cache), req):
         s = r.summary
         state = "cached" if r.skipped else f"trained in {s.get('train_s', 0):.1f}s"
+        val = (f"; validation i2t {s['i2t_val_map@50']:.4f} t2i {s['t2i_val_map@50']:.4f}"
+               if "i2t_val_map@50" in s else "")
         typer.echo(f"{r.run_id}: mAP@50 i2t {s.get('i2t_map@50', float('nan')):.4f} "
-                   f"t2i {s.get('t2i_map@50', float('nan')):.4f} ({state}) -> {r.run_dir}")
+                   f"t2i {s.get('t2i_map@50', float('nan')):.4f}{val} ({state}) -> {r.run_dir}")
 
 
 @app.command()

@@ -47,6 +47,23 @@ def test_demo_train_report_sql_and_query(demo_cache):
     assert {(m, b) for m, b, _, _ in rows} == {("baseline", 16), ("baseline", 64), ("djsrh", 32)}
     assert all(0.0 <= v <= 1.0 for *_, v in rows)
 
+    # validation: a curve in history.json (every epochs // 10 and the last), its last point in the report,
+    # computed on the validation split against train, and the provenance a published row needs
+    djsrh_dir = results[2].run_dir
+    history = json.loads((djsrh_dir / "history.json").read_text())
+    assert [p["epoch"] for p in history["validation"]] == [1, 2, 3]
+    report = con.execute(f"SELECT task, value, n_validation, split_protocol, hardware, code_version, paper_epochs, "
+                         f"epochs FROM read_parquet('{djsrh_dir}/report.parquet') WHERE metric = 'val_map@50' "
+                         "ORDER BY task").fetchall()
+    assert [r[0] for r in report] == ["i2t", "t2i"]
+    assert [r[1] for r in report] == [history["validation"][-1]["i2t"], history["validation"][-1]["t2i"]]
+    n_val, protocol, hardware, version, paper, epochs = report[0][2:]
+    splits = prepare_dataset(layout, DatasetRequest(dataset="demo", data_dir=layout.root / "demo-data",
+                                                    options={"n_items": 160, "size": 64}))[1]
+    assert n_val == len(splits["validation"]) > 0 and "validation" in protocol and hardware
+    assert (paper, epochs) == (80, 3)  # DJSRH's paper schedule, and the budget this run used
+    assert not np.intersect1d(splits["validation"], splits["query"]).size
+
     # a rerun with the same config is not trained again
     again = train_runs(layout, TrainRequest(dataset="demo", method="baseline", bits=(16,), progress=False))
     assert again[0].skipped and again[0].run_id == results[0].run_id
