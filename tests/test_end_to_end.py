@@ -134,3 +134,27 @@ def test_readme_sql_runs_on_real_artifacts(demo_cache):
         assert con.execute(sql).fetchall()
     top = con.execute(blocks[1].replace("'cache/", f"'{root}/").replace("RUN", run.run_id)).fetchall()
     assert len(top) == 10 and [d for _, d in top] == sorted(d for _, d in top)
+
+
+def test_grid_in_worker_processes_gives_the_sequential_grid(demo_cache, tmp_path):
+    """cmh grid --workers 2: every cell once, in cell order, the same codes as one process, then the tables."""
+    from pipeline.grid import GridRequest, run_grid
+    from stages.evaluate.codes import read_codes
+
+    req = GridRequest(dataset="demo", methods=["baseline", "djsrh"], bits=(16, 32), seeds=(1,), epochs={"djsrh": 1},
+                      workers=2, out_dir=tmp_path / "par")
+    parallel = run_grid(demo_cache.root, req, echo=lambda line: None)
+    assert [rid.split("-")[1:3] for rid in parallel.run_ids] == [["baseline", "16b"], ["baseline", "32b"],
+                                                                 ["djsrh", "16b"], ["djsrh", "32b"]]
+    codes = {rid: read_codes(demo_cache.run_dir(rid) / "codes", "query") for rid in parallel.run_ids}
+    for rid in parallel.run_ids:  # retrain each cell in this process, one thread, and compare codes
+        import shutil
+
+        shutil.rmtree(demo_cache.run_dir(rid))
+    sequential = run_grid(demo_cache.root, GridRequest(**{**req.__dict__, "workers": 1, "out_dir": tmp_path / "seq"}),
+                          echo=lambda line: None)
+    assert sequential.run_ids == parallel.run_ids
+    for rid in parallel.run_ids:
+        again = read_codes(demo_cache.run_dir(rid) / "codes", "query")
+        assert np.array_equal(again["image"], codes[rid]["image"]) and np.array_equal(again["text"], codes[rid]["text"]), rid
+    assert parallel.tables["map@50"].markdown.splitlines()[2:] == sequential.tables["map@50"].markdown.splitlines()[2:]
