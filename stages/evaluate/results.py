@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pipeline import RESULTS_VERSION
 from pipeline.errors import CacheError, DataError
 from pipeline.store.parquet import write_table_atomic
+from stages.evaluate.published import comparison_markdown
 from stages.evaluate.report import REPORT_FILE
 from stages.evaluate.tables import MethodsTable, methods_by_bits, results_table
 
@@ -147,6 +148,10 @@ def readme_block(results_root: Path, dataset: str, figure: Path | None = None) -
              f"{_hours(train_s)} of training in all on: {'; '.join(hardware)}.", ""]
     lines += ["Within noise (a mean less than one std below the best of its column):", ""]
     lines += [f"- {line}" for line in within_noise(results_root, dataset, scan.current)]
+    published = comparison_markdown(results_table(Path(results_root), dataset, "map@50",
+                                                  files=[str(p) for p in scan.current]), dataset)
+    lines += ["", "Beside the papers' own numbers (other features and tie rules: compare trends):", "",
+              published.split("\n", 2)[2].rstrip()]
     if scan.stale:
         lines += ["", "Stale (another code version; left out of the table): "
                   + ", ".join(f"{p.name} ({v})" for p, v in scan.stale)]
