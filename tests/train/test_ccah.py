@@ -101,7 +101,8 @@ def test_encode_time_graph_does_not_change_training():
             for o in ({"graph": "batch"}, {"anchors": 0}, {"anchors": 20})]
     for other in runs[1:]:
         assert torch.equal(codes(runs[0], batch, "image"), codes(other, batch, "image"))
-    alone = runs[1]  # anchors = 0: each text's graph is the text itself
+    alone = runs[1]  # anchors = 0 (the default): each text's graph is the text itself
+    assert_batch_independent(alone, batch)
     by_hand = torch.cat([torch.tanh(alone.text_encoder(t[None], torch.ones(1, 1, dtype=torch.bool)))
                          for t in batch.text])
     torch.testing.assert_close(encode_split(alone, batch, "text"), by_hand, atol=1e-5, rtol=0)
@@ -159,4 +160,4 @@ def test_bad_settings_are_rejected_and_weights_follow_train_py():
     cfg = resolve_config("ccah", "mirflickr")
     assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.nesterov, cfg.epochs) == (16, 0.005, 0.7, True, 200)
     assert cfg.weights["symmetry"] == 2.0 and cfg.weights["image_alignment"] == 0.1
-    assert cfg.graph == "anchors"
+    assert (cfg.graph, cfg.anchors) == ("anchors", 0)
