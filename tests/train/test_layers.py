@@ -58,6 +58,20 @@ def test_dense_graph_attention_matches_pygat():
     torch.testing.assert_close(layer(h, adj).detach(), F.elu(_pygat_reference(layer, h, adj)))
 
 
+def test_sparse_input_gives_the_dense_result_and_gradient():
+    torch.manual_seed(4)
+    dense = DenseGraphAttention(30, 4, heads=3, dropout=0.0).double()
+    sparse = DenseGraphAttention(30, 4, heads=3, dropout=0.0, sparse_input=True).double()
+    sparse.load_state_dict(dense.state_dict())
+    adj = torch.rand(5, 5) > 0.3
+    for h in ((torch.rand(5, 30) < 0.05).double(), torch.rand(5, 30, dtype=torch.float64)):  # few / all columns used
+        outs = [layer(h, adj) for layer in (dense, sparse)]
+        torch.testing.assert_close(outs[0], outs[1])
+        grads = [torch.autograd.grad(o.sum(), list(layer.weight)) for o, layer in zip(outs, (dense, sparse))]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
+
+
 def test_heads_are_concatenated_or_averaged():
     torch.manual_seed(2)
     layer = DenseGraphAttention(5, 3, heads=4, dropout=0.0).double().eval()

@@ -128,11 +128,11 @@ class GraphAttentionTextEncoder(nn.Module):
     1-head GAT (8192 → k, no activation). Text (N, d_t) and edges (N, N) -> pre-activation h_T (N, k)."""
 
     def __init__(self, text_dim: int, bits: int, *, hidden: int, heads: int, dropout: float,
-                 negative_slope: float) -> None:
+                 negative_slope: float, sparse_input: bool = False) -> None:
         super().__init__()
         self.dropout = dropout
         self.hidden = DenseGraphAttention(text_dim, hidden, heads=heads, dropout=dropout,
-                                          negative_slope=negative_slope, concat=True)
+                                          negative_slope=negative_slope, concat=True, sparse_input=sparse_input)
         self.output = DenseGraphAttention(hidden * heads, bits, heads=1, dropout=dropout,
                                           negative_slope=negative_slope, concat=False)
 
@@ -157,7 +157,7 @@ class CCAH(HashingMethod):
         self.image_decoder = nn.Linear(bits, dims.text)  # c_I -> t̂ (ImgNet.decode, then sigmoid)
         self.text_encoder = GraphAttentionTextEncoder(
             dims.text, bits, hidden=cfg.gat_hidden, heads=cfg.gat_heads, dropout=cfg.gat_dropout,
-            negative_slope=cfg.gat_negative_slope)
+            negative_slope=cfg.gat_negative_slope, sparse_input=dims.text_is_bow)
         self.text_decoder = nn.Linear(bits, cfg.image_decoder_width)  # c_T -> î (GATNet.decode, then sigmoid)
         # the anchors are saved with the weights so encoding after loading sees the same graph
         self.register_buffer("anchor_text", torch.zeros(cfg.anchors if cfg.graph == "anchors" else 0, dims.text))
