@@ -85,7 +85,7 @@ class DenseGraphAttention(nn.Module):
     ``att = Dropout(softmax_j(e))`` and ``h'_i = Σ_j att_ij Wh_j``. ``concat=True`` returns ELU of the
     heads concatenated, (N, heads·out); ``concat=False`` the mean of the heads without activation,
     (N, out) (pyGAT's output layer, one head). ``sparse_input=True`` gives the same result for inputs
-    that are mostly zero (a bag of words) at a lower cost.
+    that are mostly zero (a bag of words) at a lower cost on the CPU.
 
     Each head keeps its own (in, out) weight and is one ``mm``, as in pyGAT. CCAH's first layer is
     1386 × 8 × 1024 weights applied to 16 rows, so a step is bound by memory traffic over the weights
@@ -120,7 +120,9 @@ class DenseGraphAttention(nn.Module):
         # Rows of W whose input column is zero for every node contribute nothing. For a bag of words
         # (16 texts use a few dozen of 1,386 tags) multiplying by the used rows only skips reading W in
         # the forward pass and a dense product in the backward pass: a CCAH step measured ~40% cheaper.
-        used = (h != 0).any(dim=0).nonzero().squeeze(1) if self.sparse_input else None
+        # CPU only: finding the used rows (nonzero) would be a host synchronisation per step on a GPU.
+        gather = self.sparse_input and h.device.type == "cpu"
+        used = (h != 0).any(dim=0).nonzero().squeeze(1) if gather else None
         if used is not None and used.numel() > h.shape[1] // 2:
             used = None  # dense enough that the plain product is cheaper
         if used is not None:
