@@ -34,9 +34,10 @@ def test_normalised_hash_mlp_rows_have_unit_length():
     torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
 
 
-def _pygat_reference(layer: DenseGraphAttention, h: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
-    """pyGAT GraphAttentionLayer.forward (one head) written out with loops over nodes."""
-    w, a1, a2 = layer.weight[0].detach(), layer.att_query[0].detach(), layer.att_key[0].detach()
+def _pygat_reference(layer: DenseGraphAttention, h: torch.Tensor, adj: torch.Tensor, head: int = 0) -> torch.Tensor:
+    """pyGAT GraphAttentionLayer.forward (one head, before ELU) written out with loops over nodes."""
+    w, a = layer.weight[head].detach(), layer.att[head].detach()[:, 0]
+    a1, a2 = a[: w.shape[1]], a[w.shape[1]:]
     wh = h @ w
     n = h.shape[0]
     out = torch.zeros(n, w.shape[1], dtype=h.dtype)
@@ -45,7 +46,7 @@ def _pygat_reference(layer: DenseGraphAttention, h: torch.Tensor, adj: torch.Ten
                          else torch.tensor(-9e15, dtype=h.dtype) for j in range(n)])
         att = torch.softmax(e, dim=0)
         out[i] = att @ wh
-    return F.elu(out)
+    return out
 
 
 def test_dense_graph_attention_matches_pygat():
@@ -54,29 +55,33 @@ def test_dense_graph_attention_matches_pygat():
     h = torch.randn(6, 5, dtype=torch.float64)
     adj = torch.rand(6, 6) > 0.5
     adj[2] = False  # an isolated node: uniform attention, as in the reference
-    torch.testing.assert_close(layer(h, h, adj).detach(), _pygat_reference(layer, h, adj))
+    torch.testing.assert_close(layer(h, adj).detach(), F.elu(_pygat_reference(layer, h, adj)))
 
 
-def test_self_loop_equals_attending_over_self_plus_keys():
-    torch.manual_seed(2)
-    layer = DenseGraphAttention(5, 3, heads=4, dropout=0.0, concat=False).double().eval()
-    queries, bank = torch.randn(3, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
-    mask = torch.rand(3, 7) > 0.5
-    out = layer(queries, bank, mask, self_loop=True)
-    for i in range(3):
-        keys = torch.cat([queries[i:i + 1], bank])
-        row_mask = torch.cat([torch.tensor([True]), mask[i]])[None]
-        torch.testing.assert_close(out[i:i + 1], layer(queries[i:i + 1], keys, row_mask))
+def test_sparse_input_gives_the_dense_result_and_gradient():
+    torch.manual_seed(4)
+    dense = DenseGraphAttention(30, 4, heads=3, dropout=0.0).double()
+    sparse = DenseGraphAttention(30, 4, heads=3, dropout=0.0, sparse_input=True).double()
+    sparse.load_state_dict(dense.state_dict())
+    adj = torch.rand(5, 5) > 0.3
+    for h in ((torch.rand(5, 30) < 0.05).double(), torch.rand(5, 30, dtype=torch.float64)):  # few / all columns used
+        outs = [layer(h, adj) for layer in (dense, sparse)]
+        torch.testing.assert_close(outs[0], outs[1])
+        grads = [torch.autograd.grad(o.sum(), list(layer.weight)) for o, layer in zip(outs, (dense, sparse))]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
 
 
 def test_heads_are_concatenated_or_averaged():
-    layer = DenseGraphAttention(5, 3, heads=4, dropout=0.0)
-    h, adj = torch.randn(6, 5), torch.ones(6, 6, dtype=torch.bool)
-    assert layer(h, h, adj).shape == (6, 12)
+    torch.manual_seed(2)
+    layer = DenseGraphAttention(5, 3, heads=4, dropout=0.0).double().eval()
+    h, adj = torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 6) > 0.4
+    heads = [_pygat_reference(layer, h, adj, head=i) for i in range(4)]
+    torch.testing.assert_close(layer(h, adj).detach(), F.elu(torch.cat(heads, dim=1)))
     layer.concat = False
-    assert layer(h, h, adj).shape == (6, 3)
-    with pytest.raises(ValueError, match="mask"):
-        layer(h, h, adj[:5])
+    torch.testing.assert_close(layer(h, adj).detach(), torch.stack(heads).mean(dim=0))
+    with pytest.raises(ValueError, match="adjacency"):
+        layer(h, adj[:5])
 
 
 def test_fusion_transformer_rows_never_interact():
