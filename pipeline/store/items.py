@@ -81,6 +81,7 @@ def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
         bow=arrow_to_vectors(t.column("bow")) if "bow" in t.column_names else None,
         skipped=[tuple(s) for s in meta.get("skipped", [])],
         notes=list(meta.get("notes", [])),
+        origin_fingerprint=meta.get("fingerprint"),
     )
 
 
