@@ -276,7 +276,8 @@ def query(
         raise typer.BadParameter("give exactly one of --text or --image")
     if html is not None and (html.is_dir() or html.suffix.lower() not in (".html", ".htm")):
         raise typer.BadParameter(f"--html expects a file name ending in .html, got {str(html)!r}")
-    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k)
+    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k,
+                     say=lambda line: typer.echo(line, err=True))
     for row in rows:
         typer.echo("\t".join(str(v) for v in row))
     if html is not None:
