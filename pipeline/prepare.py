@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +80,22 @@ def check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
     entry = get_dataset(dataset)
     params = inspect.signature(entry.builder).parameters
     valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    for key in options:
+    for key, value in options.items():
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"did you mean dataset.{close[0]}? " if close else ""
             raise ConfigError(f"dataset {entry.name!r} has no option {key!r}: {hint}its options: "
                               f"{', '.join(valid) or 'none'}")
+        default = params[key].default
+        # a scalar default fixes the type: "hr=maybe" must not read as true, nor "seed=1.5" as a seed
+        for kind, name in ((bool, "true or false"), (int, "a whole number"), (float, "a number")):
+            if isinstance(default, kind) and default is not None:
+                ok = isinstance(value, bool) if kind is bool else (
+                    isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
+                if not ok:
+                    raise ConfigError(f"dataset option {key}={value!r}: expected {name}, e.g. "
+                                      f"-o dataset.{key}={json.dumps(default)}")
+                break
 
 
 def prepare_dataset(layout: CacheLayout, req: DatasetRequest, overwrite: bool = False) -> tuple[ItemTable, Splits]:
