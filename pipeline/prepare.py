@@ -67,10 +67,12 @@ def check_request(req: DatasetRequest) -> None:
     if req.limit is not None and (isinstance(req.limit, bool) or not isinstance(req.limit, int) or req.limit < 1):
         raise ConfigError(f"LIMIT (--limit) must be a whole number of pairs >= 1, got {req.limit!r}; "
                           f"leave it out to take every pair")
+    if req.seed < 0:
+        raise ConfigError(f"split seed {req.seed}: give a whole number >= 0")
     for what, value in (("--n-query", req.n_query), ("--n-train", req.n_train)):
         if value is not None and value < 1:
             raise ConfigError(f"{what} must be >= 1, got {value}; leave it out for the protocol's size")
-    if req.n_validation < 0:
+    if req.n_validation is not None and req.n_validation < 0:
         raise ConfigError(f"--validation must be >= 0, got {req.n_validation}")
     check_dataset_options(req.dataset, req.options)
 

@@ -107,6 +107,8 @@ def check_request(req: TrainRequest) -> str:
         raise ConfigError(f"tie rule {req.tie!r}: use one of {', '.join(TIE_RULES)}")
     check_bits(req.bits)
     check_device(req.device)
+    if req.seed < 0:
+        raise ConfigError(f"training seed {req.seed}: give a whole number >= 0 (SEED=/--seed)")
     overrides = {**req.overrides, **({"epochs": req.epochs} if req.epochs is not None else {})}
     closed_form = bool(getattr(METHODS.get(method_name).builder, "closed_form", False))
     check_training_length(method_name, resolve_config(method_name, req.dataset, overrides), closed_form)

@@ -7,6 +7,8 @@ could hang (a FIFO), where a timeout must end the run.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -65,9 +67,17 @@ def cli(capfd, monkeypatch) -> Callable[..., CliResult]:
 
 
 def cli_subprocess(*args: str, timeout: float = 180) -> CliResult:
-    out = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, cwd=REPO)
-    return CliResult(out.returncode, out.stdout, out.stderr)
+    """Run the CLI in its own process group; on timeout the whole group is killed (a DataLoader worker
+    blocked on a FIFO would otherwise outlive its parent and hold the output pipes open) and the test fails."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"cmh {' '.join(map(str, args))} hung for {timeout} s")
+    return CliResult(proc.returncode, out, err)
 
 
 def one_line_error(result: CliResult) -> str:
