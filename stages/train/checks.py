@@ -7,6 +7,7 @@ fails after training, ``--epochs 0`` writes a run that trained nothing, and ``--
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -58,51 +59,35 @@ def check_training_length(name: str, cfg: Any, closed_form: bool) -> None:
         raise ConfigError(f"{name}: lr={lr} never moves the weights; give a learning rate > 0")
 
 
-def _describe(default: Any) -> str:
-    if isinstance(default, bool):
-        return "true or false"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float):
-        return "a number"
-    if isinstance(default, str):
-        return "a string"
-    if isinstance(default, (tuple, list)):
-        return "a JSON list"
-    return "a JSON object"
+#: Annotation (as written, ``| None`` removed) -> (accepts the value, what to say). Unions such as
+#: ``int | str`` are not checked here: the method validates its own special values.
+_KINDS: dict[str, tuple[Any, str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
 
 
-def _fits(value: Any, default: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    if isinstance(default, (tuple, list)):
-        return isinstance(value, (tuple, list))
-    if isinstance(default, Mapping):
-        return isinstance(value, Mapping)
-    return True
+def _kind(annotation: Any) -> tuple[Any, str] | None:
+    text = str(annotation).replace(" | None", "").replace("Optional[", "").strip()
+    if text in _KINDS:
+        return _KINDS[text]
+    if text.startswith("tuple"):
+        return (lambda v: isinstance(v, (list, tuple)), "a JSON list")
+    if text.startswith(("Mapping", "dict")):
+        return (lambda v: isinstance(v, Mapping), "a JSON object")
+    return None
 
 
 def check_setting_types(name: str, cfg_cls: type, values: Mapping[str, Any]) -> None:
-    """ConfigError when a setting's value has another type than its default (``lr=fast``, ``epochs=2.5``)."""
+    """ConfigError when a setting's value has another type than the field declares (``lr=fast``, ``epochs=2.5``)."""
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
     for key, value in values.items():
         f = fields.get(key)
-        if f is None or value is None:
+        kind = _kind(f.type) if f is not None else None
+        if kind is None or value is None or kind[0](value):
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            continue
-        if not _fits(value, default):
-            raise ConfigError(f"{name} setting {key}={value!r}: expected {_describe(default)} "
-                              f"(default {key}={default!r}), e.g. --set {key}={default!r}")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        example = f", e.g. --set {key}={json.dumps(default)}" if default is not None else ""
+        raise ConfigError(f"{name} setting {key}={value!r}: expected {kind[1]}{example}")
