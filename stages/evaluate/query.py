@@ -34,12 +34,17 @@ def resolve_run_dir(layout: CacheLayout, run: str) -> Path:
         have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / "report.parquet").exists())[:20]
         raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
                          f"(train one with `make train`)")
-    # config.json is written before training, model.pt after it, the codes and report.parquet last
-    missing = [f for f in ("model.pt", "codes", "report.parquet") if not (path / f).exists()]
-    if missing:
-        raise CacheError(f"run {path.name} is incomplete ({', '.join(missing)} missing): its training was "
-                         f"interrupted; run the same `cmh train` command again to finish it")
     return path
+
+
+def require_trained(run_dir: Path) -> None:
+    """CacheError when a run was killed before its model and database codes were written.
+
+    ``config.json`` is written before training starts, ``model.pt`` after it, the codes after that."""
+    missing = [f for f in ("model.pt", "codes/split=database") if not (run_dir / f).exists()]
+    if missing:
+        raise CacheError(f"run {run_dir.name} is incomplete ({', '.join(missing)} missing): its training was "
+                         f"interrupted; run the same `cmh train` command again to finish it")
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -144,6 +149,7 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     from stages.train.base import FeatureBatch
 
     run_dir = resolve_run_dir(layout, run)
+    require_trained(run_dir)
     config = read_run_config(run_dir)
     dataset = config["dataset"]
     modality = "image" if image is not None else "text"

@@ -91,11 +91,14 @@ def test_unknown_words_are_named_and_ignored(cli, built):
 
 
 # -- 14: a run killed mid-training ------------------------------------------------------------------------------
-@pytest.mark.parametrize("removed", [("model.pt", "report.parquet"), ("report.parquet",)])
+@pytest.mark.parametrize("removed", [("model.pt", "codes", "report.parquet"), ("codes", "report.parquet")])
 def test_query_on_an_interrupted_run_says_so(cli, built, removed):
+    import shutil
+
     _, cache, run = built
-    for name in removed:
-        (cache / "runs" / run / name).unlink()
+    for name in removed:  # what a kill leaves: config.json first, then model.pt, then codes, report last
+        path = cache / "runs" / run / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     line = one_line_error(_query(cli, cache, run, "--text", "dog"))
     assert "incomplete" in line and "cmh train" in line
 
