@@ -112,7 +112,8 @@ def _query_texts(encoder: Any, text: str, say: Callable[[str], None]) -> list[st
     known, unknown = encoder.query_terms(text)
     if not known:
         close = sorted({c for w in unknown for c in encoder.close_terms(w)})
-        hint = f"; close terms: {', '.join(close)}" if close else ""
+        hint = (f"; close terms: {', '.join(close)}" if close
+                else f"; none is close, its terms are like: {', '.join(encoder.vocab[:8])}")
         raise ConfigError(f"no word of the query {text!r} is in the run's {len(encoder.vocab)}-term vocabulary"
                           f"{hint} (the vocabulary is in the features' _manifest.json)")
     say(f"query terms in the vocabulary: {', '.join(known)}"
