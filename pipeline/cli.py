@@ -49,6 +49,40 @@ def _key_values(pairs: list[str]) -> dict:
     return out
 
 
+def _options_by_prefix(opts: dict, encoder_names: list[str]) -> dict[str, dict]:
+    """``-o prefix.key=value`` grouped by prefix; ConfigError for a prefix that no requested part reads.
+
+    ``dataset`` and the kind of each requested encoder are the prefixes; a misspelled one (``alexnt``)
+    or one for an encoder not being extracted would otherwise be ignored without a word.
+    """
+    import difflib
+
+    from pipeline.errors import ConfigError
+    from stages.extract import ENCODERS
+
+    kinds = {_encoder_kind(e) for e in encoder_names}
+    out: dict[str, dict] = {"dataset": {}, **{k: {} for k in kinds}}
+    for key, value in opts.items():
+        prefix, dot, field = key.partition(".")
+        if not dot or not field:
+            raise ConfigError(f"option {key!r} needs a prefix: dataset.{key} or <encoder>.{key} "
+                              f"(encoders here: {', '.join(sorted(kinds))})")
+        if prefix not in out:
+            known = sorted(set(out) | set(ENCODERS.names()))
+            if prefix in known:
+                raise ConfigError(f"option {key!r} is for encoder {prefix!r}, which is not among --encoders "
+                                  f"{','.join(encoder_names)}; add it there or drop the option")
+            close = difflib.get_close_matches(prefix, known, n=1)
+            hint = f"did you mean {close[0]}.{field}? " if close else ""
+            raise ConfigError(f"option {key!r}: unknown prefix {prefix!r}; {hint}prefixes: {', '.join(sorted(out))}")
+        out[prefix][field] = value
+    return out
+
+
+def _encoder_kind(name: str) -> str:
+    return name.split(".")[0].split("-")[0]  # clip-vit-b-32.openai -> clip
+
+
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -82,18 +116,23 @@ def extract(
     from stages.extract.runner import run_extraction
 
     layout = _layout(cache)
-    opts = _key_values(option)
-    dataset_opts = {k.split(".", 1)[1]: v for k, v in opts.items() if k.startswith("dataset.")}
+    load_encoders()
+    names = [e.strip() for e in encoders.split(",") if e.strip()]
+    if not names:
+        raise typer.BadParameter("give at least one encoder, e.g. --encoders alexnet,bow (see `cmh list encoders`)")
+    for enc_name in names:
+        from stages.extract import ENCODERS
+
+        ENCODERS.resolve(_encoder_kind(enc_name))  # an unknown encoder fails before the dataset is read
+    by_prefix = _options_by_prefix(_key_values(option), names)
+    dataset_opts = by_prefix["dataset"]
     req = DatasetRequest(dataset=dataset, data_dir=data_dir, limit=limit, name=name, protocol=protocol, seed=seed,
                          n_query=n_query, n_train=n_train, n_validation=validation, options=dataset_opts)
     items, splits = prepare_dataset(layout, req, overwrite=overwrite)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     typer.echo(f"dataset {req.cache_name}: {len(items)} items ({sizes}) -> {layout.dataset_dir(req.cache_name)}")
-    load_encoders()
-    for enc_name in [e.strip() for e in encoders.split(",") if e.strip()]:
-        kind = enc_name.split(".")[0].split("-")[0]  # clip-vit-b-32.openai -> clip
-        enc_opts = {k.split(".", 1)[1]: v for k, v in opts.items() if k.split(".", 1)[0] == kind}
-        encoder = create_encoder(enc_name, **enc_opts)
+    for enc_name in names:
+        encoder = create_encoder(enc_name, **by_prefix[_encoder_kind(enc_name)])
         summary = run_extraction(layout, items, splits, encoder, shard=ShardSpec.parse(shard), device=device,
                                  batch_size=batch_size, workers=workers, overwrite=overwrite)
         typer.echo(f"{summary.describe()}\n  -> {layout.encoder_dir(req.cache_name, encoder.id)}")
@@ -237,7 +276,8 @@ def query(
         raise typer.BadParameter("give exactly one of --text or --image")
     if html is not None and (html.is_dir() or html.suffix.lower() not in (".html", ".htm")):
         raise typer.BadParameter(f"--html expects a file name ending in .html, got {str(html)!r}")
-    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k)
+    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k,
+                     say=lambda line: typer.echo(line, err=True))
     for row in rows:
         typer.echo("\t".join(str(v) for v in row))
     if html is not None:
@@ -265,9 +305,10 @@ def grid(
 
     if workers is not None and workers < 1:
         raise typer.BadParameter(f"--workers {workers}: give 1 or more")
-    req = GridRequest(dataset=dataset, methods=[x.strip() for x in methods.split(",") if x.strip()],
-                      bits=_ints(bits), seeds=_ints(seeds), image=image, text=text,
-                      epochs=_epochs_per_method(epochs), workers=workers, device=device, out_dir=out_dir)
+    method_names = [x.strip() for x in methods.split(",") if x.strip()]
+    req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), image=image,
+                      text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
+                      out_dir=out_dir)
     result = run_grid(_layout(cache).root, req, echo=typer.echo)
     for table in result.tables.values():
         typer.echo(table.markdown)
@@ -276,15 +317,27 @@ def grid(
     typer.echo(f"mAP@50 against code length: {result.figure}")
 
 
-def _epochs_per_method(text: Optional[str]) -> dict[str, int]:
+def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) -> dict[str, int]:
+    """``N`` (every method) or ``method=N,...``; BadParameter for a non-integer or a method not in the grid."""
     if not text:
         return {}
+
+    def number(value: str, where: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise typer.BadParameter(f"epochs {where}{value.strip()!r} is not a whole number; use N or "
+                                     f"method=N,... (e.g. djsrh=15,dsah=20)") from None
+
     if "=" not in text:
-        return {"*": int(text)}
+        return {"*": number(text, "")}
     out = {}
     for pair in text.split(","):
         name, _, value = pair.partition("=")
-        out[name.strip()] = int(value)
+        name = name.strip()
+        if methods is not None and name not in methods:
+            raise typer.BadParameter(f"epochs for {name!r}, which is not among --methods {','.join(methods)}")
+        out[name] = number(value, f"for {name} ")
     return out
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from pipeline.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -97,8 +99,14 @@ def run_grid(cache_root: Path, req: GridRequest, echo: Callable[[str], None] = p
     from stages.train.base import METHODS
     from stages.train import methods  # noqa: F401  (registers every method; unknown names fail now)
 
+    from stages.train.run import check_request
+
     req = replace(req, methods=[METHODS.resolve(m) for m in req.methods])
     cells = list(_cells(req))
+    if not cells:
+        raise ConfigError("the grid is empty: give at least one method, code length and seed")
+    for cell in cells:  # a bad value for the last method fails now, not after the others have trained
+        check_request(cell)
     workers = req.workers or default_workers(req.device)
     lines: list[str] = []
     pairs: list[tuple[str, str]] = []

@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
+from pipeline.errors import ConfigError
+
 T = TypeVar("T")
 
 _SAFE = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
@@ -23,10 +25,14 @@ def normalise_name(name: str) -> str:
     return name.strip().lower().replace("_", "-").replace("/", "-")
 
 
+class UnsafeNameError(ConfigError, ValueError):
+    """A name that cannot be a directory; a ConfigError, so the CLI prints it as one line."""
+
+
 def check_path_safe(name: str) -> str:
     """Ids become partition directories (``encoder=<id>``), so they must be path-safe."""
     if not _SAFE.match(name):
-        raise ValueError(f"name {name!r} is not path-safe: use lowercase letters, digits, '.', '-' only")
+        raise UnsafeNameError(f"name {name!r} is not path-safe: use lowercase letters, digits, '.', '-' only")
     return name
 
 

@@ -71,7 +71,7 @@ def test_demo_train_report_sql_and_query(demo_cache):
     # retrieval with a new text through the run's own encoders and model
     from stages.evaluate.query import query_run
 
-    hits = query_run(layout, results[2].run_id, text="red, circle", top_k=5)
+    hits = query_run(layout, results[2].run_id, text="sky, sea", top_k=5)  # two of the demo's tags
     assert len(hits) == 5 and [h[0] for h in hits] == [1, 2, 3, 4, 5]
     assert [h[2] for h in hits] == sorted(h[2] for h in hits)  # ranked by Hamming distance
 

@@ -45,6 +45,9 @@ class ItemTable:
     skipped: list[tuple[Any, str]] = field(default_factory=list)
     #: Reading choices worth keeping with the data (e.g. "hr: 730 of 20015 images use the 256-px copy").
     notes: list[str] = field(default_factory=list)
+    #: Fingerprint of where the table came from (``pipeline.fingerprint``), set when it was read from a
+    #: source; ``fingerprint()`` returns it instead of the content hash.
+    origin_fingerprint: str | None = None
 
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
@@ -84,10 +87,15 @@ class ItemTable:
             bow=None if self.bow is None else self.bow[rows],
             skipped=list(self.skipped),
             notes=list(self.notes),
+            origin_fingerprint=self.origin_fingerprint,
         )
 
     def fingerprint(self) -> str:
-        """A content hash of ids, image references, texts and labels (not pixels): names the data a cache came from."""
+        """The origin fingerprint when known (files, folder, options), else ``content_fingerprint()``."""
+        return self.origin_fingerprint or self.content_fingerprint()
+
+    def content_fingerprint(self) -> str:
+        """A content hash of ids, image file names, texts and labels (not pixels, not where the files are)."""
         h = hashlib.sha256()
         h.update(self.dataset.encode())
         h.update(np.ascontiguousarray(self.item_id, dtype=np.int64).tobytes())

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from pipeline.datasets.base import ItemTable, drop_unusable, register_dataset, report_skipped, require_dir, require_file
-from pipeline.datasets.text import clean_texts
+from pipeline.datasets.text import clean_texts, open_text, read_text
 from pipeline.errors import DataError
 
 #: Sub-folder of the data root read when DATA_DIR is not given.
@@ -72,7 +72,7 @@ def _read_pairs_jsonl(root: Path, *, keep_unlabelled: bool) -> ItemTable:
         raise DataError(f"{cat_path} should hold a list of {{\"id\", \"name\"}} objects")
     images_dir = root / "images"
     records = []
-    with open(pairs, encoding="utf-8") as f:
+    with open_text(pairs) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -201,7 +201,6 @@ def _build(records: Iterable[tuple[Any, str, Any, Any, str]], categories: list[d
 
 def _load_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from exc

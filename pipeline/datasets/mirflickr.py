@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.datasets.base import ItemTable, drop_unusable, register_dataset, require_dir, require_file
 from pipeline.datasets.dcmh import read_dcmh_mat
-from pipeline.datasets.text import load_vocabulary, read_lines, split_tags
+from pipeline.datasets.text import load_vocabulary, open_text, read_lines, split_tags
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _read_folder(root: Path, *, hr: bool) -> ItemTable:
     texts: list[list[str]] = []
     vectors: list[str] = []
     n_hr = 0
-    with open(pairs, encoding="utf-8", newline="") as f:
+    with open_text(pairs) as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:

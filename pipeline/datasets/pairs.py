@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.datasets.base import ItemTable, TextKind, drop_unusable, register_dataset, report_skipped
-from pipeline.datasets.text import clean_texts, read_lines
+from pipeline.datasets.text import clean_texts, open_text, read_lines
 from pipeline.errors import ConfigError, DataError
 
 FILE_NAMES = ("pairs.jsonl", "pairs.csv")
@@ -147,7 +147,7 @@ def read_pairs_file(
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -164,7 +164,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _read_csv(path: Path, text_sep: str, label_sep: str) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise DataError(f"{path} is empty; expected a header line image,text,labels[,id]")

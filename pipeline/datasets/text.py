@@ -1,15 +1,37 @@
 """Small text helpers shared by the dataset sources (tag lists and captions)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Iterable
 
 from pipeline.errors import DataError
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file as one string, a byte-order mark dropped; DataError naming the line that is not UTF-8.
+
+    Spreadsheet programs write CSV with a BOM (which would otherwise glue itself to the first column
+    name) or in a legacy encoding (which would otherwise surface as a UnicodeDecodeError traceback).
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line} is not UTF-8 (byte 0x{data[exc.start]:02x}); re-save the file as "
+                        f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {Path(path).name} > fixed{Path(path).suffix}` "
+                        f"if it was written as Latin-1") from None
+
+
+def open_text(path: Path) -> io.StringIO:
+    """``read_text`` as a file object (for csv readers); universal newlines like ``open(newline='')``."""
+    return io.StringIO(read_text(path), newline="")
+
+
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines of a small text file (vocabularies, label names)."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def split_tags(field: str, sep: str = ",") -> list[str]:

@@ -24,7 +24,8 @@ from pipeline import CACHE_SCHEMA_VERSION
 from pipeline.errors import CacheError
 from pipeline.store.items import Splits, check_schema_version
 from pipeline.store.layout import PHYSICAL_SPLITS, CacheLayout
-from pipeline.store.parquet import arrow_to_vectors, vectors_to_arrow, write_json_atomic, write_table_atomic
+from pipeline.store.parquet import (arrow_to_vectors, read_json, read_table, vectors_to_arrow,
+                                    write_json_atomic, write_table_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class FeatureWriter:
     def check_or_create_manifest(self, overwrite: bool = False) -> None:
         path = self.layout.manifest_path(self.dataset, self.encoder)
         if path.exists() and not overwrite:
-            old = json.loads(path.read_text())
+            old = read_json(path, "re-run `cmh extract` with --overwrite to rebuild these features")
             check_schema_version(old, path)
             keys = ("config_hash", "code_version", "dataset_fingerprint", "splits_fingerprint", "shard_size")
             diff = {k: (old.get(k), self.manifest[k]) for k in keys if old.get(k) != self.manifest[k]}
@@ -140,6 +141,7 @@ class FeatureWriter:
     def pending(self, shard: ShardSpec = ShardSpec()) -> list[Shard]:
         """Shards of the physical splits that this worker owns and that are not on disk yet."""
         todo: list[Shard] = []
+        failed = self.failed_ids()
         for split in PHYSICAL_SPLITS:
             if split not in self.splits:
                 continue
@@ -147,10 +149,58 @@ class FeatureWriter:
             for part in range(self._n_parts(split)):
                 if part % shard.count != shard.index:
                     continue
-                if self.layout.shard_path(self.dataset, self.encoder, split, part).exists():
-                    continue
-                todo.append(Shard(split, part, ids[part * self.shard_size:(part + 1) * self.shard_size]))
+                planned = Shard(split, part, ids[part * self.shard_size:(part + 1) * self.shard_size])
+                path = self.layout.shard_path(self.dataset, self.encoder, split, part)
+                if path.exists():
+                    kept = len(planned.item_ids) - len(failed & set(planned.item_ids.tolist()))
+                    problem = self.shard_problem(path, kept)
+                    if problem is None:
+                        continue
+                    log.warning("%s: %s; rebuilding it", path, problem)
+                    path.unlink()
+                todo.append(planned)
         return todo
+
+    def shard_problem(self, path: Path, expected_rows: int | None) -> str | None:
+        """Why a shard on disk cannot be trusted (unreadable footer, other columns, other row count), or None."""
+        try:
+            parquet = pq.ParquetFile(path)
+            meta, names = parquet.metadata, set(parquet.schema_arrow.names)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        missing = sorted({"item_id", *self.columns} - names)
+        if missing:
+            return f"lacks column(s) {missing}"
+        if expected_rows is not None and meta.num_rows != expected_rows:
+            return f"holds {meta.num_rows} rows where {expected_rows} were written"
+        return None
+
+    def failed_ids(self) -> set[int]:
+        """Item ids listed in errors.parquet (unreadable images); a damaged list is dropped, with a warning,
+        so shards missing those rows are rebuilt and the failures found again."""
+        path = self.layout.errors_path(self.dataset, self.encoder)
+        if not path.exists():
+            return set()
+        try:
+            return {int(i) for i in pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist()}
+        except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+            log.warning("%s is damaged (%s); removing it", path, exc)
+            path.unlink()
+            return set()
+
+    def gathered_ok(self) -> bool:
+        """True when every gathered split (train, validation) has readable shards holding its rows."""
+        failed = self.failed_ids()
+        for split, members in self.splits.items():
+            if split in PHYSICAL_SPLITS:
+                continue
+            files = sorted(self.layout.split_dir(self.dataset, self.encoder, split).glob("part-*.parquet"))
+            if not files or any(self.shard_problem(f, None) for f in files):
+                return False
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            if rows != len(members) - len(failed & set(members.tolist())):
+                return False
+        return True
 
     def done_parts(self) -> int:
         return sum(
@@ -168,7 +218,8 @@ class FeatureWriter:
                 raise ValueError(f"column {name}: got shape {x.shape}, expected ({len(item_ids)}, {spec.dim})")
             cols[name] = vectors_to_arrow(x.astype(spec.dtype, copy=False))
         meta = {k: self.manifest[k] for k in ("schema_version", "dataset", "encoder", "config_hash",
-                                               "code_version", "dataset_fingerprint", "provenance")}
+                                               "code_version", "dataset_fingerprint")}
+        meta["provenance"] = _bounded(self.manifest["provenance"])
         return write_table_atomic(pa.table(cols), self.layout.shard_path(self.dataset, self.encoder, shard.split, shard.part),
                                   metadata=meta, vector_columns=list(self.columns))
 
@@ -176,7 +227,7 @@ class FeatureWriter:
         """Append (item_id, reference, reason) rows to errors.parquet (merged with earlier runs)."""
         path = self.layout.errors_path(self.dataset, self.encoder)
         rows = {"item_id": [int(e[0]) for e in errors], "reference": [e[1] for e in errors], "reason": [e[2] for e in errors]}
-        if path.exists():
+        if path.exists() and self.failed_ids():  # failed_ids() removes a damaged list
             old = pq.read_table(path).to_pydict()
             seen = set(rows["item_id"])
             for i, ref, why in zip(old["item_id"], old["reference"], old["reason"]):
@@ -209,6 +260,19 @@ class FeatureWriter:
         return True
 
 
+#: Largest provenance value (as JSON) copied into each shard's metadata; bigger ones (a vocabulary) stay in
+#: ``_manifest.json`` only, so the metadata of every shard stays small whatever the data holds.
+SHARD_META_VALUE_BYTES = 4096
+
+
+def _bounded(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in provenance.items():
+        size = len(json.dumps(value, default=str))
+        out[key] = value if size <= SHARD_META_VALUE_BYTES else f"<{size} bytes: see _manifest.json>"
+    return out
+
+
 # -- reading -------------------------------------------------------------------------------------
 def read_manifest(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, Any]:
     path = layout.manifest_path(dataset, encoder)
@@ -218,7 +282,8 @@ def read_manifest(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, 
             f"no cached features for encoder {encoder!r} of dataset {dataset!r} under {layout.root} "
             f"(cached encoders: {', '.join(have) or 'none'}); run `make extract DATASET={dataset} ENCODERS={encoder}`"
         )
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, f"re-run `cmh extract --dataset {dataset} --encoders {encoder.split('.')[0]} "
+                               f"--overwrite` to rebuild these features")
     check_schema_version(manifest, path)
     return manifest
 
@@ -230,10 +295,20 @@ def read_split_raw(layout: CacheLayout, dataset: str, encoder: str, split: str,
     if not files:
         raise CacheError(f"no shards for split {split!r} at {layout.split_dir(dataset, encoder, split)}: "
                          f"the extraction is incomplete; re-run `cmh extract` to resume it")
-    tables = [pq.read_table(f, columns=None if columns is None else ["item_id", *columns]) for f in files]
+    fix = (f"re-run `cmh extract --dataset {dataset} --encoders {encoder.split('.')[0]}`, which checks every "
+           f"shard and rebuilds the damaged ones")
+    tables = [read_table(f, None if columns is None else ["item_id", *columns], fix) for f in files]
     table = pa.concat_tables(tables)
     out = {"item_id": table.column("item_id").to_numpy()}
     for name in table.column_names:
         if name != "item_id":
             out[name] = arrow_to_vectors(table.column(name))
     return out
+
+
+def _damaged(path: Path) -> bool:
+    try:
+        pq.read_schema(path)
+        return False
+    except (pa.ArrowException, OSError, ValueError):
+        return True

@@ -8,13 +8,15 @@ from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import CACHE_SCHEMA_VERSION
 from pipeline.datasets.base import ItemTable
 from pipeline.errors import CacheError
 from pipeline.store.layout import CacheLayout
-from pipeline.store.parquet import arrow_to_vectors, read_metadata, vectors_to_arrow, write_table_atomic
+from pipeline.store.parquet import arrow_to_vectors, read_metadata, read_table, vectors_to_arrow, write_table_atomic
+
+#: How a damaged items/splits file is repaired.
+_FIX = "re-run `cmh extract` for this dataset with --overwrite"
 
 Splits = dict[str, np.ndarray]  # split name -> item ids, in split order
 
@@ -51,7 +53,7 @@ def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
             f"no cached dataset {dataset!r} under {layout.root}: run `cmh extract --dataset ...` "
             f"(or `make extract DATASET=...`) first, or point CACHE= at the cache that holds it"
         )
-    meta = read_metadata(path)
+    meta = read_metadata(path, _FIX)
     check_schema_version(meta, path)
     return meta
 
@@ -67,7 +69,7 @@ def check_schema_version(meta: Mapping[str, Any], path: Any) -> None:
 
 def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
     meta = items_meta(layout, dataset)
-    t = pq.read_table(layout.items_path(dataset))
+    t = read_table(layout.items_path(dataset), fix=_FIX)
     return ItemTable(
         dataset=meta["dataset"],
         item_id=t.column("item_id").to_numpy(),
@@ -81,6 +83,7 @@ def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
         bow=arrow_to_vectors(t.column("bow")) if "bow" in t.column_names else None,
         skipped=[tuple(s) for s in meta.get("skipped", [])],
         notes=list(meta.get("notes", [])),
+        origin_fingerprint=meta.get("fingerprint"),
     )
 
 
@@ -104,8 +107,8 @@ def read_splits(layout: CacheLayout, dataset: str) -> Splits:
     path = layout.splits_path(dataset)
     if not path.exists():
         raise CacheError(f"no split membership for {dataset!r} at {path}: run `cmh extract --dataset {dataset}` first")
-    check_schema_version(read_metadata(path), path)
-    t = pq.read_table(path).to_pydict()
+    check_schema_version(read_metadata(path, _FIX), path)
+    t = read_table(path, fix=_FIX).to_pydict()
     out: dict[str, list[tuple[int, int]]] = {}
     for item, split, pos in zip(t["item_id"], t["split"], t["position"]):
         out.setdefault(split, []).append((pos, item))
@@ -113,5 +116,5 @@ def read_splits(layout: CacheLayout, dataset: str) -> Splits:
 
 
 def splits_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
-    return read_metadata(layout.splits_path(dataset))
+    return read_metadata(layout.splits_path(dataset), _FIX)
 

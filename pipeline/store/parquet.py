@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import CacheError
+
 #: Key of the JSON provenance blob in every file's schema metadata.
 META_KEY = b"cmh"
 
@@ -107,8 +109,37 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+#: What the cache's files are rebuilt with, for the message when one of them is unreadable.
+REBUILD_HINT = "delete it and re-run the command that wrote it (`cmh extract --overwrite`, `cmh train --force`)"
+
+
+def unreadable(path: str | os.PathLike, exc: BaseException, fix: str = REBUILD_HINT) -> CacheError:
+    """The one-line error for a truncated or foreign file in the cache."""
+    detail = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).split(". ")[0][-120:]
+    return CacheError(f"{path} is damaged or not a Parquet file ({detail}): {fix}")
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None, fix: str = REBUILD_HINT) -> pa.Table:
+    """``pq.read_table`` with a CacheError naming the file and the fix instead of an Arrow traceback."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise unreadable(path, exc, fix) from None
+
+
+def read_metadata(path: str | os.PathLike, fix: str = REBUILD_HINT) -> dict[str, Any]:
     """The provenance blob of one Parquet file ({} when absent)."""
-    meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(META_KEY)
-    return json.loads(raw) if raw else {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        raw = meta.get(META_KEY)
+        return json.loads(raw) if raw else {}
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise unreadable(path, exc, fix) from None
+
+
+def read_json(path: str | os.PathLike, fix: str = REBUILD_HINT) -> Any:
+    """A JSON file of the cache (a manifest, a run config), CacheError when it is damaged."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{path} is damaged ({exc}): {fix}") from None

@@ -21,10 +21,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import CacheError, DataError
-from pipeline.store.parquet import read_metadata, write_table_atomic
+from pipeline.store.parquet import read_metadata, read_table, write_table_atomic
+
+_RETRAIN = "train the run again with `cmh train ... --force`"
 
 #: Written into each codes file's metadata and each run report.
 SIGN_RULE = "sign(0)=+1: x >= 0 -> +1, x < 0 -> -1"
@@ -162,11 +163,11 @@ def read_codes(path_dir: Path, split: str) -> dict[str, Any]:
     path = codes_path(path_dir, split)
     if not path.exists():
         raise CacheError(f"no codes for split {split!r} at {path}; run `cmh train` (or `cmh encode`) for this run first")
-    meta = read_metadata(path)
+    meta = read_metadata(path, _RETRAIN)
     if "bits" not in meta:
         raise CacheError(f"{path} has no 'bits' in its metadata; it was not written by write_codes, re-encode the run")
     bits = int(meta["bits"])
-    table = pq.read_table(path)
+    table = read_table(path, fix=_RETRAIN)
     out: dict[str, Any] = {"item_id": table.column("item_id").to_numpy(), "bits": bits, "meta": meta}
     for modality, col in CODE_COLUMNS.items():
         if col in table.column_names:

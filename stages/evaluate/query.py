@@ -9,13 +9,13 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from pipeline.datasets.images import load_image
-from pipeline.errors import CacheError, WeightsError
+from pipeline.errors import CacheError, ConfigError, WeightsError
 from pipeline.store.features import read_manifest
 from pipeline.store.items import read_items, read_splits
 from pipeline.store.layout import CacheLayout
@@ -31,10 +31,28 @@ def resolve_run_dir(layout: CacheLayout, run: str) -> Path:
     if not (path / "config.json").exists():
         path = layout.runs_dir() / run
     if not (path / "config.json").exists():
-        have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / "config.json").exists())[:20]
+        have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / "report.parquet").exists())[:20]
         raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
                          f"(train one with `make train`)")
     return path
+
+
+def require_trained(run_dir: Path) -> None:
+    """CacheError when a run was killed before its model and database codes were written.
+
+    ``config.json`` is written before training starts, ``model.pt`` after it, the codes after that."""
+    missing = [f for f in ("model.pt", "codes/split=database") if not (run_dir / f).exists()]
+    if missing:
+        raise CacheError(f"run {run_dir.name} is incomplete ({', '.join(missing)} missing): its training was "
+                         f"interrupted; run the same `cmh train` command again to finish it")
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{run_dir / 'config.json'} is unreadable ({exc}); train the run again with "
+                         f"`cmh train ... --force`") from None
 
 
 def load_method(run_dir: Path):
@@ -42,7 +60,11 @@ def load_method(run_dir: Path):
     from stages.train import methods  # noqa: F401  (registers every method)
     from stages.train.base import FeatureDims, create_method
 
-    saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise CacheError(f"{run_dir / 'model.pt'} cannot be loaded ({type(exc).__name__}); train the run again "
+                         f"with `cmh train ... --force`") from None
     dims = FeatureDims(**saved["dims"])
     config = dict(saved["config"])
     if "betas" in config:
@@ -79,8 +101,28 @@ def _encoder_for(layout: CacheLayout, dataset: str, encoder_id: str):
     return encoder
 
 
+def _query_texts(encoder: Any, text: str, say: Callable[[str], None]) -> list[str]:
+    """The texts one encoder reads for a typed query. A bag of words gets its vocabulary terms (commas and
+    spaces both separate, case ignored; the matches are shown); one with no term is refused, since an
+    all-zero input ties every database item."""
+    if not text.strip():
+        raise ConfigError("the query text is empty: give some words, e.g. --text \"dog, beach\"")
+    if not hasattr(encoder, "query_terms"):
+        return [text.strip()]  # a sentence encoder (CLIP) reads the text as typed
+    known, unknown = encoder.query_terms(text)
+    if not known:
+        close = sorted({c for w in unknown for c in encoder.close_terms(w)})
+        hint = (f"; close terms: {', '.join(close)}" if close
+                else f"; none is close, its terms are like: {', '.join(encoder.vocab[:8])}")
+        raise ConfigError(f"no word of the query {text!r} is in the run's {len(encoder.vocab)}-term vocabulary"
+                          f"{hint} (the vocabulary is in the features' _manifest.json)")
+    say(f"query terms in the vocabulary: {', '.join(known)}"
+        + (f" (not in it, ignored: {', '.join(unknown)})" if unknown else ""))
+    return known
+
+
 def _features(layout: CacheLayout, dataset: str, refs: list[FeatureRef], image: Path | None,
-              text: str | None) -> torch.Tensor:
+              text: str | None, say: Callable[[str], None] = log.info) -> torch.Tensor:
     parts = []
     by_encoder: dict[str, list[str]] = {}
     for ref in refs:
@@ -92,26 +134,30 @@ def _features(layout: CacheLayout, dataset: str, refs: list[FeatureRef], image: 
             pixels = encoder.image_transform()(load_image(str(image))).unsqueeze(0)
             outputs[encoder_id] = encoder.encode(pixels, None, np.array([-1]))
         else:
-            tags = [t.strip() for t in text.split(",") if t.strip()] if "," in text else [text.strip()]
-            outputs[encoder_id] = encoder.encode(None, [tags], np.array([-1]))
+            outputs[encoder_id] = encoder.encode(None, [_query_texts(encoder, text, say)], np.array([-1]))
     for ref in refs:
         parts.append(torch.from_numpy(np.asarray(outputs[ref.encoder][ref.column], dtype=np.float32)))
     return torch.cat(parts, dim=1)
 
 
 def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: Path | None = None,
-              top_k: int = 10) -> list[tuple[Any, ...]]:
-    """Rows (rank, item_id, hamming, texts, image) of the top-k database items for one new query."""
+              top_k: int = 10, say: Callable[[str], None] = log.info) -> list[tuple[Any, ...]]:
+    """Rows (rank, item_id, hamming, texts, image) of the top-k database items for one new query.
+
+    ``say`` receives what the user should see about the query itself (the vocabulary terms matched)."""
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     from stages.train.base import FeatureBatch
 
     run_dir = resolve_run_dir(layout, run)
-    config = json.loads((run_dir / "config.json").read_text())
+    require_trained(run_dir)
+    config = read_run_config(run_dir)
     dataset = config["dataset"]
     modality = "image" if image is not None else "text"
     spec = config["image_features"] if modality == "image" else config["text_features"]
     refs = parse_feature_spec(layout, dataset, spec, modality)
     method = load_method(run_dir)
-    feats = _features(layout, dataset, refs, image, text)
+    feats = _features(layout, dataset, refs, image, text, say)
     dims = method.dims
     blank_image = torch.zeros(1, dims.image)
     blank_text = torch.zeros(1, dims.text)

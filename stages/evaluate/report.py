@@ -21,10 +21,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import CacheError, ConfigError, DataError
-from pipeline.store.parquet import write_table_atomic
+from pipeline.store.parquet import read_table, write_table_atomic
 from stages.evaluate.codes import CODE_CONVENTIONS
 from stages.evaluate.metrics import (
     TIE_RULES,
@@ -208,4 +207,4 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise CacheError(f"{path} does not exist; evaluate the run first (cmh train / cmh evaluate)")
-    return pq.read_table(path).to_pylist()
+    return read_table(path, fix="train the run again with `cmh train ... --force`").to_pylist()

@@ -46,8 +46,27 @@ def results_table(cache_root: Path, dataset: str | None = None, metric: str = "m
         cur = con.execute(RESULTS_SQL, {"glob": source, "metric": metric, "dataset": dataset, "run_ids": run_ids})
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
+    except duckdb.Error as exc:
+        raise _damaged_reports(cache_root) or CacheError(
+            f"cannot read the run reports under {Path(cache_root) / 'runs'}: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
+
+
+def _damaged_reports(cache_root: Path) -> CacheError | None:
+    """The error naming every unreadable report.parquet (a run killed while writing it, a copied stub)."""
+    from pipeline.store.parquet import read_metadata
+
+    bad = []
+    for path in sorted(Path(cache_root).glob(f"runs/*/{REPORT_FILE}")):
+        try:
+            read_metadata(path)
+        except CacheError:
+            bad.append(path)
+    if not bad:
+        return None
+    return CacheError(f"{len(bad)} run report(s) are damaged: {', '.join(map(str, bad[:5]))}; train those runs "
+                      f"again with `cmh train ... --force`, or delete their run folders")
 
 
 @dataclass

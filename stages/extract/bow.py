@@ -44,6 +44,11 @@ any each other such what which who whom how when where why all both few more mos
 
 _WORD = re.compile(r"[a-z0-9]+")
 
+#: Longest term kept. The longest English words and Flickr tags are far shorter; a longer "term" is a
+#: pasted blob or a missing separator, and as a vocabulary entry it would be copied into the
+#: provenance of every feature file.
+MAX_TERM_CHARS = 64
+
 BOW_PRESETS: Mapping[str, Mapping[str, Any]] = {}
 
 
@@ -58,8 +63,8 @@ class BowConfig:
 def terms(texts: Sequence[str], kind: str, stop_words: bool = True) -> list[str]:
     """One item's terms: its tags, or the content words of its captions."""
     if kind == "tags":
-        return [t.strip().lower() for t in texts if t.strip()]
-    words = [w for text in texts for w in _WORD.findall(text.lower())]
+        return [t.strip().lower() for t in texts if t.strip() and len(t.strip()) <= MAX_TERM_CHARS]
+    words = [w for text in texts for w in _WORD.findall(text.lower()) if len(w) <= MAX_TERM_CHARS]
     return [w for w in words if not (stop_words and w in STOP_WORDS)]
 
 
@@ -98,6 +103,7 @@ class BowEncoder(Encoder):
         self._index: dict[str, list[int]] = {}
         self._kind = "tags"
         self._matrix: np.ndarray | None = None  # (n, V) shipped BoW
+        self.empty_rows: dict[str, int] = {}  # split -> items with no vocabulary term, set by prepare()
         self._row: dict[int, int] = {}  # item id -> row of _matrix
         self.columns: dict[str, ColumnSpec] = {}
         self.default_columns = {"text": ["bow"]}
@@ -136,6 +142,27 @@ class BowEncoder(Encoder):
         self._index = vocabulary_index(self.vocab)
         self.columns = {"bow": ColumnSpec(width, "uint8", "text")}
         log.info("bow: %d terms from %s (%s)", width, self.source, self._kind)
+        self.empty_rows = self._count_empty_rows(items, splits)
+
+    def _count_empty_rows(self, items: ItemTable, splits: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """Per split, how many items get an all-zero bag of words (no term in the vocabulary); warned, recorded.
+
+        Such items are kept (their image still counts for image queries) but every text code of theirs
+        is the same, so a large count means the vocabulary does not fit the texts."""
+        row = {int(i): r for r, i in enumerate(items.item_id)}
+        counts: dict[str, int] = {}
+        for split, members in splits.items():
+            rows = [row[int(i)] for i in members if int(i) in row]
+            if self._matrix is not None:
+                counts[split] = int((np.asarray(self._matrix[rows]) == 0).all(axis=1).sum()) if rows else 0
+            else:
+                counts[split] = sum(not any(t in self._index for t in terms(items.texts[r], self._kind,
+                                                                            self.cfg.stop_words)) for r in rows)
+        if any(counts.values()):
+            log.warning("bow: items whose text has no term of the %d-term vocabulary (all-zero bag of words): %s",
+                        len(self.vocab) or self.columns["bow"].dim,
+                        ", ".join(f"{s} {counts[s]} of {len(splits[s])}" for s in counts))
+        return counts
 
     def _require_prepared(self) -> None:
         if self.source is None:
@@ -150,8 +177,34 @@ class BowEncoder(Encoder):
     def provenance(self) -> dict[str, Any]:
         self._require_prepared()
         return {"source": self.source, "vocab_size": self.columns["bow"].dim, "vocabulary": self.vocab,
+                "rows_without_terms": dict(self.empty_rows),
                 "tokenizer": ("tags as terms" if self._kind == "tags"
                               else "lowercase [a-z0-9]+ words, stop words dropped")}
+
+    # -- queries typed by people -------------------------------------------------------------------
+    def query_terms(self, text: str) -> tuple[list[str], list[str]]:
+        """(vocabulary terms, unknown words) of a typed query: commas and spaces both separate terms,
+        case is ignored; a tag vocabulary's multi-word entry matches when typed between commas."""
+        self._require_prepared()
+        words: list[str] = []
+        for piece in (p.strip().lower() for p in text.split(",")):
+            if not piece:
+                continue
+            if self._kind == "tags" and piece in self._index:
+                words.append(piece)
+            elif self._kind == "tags":
+                words += [w for w in piece.split() if len(w) <= MAX_TERM_CHARS]
+            else:
+                words += [w for w in _WORD.findall(piece) if len(w) <= MAX_TERM_CHARS]
+        words = list(dict.fromkeys(words))
+        known = [w for w in words if w in self._index]
+        unknown = [w for w in words if w not in self._index and not (self._kind != "tags" and w in STOP_WORDS)]
+        return known, unknown
+
+    def close_terms(self, word: str, n: int = 5) -> list[str]:
+        import difflib
+
+        return difflib.get_close_matches(word, list(self._index), n=n, cutoff=0.6)
 
     # -- encoding ---------------------------------------------------------------------------------
     def encode(self, images: Any, texts: Sequence[Sequence[str]] | None, item_ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -295,7 +295,7 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
     todo = writer.pending(shard)
     gathered = [s for s in splits if s not in PHYSICAL_SPLITS]
     was_complete = (not todo and bool(read_manifest(layout, items.dataset, encoder.id).get("complete"))
-                    and all(any(layout.split_dir(items.dataset, encoder.id, s).glob("part-*.parquet")) for s in gathered))
+                    and (not gathered or writer.gathered_ok()))
 
     failed, written, seen = 0, 0, 0
     timer = _Timer()

@@ -139,6 +139,9 @@ def resolve_config(name: str, dataset: str | None = None, overrides: Mapping[str
     unknown = set(merged) - valid
     if unknown:
         raise ConfigError(f"preset for {entry.name} names unknown settings {sorted(unknown)}")
+    from stages.train.checks import check_setting_types
+
+    check_setting_types(entry.name, cfg_cls, merged)
     cfg = cfg_cls(**merged)
     weights = getattr(cfg, "weights", None)
     if weights is not None and "weights" in merged:

@@ -91,15 +91,37 @@ def run_id_for(req: TrainRequest, bits: int, resolved: Mapping[str, Any]) -> str
     return f"{req.dataset}-{METHODS.resolve(req.method)}-{bits}b-s{req.seed}-{key}"
 
 
+def check_request(req: TrainRequest) -> str:
+    """Every check that needs no data (method, bits, device, settings, epochs); returns the method's id.
+
+    ``cmh grid`` runs it on every request before training the first, so a bad value for the last
+    method does not surface hours in."""
+    from stages.train import methods  # noqa: F401  (registers every method)
+    from stages.evaluate.report import TIE_RULES
+    from stages.train.checks import check_bits, check_device, check_training_length
+
+    method_name = METHODS.resolve(req.method)
+    if req.eval_mode not in ("single", "paired"):
+        raise ConfigError(f"eval mode {req.eval_mode!r}: use 'single' or 'paired'")
+    if req.tie not in TIE_RULES:
+        raise ConfigError(f"tie rule {req.tie!r}: use one of {', '.join(TIE_RULES)}")
+    check_bits(req.bits)
+    check_device(req.device)
+    if req.seed < 0:
+        raise ConfigError(f"training seed {req.seed}: give a whole number >= 0 (SEED=/--seed)")
+    overrides = {**req.overrides, **({"epochs": req.epochs} if req.epochs is not None else {})}
+    closed_form = bool(getattr(METHODS.get(method_name).builder, "closed_form", False))
+    check_training_length(method_name, resolve_config(method_name, req.dataset, overrides), closed_form)
+    return method_name
+
+
 def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     from stages.train import methods  # noqa: F401  (registers every method)
     from stages.evaluate.codes import binarize, write_codes
     from stages.evaluate.plots import plot_run
     from stages.evaluate.report import evaluate_codes_and_curves, write_curves, write_report
 
-    method_name = METHODS.resolve(req.method)
-    if req.eval_mode not in ("single", "paired"):
-        raise ConfigError(f"eval mode {req.eval_mode!r}: use 'single' or 'paired'")
+    method_name = check_request(req)
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
     builder = METHODS.get(method_name).builder
     if req.image is None or req.text is None:
