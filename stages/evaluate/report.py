@@ -57,9 +57,11 @@ REQUIRED_META: dict[str, pa.DataType] = {
 }
 #: Always present (NULL when not given) so cross-run SQL can group on them: the training length, the
 #: hash of the resolved method config (seeds of one configuration share it), the paper's epochs (a
-#: shorter run is marked as a budget run) and the code version (``pipeline.RESULTS_VERSION``).
+#: shorter run is marked as a budget run), the code version (``pipeline.RESULTS_VERSION``) and whether
+#: the method read training labels (marked in tables: not comparable with the unsupervised rows).
 OPTIONAL_META: dict[str, pa.DataType] = {"epochs": pa.int64(), "config_hash": pa.string(),
-                                         "paper_epochs": pa.int64(), "code_version": pa.string()}
+                                         "paper_epochs": pa.int64(), "code_version": pa.string(),
+                                         "supervised": pa.bool_()}
 ROW_SCHEMA: dict[str, pa.DataType] = {"task": pa.string(), "metric": pa.string(), "k": pa.int64(),
                                       "value": pa.float64()}
 CURVE_SCHEMA: dict[str, pa.DataType] = {"task": pa.string(), "curve": pa.string(), "x": pa.int64(),

@@ -36,7 +36,7 @@ LIMIT $k
 RESULTS_SQL = """
 SELECT dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, bits, task,
        count(*) AS n_seeds, avg(value) AS mean, stddev_samp(value) AS std, list(seed ORDER BY seed) AS seeds,
-       max(paper_epochs) AS paper_epochs
+       max(paper_epochs) AS paper_epochs, bool_or(supervised) AS supervised
 FROM read_parquet($glob, union_by_name = true)
 WHERE metric = $metric AND ($dataset IS NULL OR dataset = $dataset)
   AND ($run_ids IS NULL OR list_contains($run_ids, run_id))

@@ -139,11 +139,13 @@ def _markdown(table: MethodsTable) -> str:
 
 
 def _row_label(label: str, identity: dict[str, Any]) -> str:
-    """Mark a configuration trained for fewer epochs than its paper's schedule: a budget run, not the method."""
+    """Mark a supervised method (it read training labels) and a configuration trained for fewer epochs than
+    its paper's schedule (a budget run, not the method)."""
     epochs, paper = identity.get("epochs"), identity.get("paper_epochs")
+    notes = ["**supervised**"] if identity.get("supervised") else []
     if epochs is not None and paper is not None and int(epochs) < int(paper):
-        return f"{label} (budget: {int(epochs)} of {int(paper)} epochs)"
-    return label
+        notes.append(f"budget: {int(epochs)} of {int(paper)} epochs")
+    return f"{label} ({'; '.join(notes)})" if notes else label
 
 
 def _png(table: MethodsTable, path: Path) -> Path:
@@ -193,7 +195,8 @@ def methods_by_bits(cache_root: Path, dataset: str | None = None, metric: str = 
     for r in rows:
         key = tuple(r[c] for c in IDENTITY)
         lab = labels[key]
-        identity[lab] = {**dict(zip(IDENTITY, key)), "paper_epochs": r.get("paper_epochs")}
+        identity[lab] = {**dict(zip(IDENTITY, key)), "paper_epochs": r.get("paper_epochs"),
+                         "supervised": r.get("supervised")}
         std = r["std"]
         cells.setdefault(lab, {})[(r["task"], int(r["bits"]))] = (float(r["mean"]), None if std is None else float(std),
                                                                   int(r["n_seeds"]))
