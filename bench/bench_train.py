@@ -49,12 +49,12 @@ def main() -> None:
     from stages.train import methods  # noqa: F401
     from stages.train.base import create_method
     from stages.train.loop import fit_method
-    from stages.train.run import feature_dims, to_batch
+    from pipeline.run import feature_dims, to_batch
 
     layout = CacheLayout(cache_root(args.cache))
     dataset = args.dataset
     if args.quick or not layout.items_path(dataset).exists():
-        from pipeline.prepare import DatasetRequest, prepare_dataset
+        from stages.prepare import DatasetRequest, prepare_dataset
         from stages.extract import create_encoder, load_encoders
         from stages.extract.runner import run_extraction
 

@@ -205,7 +205,7 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
             )
         note = (f"{n} items are too few for the standard {std_query} query / {std_train} train: scaled to "
                 f"query {q} (requested: {n_query}), train {t} (requested: {n_train})")
-        log.info("splits: %s", note)  # the caller (pipeline.prepare) warns with every note
+        log.info("splits: %s", note)  # the caller (stages.prepare) warns with every note
         notes.append(note)
 
     if n_validation is None:

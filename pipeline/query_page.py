@@ -14,7 +14,7 @@ from pipeline.store.layout import CacheLayout
 from pipeline.store.parquet import write_bytes_atomic
 from stages.evaluate.gallery import Items, adhoc_gallery, render_gallery
 from stages.evaluate.html_page import esc, legend_html, page_html
-from stages.evaluate.query import resolve_run_dir
+from pipeline.query import resolve_run_dir
 from stages.evaluate.thumbnails import Thumb, ThumbnailStore
 
 
