@@ -23,9 +23,9 @@ from pipeline.provenance import environment, git_revision, hardware
 from pipeline.store.features import config_hash, read_manifest
 from pipeline.store.items import items_meta, splits_meta
 from pipeline.store.layout import CacheLayout
-from pipeline.store.parquet import write_json_atomic
+from pipeline.store.runs import RunDir
 from pipeline.store.reader import SplitFeatures, load_split, parse_feature_spec
-from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config
+from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config, save_method
 from stages.train.loop import encode_split, fit_method
 from stages.train.validation import K as VALIDATION_K, Validator, default_every
 
@@ -154,8 +154,9 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                                                                  if k != "epochs"}).epochs
         resolved = _config_dict(cfg)
         run_id = run_id_for(req, bits, resolved)
-        run_dir = layout.run_dir(run_id)
-        if (run_dir / "report.parquet").exists() and not req.force:
+        run = RunDir.of(layout, run_id)
+        run_dir = run.path
+        if run.is_complete() and not req.force:
             log.info("run %s exists (same config): skipped; pass --force to retrain", run_id)
             results.append(RunResult(run_id, run_dir, bits, _summary_from_report(run_dir), skipped=True))
             continue
@@ -183,8 +184,7 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                                        for k in ("config_hash", "code_version", "dataset_fingerprint", "encoder_config")}
                          for ref in [*image_refs, *text_refs]},
         }
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic({**meta, **provenance}, run_dir / "config.json")  # written before training starts
+        run.write_config({**meta, **provenance})  # written before training starts
 
         log.info("training %s at %d bits on %d items (%s / %s) on %s", method_name, bits, len(data["train"]),
                  req.image, req.text, device)
@@ -192,11 +192,9 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                               every=default_every(int(cfg.epochs)) if not method.closed_form else 1)
         history = fit_method(method, batches["train"], seed=req.seed, device=device, progress=req.progress,
                              validator=validator)
-        torch.save({"state_dict": method.state_dict(), "config": resolved, "dims": dataclasses.asdict(dims),
-                    "method": method_name, "bits": bits}, run_dir / "model.pt")
-        write_json_atomic({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
-                           "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection},
-                          run_dir / "history.json")
+        run.write_model(lambda path: save_method(method, path))
+        run.write_history({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
+                           "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection})
 
         t1 = time.perf_counter()
         paired = req.eval_mode == "paired"
@@ -205,7 +203,7 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
             codes[split] = {m: binarize(encode_split(method, batches[split].to("cpu"), m, paired=paired))
                             for m in ("image", "text")}
             codes[split]["labels"] = data[split].labels
-            write_codes(run_dir / "codes", split, data[split].item_id, codes[split]["image"], codes[split]["text"],
+            write_codes(run.codes_dir, split, data[split].item_id, codes[split]["image"], codes[split]["text"],
                         {"run_id": run_id, "bits": bits, "method": method_name})
         encode_s = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -264,4 +262,4 @@ def _summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def _summary_from_report(run_dir: Path) -> dict[str, float]:
     from stages.evaluate.report import read_rows
 
-    return _summary(read_rows(run_dir / "report.parquet"))
+    return _summary(read_rows(RunDir(run_dir).report_path))

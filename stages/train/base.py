@@ -8,14 +8,16 @@ instead of ``loss_terms``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError
+from pipeline.errors import CacheError, ConfigError
 from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -160,3 +162,29 @@ def create_method(name: str, *, dims: FeatureDims, bits: int, dataset: str | Non
     method = entry.builder(cfg, dims, bits)
     method.name = entry.name
     return method
+
+
+def save_method(method: HashingMethod, path: Path) -> None:
+    """Write a trained method to ``path``: weights, resolved config (JSON form), dims, name and bits."""
+    config = json.loads(json.dumps(dataclasses.asdict(method.cfg), default=str))
+    torch.save({"state_dict": method.state_dict(), "config": config, "dims": dataclasses.asdict(method.dims),
+                "method": method.name, "bits": method.bits}, path)
+
+
+def load_method(path: Path) -> HashingMethod:
+    """The method saved at ``path`` by :func:`save_method`, weights loaded, in eval mode.
+
+    Every method registers its buffers (closed-form projections, anchors, means) in ``__init__`` with
+    their final shapes, so the saved state loads strictly."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise CacheError(f"{path} cannot be loaded ({type(exc).__name__}); train the run again "
+                         f"with `cmh train ... --force`") from None
+    entry = METHODS.get(saved["method"])
+    tuples = {f.name for f in dataclasses.fields(entry.config) if isinstance(f.default, tuple)}
+    # JSON turned tuples (betas) into lists; the config dataclass wants them back
+    config = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in saved["config"].items()}
+    method = create_method(entry.name, dims=FeatureDims(**saved["dims"]), bits=int(saved["bits"]), overrides=config)
+    method.load_state_dict(saved["state_dict"])
+    return method.eval()
