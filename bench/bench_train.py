@@ -49,7 +49,7 @@ def main() -> None:
     from stages.train import methods  # noqa: F401
     from stages.train.base import create_method
     from stages.train.loop import fit_method
-    from pipeline.run import feature_dims, to_batch
+    from stages.train.base import FeatureBatch, FeatureDims
 
     layout = CacheLayout(cache_root(args.cache))
     dataset = args.dataset
@@ -77,7 +77,7 @@ def main() -> None:
         if spec not in loaded:
             train = load_split(layout, dataset, "train", parse_feature_spec(layout, dataset, spec[0], "image"),
                                parse_feature_spec(layout, dataset, spec[1], "text"))
-            loaded[spec] = (feature_dims(train), to_batch(train), {})
+            loaded[spec] = (FeatureDims.from_split(train), FeatureBatch.from_split(train), {})
         dims, batch, mlp = loaded[spec]
         torch.manual_seed(0)
         method = create_method(name, dims=dims, bits=args.bits, dataset=dataset)

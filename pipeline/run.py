@@ -24,7 +24,7 @@ from pipeline.store.features import config_hash, read_manifest
 from pipeline.store.items import items_meta, splits_meta
 from pipeline.store.layout import CacheLayout
 from pipeline.store.runs import RunDir
-from pipeline.store.reader import SplitFeatures, load_split, parse_feature_spec
+from pipeline.store.reader import load_split, parse_feature_spec
 from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config, save_method
 from stages.train.loop import encode_split, fit_method
 from stages.train.validation import K as VALIDATION_K, Validator, default_every
@@ -58,29 +58,6 @@ class RunResult:
     skipped: bool = False
 
 
-def to_batch(split: SplitFeatures) -> FeatureBatch:
-    return FeatureBatch(
-        image=torch.from_numpy(split.image_matrix),
-        text=torch.from_numpy(split.text_matrix),
-        labels=torch.from_numpy(split.labels.astype(np.float32)),
-        index=torch.arange(len(split)),
-        image_parts={k: torch.from_numpy(v) for k, v in split.image.items()},
-        text_parts={k: torch.from_numpy(v) for k, v in split.text.items()},
-    )
-
-
-def feature_dims(split: SplitFeatures) -> FeatureDims:
-    text = split.text_matrix
-    return FeatureDims(
-        image=sum(v.shape[1] for v in split.image.values()),
-        text=text.shape[1],
-        labels=split.labels.shape[1],
-        image_parts={k: v.shape[1] for k, v in split.image.items()},
-        text_parts={k: v.shape[1] for k, v in split.text.items()},
-        text_is_bow=bool((text >= 0).all() and np.array_equal(text, np.round(text))),
-    )
-
-
 def _config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
@@ -110,7 +87,7 @@ def check_request(req: TrainRequest) -> str:
     if req.seed < 0:
         raise ConfigError(f"training seed {req.seed}: give a whole number >= 0 (SEED=/--seed)")
     overrides = {**req.overrides, **({"epochs": req.epochs} if req.epochs is not None else {})}
-    closed_form = bool(getattr(METHODS.get(method_name).builder, "closed_form", False))
+    closed_form = METHODS.get(method_name).builder.closed_form
     check_training_length(method_name, resolve_config(method_name, req.dataset, overrides), closed_form)
     return method_name
 
@@ -135,12 +112,12 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     data = {s: load_split(layout, req.dataset, s, image_refs, text_refs)
             for s in ("train", "validation", "query", "database")}
     load_s = time.perf_counter() - t0
-    dims = feature_dims(data["train"])
-    batches = {s: to_batch(v) for s, v in data.items()}
+    dims = FeatureDims.from_split(data["train"])
+    batches = {s: FeatureBatch.from_split(v) for s, v in data.items()}
     overrides = dict(req.overrides)
     if req.epochs is not None:
         overrides["epochs"] = req.epochs
-    supports_paired = getattr(builder, "supports_paired", False)
+    supports_paired = builder.supports_paired
     if req.eval_mode == "paired" and not supports_paired:
         raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
     cfg_fields = {f.name for f in dataclasses.fields(METHODS.get(method_name).config)}

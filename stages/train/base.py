@@ -7,6 +7,7 @@ instead of ``loss_terms``.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import logging
@@ -14,11 +15,13 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pipeline.errors import CacheError, ConfigError
 from pipeline.registry import Registry
+from pipeline.store.reader import SplitFeatures
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,18 @@ class FeatureDims:
     #: True when every text feature is non-negative counts/indicators (a bag of words); CCAH's tag graph needs it.
     text_is_bow: bool = False
 
+    @classmethod
+    def from_split(cls, split: SplitFeatures) -> "FeatureDims":
+        text = split.text_matrix
+        return cls(
+            image=sum(v.shape[1] for v in split.image.values()),
+            text=text.shape[1],
+            labels=split.labels.shape[1],
+            image_parts={k: v.shape[1] for k, v in split.image.items()},
+            text_parts={k: v.shape[1] for k, v in split.text.items()},
+            text_is_bow=bool((text >= 0).all() and np.array_equal(text, np.round(text))),
+        )
+
 
 @dataclass
 class FeatureBatch:
@@ -48,6 +63,18 @@ class FeatureBatch:
     index: Tensor  # (m,) int64 row positions in the training split
     image_parts: dict[str, Tensor] = field(default_factory=dict)
     text_parts: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_split(cls, split: SplitFeatures) -> "FeatureBatch":
+        """The cached features of one split as tensors (no copy where numpy allows)."""
+        return cls(
+            image=torch.from_numpy(split.image_matrix),
+            text=torch.from_numpy(split.text_matrix),
+            labels=torch.from_numpy(split.labels.astype(np.float32)),
+            index=torch.arange(len(split)),
+            image_parts={k: torch.from_numpy(v) for k, v in split.image.items()},
+            text_parts={k: torch.from_numpy(v) for k, v in split.text.items()},
+        )
 
     def to(self, device: torch.device | str) -> "FeatureBatch":
         return FeatureBatch(
@@ -75,10 +102,16 @@ class MethodConfig:
     weights: Mapping[str, float] = field(default_factory=dict)
 
 
-class HashingMethod(nn.Module):
-    """Base class. Subclasses set ``supervised``/``closed_form`` and implement the hooks below."""
+class HashingMethod(nn.Module, metaclass=abc.ABCMeta):
+    """Base class. Subclasses set ``supervised``/``closed_form`` and implement the hooks below;
+    ``encode_image`` and ``encode_text`` are required."""
 
+    #: The registry id (``create_method`` sets it on the instance).
+    name: str = ""
     supervised: bool = False
+    #: True for methods with the labelled "paired" evaluation mode (UCMFH-style fusion): they implement
+    #: ``paired_codes``, which codes each item from both its halves.
+    supports_paired: bool = False
     #: Closed-form methods implement ``fit`` and are not run through the gradient loop.
     closed_form: bool = False
     #: Feature specs used when the user names none (``IMAGE=``/``TEXT=`` unset). AlexNet's pooled conv5 is the
@@ -100,7 +133,32 @@ class HashingMethod(nn.Module):
 
     def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
         """Relaxed codes (m, bits) of one modality, computed from that modality's features alone."""
-        raise NotImplementedError
+        if modality == "image":
+            return self.encode_image(features)
+        if modality == "text":
+            return self.encode_text(features)
+        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+
+    @abc.abstractmethod
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        """Relaxed image codes (m, bits) from ``features.image`` (and its parts) alone."""
+
+    @abc.abstractmethod
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        """Relaxed text codes (m, bits) from ``features.text`` (and its parts) alone."""
+
+    def encode_paired(self, features: FeatureBatch, modality: Modality) -> Tensor:
+        """Relaxed codes of one modality computed from both halves of each item (the labelled "paired"
+        mode; ``supports_paired`` methods only)."""
+        if modality not in ("image", "text"):
+            raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        image, text = self.paired_codes(features)
+        return image if modality == "image" else text
+
+    def paired_codes(self, features: FeatureBatch) -> tuple[Tensor, Tensor]:
+        """(image codes, text codes), each item coded from its image and its text together."""
+        raise ConfigError(f"{self.name or type(self).__name__} has no paired evaluation mode; "
+                          f"it is for UCMFH-style fusion methods (--eval-mode single)")
 
     def fit(self, train: FeatureBatch, score: Callable[[], float] | None = None) -> dict[str, Any] | None:
         """Closed-form training on the whole training split (closed_form methods only).

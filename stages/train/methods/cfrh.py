@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 CROSS_CHOICES = ("hadamard", "jdsh-high")
@@ -176,9 +176,8 @@ class CFRH(HashingMethod):
             "reconstruction_text": reconstruction_error(self.text_ae.decoder(c_t), batch.text),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_ae(features.image)  # (m, k); α = 1, the sign does not depend on it
-        if modality == "text":
-            return self.text_ae(features.text)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_ae(features.image)  # (m, k); α = 1, the sign does not depend on it
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_ae(features.text)

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from torch import Tensor
 
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 
@@ -96,9 +96,8 @@ class DJSRH(HashingMethod):
             "text_text": losses.similarity_mse(c_t, c_t, s),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
-        if modality == "text":
-            return self.text_hash(self.text_net(features.text))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_hash(self.text_net(features.text))

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 DECODE_FROM = ("sign", "relaxed")
@@ -109,9 +109,8 @@ class DSAH(HashingMethod):
             "reconstruction_text": F.mse_loss(text_from_image, F.normalize(batch.text, dim=1)),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
-        if modality == "text":
-            return self.text_hash(self.text_net(features.text))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_hash(self.text_net(features.text))

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 log = logging.getLogger(__name__)
@@ -232,9 +232,8 @@ class DSPRH(HashingMethod):
             "pairwise": losses.pairwise_likelihood(c_i, c_t, target),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_codes(features)
-        if modality == "text":
-            return self.text_codes(features)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_codes(features)
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_codes(features)

@@ -257,18 +257,16 @@ class FJSPH(HashingMethod):
             raise ConfigError("this FJSPH model was trained with mask_probability=0, so it never learned to code "
                               "one modality alone: evaluate with --eval-mode paired, or retrain with "
                               "mask_probability > 0")
-        if modality == "image":
-            return self.image_mlp(self.fusion.image_alone(features.image))
-        if modality == "text":
-            return self.text_mlp(self.fusion.text_alone(features.text))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return super().encode(features, modality)
 
-    def encode_paired(self, features: FeatureBatch, modality: Modality) -> Tensor:
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_mlp(self.fusion.image_alone(features.image))
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_mlp(self.fusion.text_alone(features.text))
+
+    def paired_codes(self, features: FeatureBatch) -> tuple[Tensor, Tensor]:
         """The UCMFH-reference comparison mode (labelled "paired"): each item's code sees its paired other
         modality through the fusion encoder."""
         z_i, z_t = self.fusion.paired(features.image, features.text)
-        if modality == "image":
-            return self.image_mlp(z_i)
-        if modality == "text":
-            return self.text_mlp(z_t)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return self.image_mlp(z_i), self.text_mlp(z_t)

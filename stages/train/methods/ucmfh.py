@@ -194,18 +194,16 @@ class UCMFH(HashingMethod):
             raise ConfigError("this UCMFH model was trained with eval_mode='paired' (the reference) and cannot "
                               "encode one modality alone: evaluate with --eval-mode paired, or retrain with "
                               "eval_mode='single'")
-        if modality == "image":
-            return self.image_mlp(self._image_alone(self.image_in(features.image)))
-        if modality == "text":
-            return self.text_mlp(self._text_alone(self.text_in(features.text)))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return super().encode(features, modality)
 
-    def encode_paired(self, features: FeatureBatch, modality: Modality) -> Tensor:
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_mlp(self._image_alone(self.image_in(features.image)))
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_mlp(self._text_alone(self.text_in(features.text)))
+
+    def paired_codes(self, features: FeatureBatch) -> tuple[Tensor, Tensor]:
         """The reference's evaluation (labelled "paired"): both halves of each item go through the fusion
-        encoder and the requested half is hashed, so an image's code depends on its paired text."""
+        encoder and each half is hashed, so an image's code depends on its paired text."""
         z_i, z_t = self._fuse(self.image_in(features.image), self.text_in(features.text))
-        if modality == "image":
-            return self.image_mlp(z_i)
-        if modality == "text":
-            return self.text_mlp(z_t)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return self.image_mlp(z_i), self.text_mlp(z_t)
