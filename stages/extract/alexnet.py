@@ -224,7 +224,7 @@ class CovPoolHeads(nn.Module):
 
 
 # -- encoder -------------------------------------------------------------------------------------
-@register_encoder("alexnet", config=AlexNetConfig, presets=ALEXNET_PRESETS)
+@register_encoder("alexnet", config=AlexNetConfig, variants=ALEXNET_PRESETS)
 class AlexNetEncoder(Encoder):
     """ImageNet AlexNet conv5: strip-pooled iSQRT-COV, iSQRT-COV and a pooled feature (DSPRH's branches)."""
 

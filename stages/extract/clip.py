@@ -78,7 +78,7 @@ def _how_to_supply(model: str) -> str:
             f"python -c \"import open_clip; open_clip.create_model('{model}', pretrained='openai')\"")
 
 
-@register_encoder("clip", config=ClipConfig, presets=CLIP_PRESETS)
+@register_encoder("clip", config=ClipConfig, variants=CLIP_PRESETS)
 class ClipEncoder(Encoder):
     """open_clip image and text embeddings (any model; an open_clip tag or a local weights file)."""
 

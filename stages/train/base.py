@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import merge_config
 from pipeline.errors import CacheError, ConfigError
 from pipeline.registry import Registry
 from pipeline.store.reader import SplitFeatures
@@ -176,33 +177,20 @@ class HashingMethod(nn.Module, metaclass=abc.ABCMeta):
 METHODS: Registry = Registry("method", "cmh list methods")
 
 
-def register_method(name: str, *, config: type, presets: Mapping[str, Mapping[str, Any]] | None = None,
+def register_method(name: str, *, config: type, dataset_presets: Mapping[str, Mapping[str, Any]] | None = None,
                     aliases: tuple[str, ...] = ()):
-    return METHODS.register(name, config=config, presets=presets, aliases=aliases)
+    """Register a method. ``dataset_presets`` maps a dataset to the overrides its paper used there."""
+    return METHODS.register(name, config=config, dataset_presets=dataset_presets, aliases=aliases)
 
 
 def resolve_config(name: str, dataset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
     """dataclass defaults < dataset preset < overrides (``None`` values dropped, as timm does)."""
     entry = METHODS.get(name)
     cfg_cls = entry.config
-    valid = {f.name for f in dataclasses.fields(cfg_cls)}
-    merged: dict[str, Any] = {}
-    if dataset is not None:
-        preset_key = dataset.split("-")[0]
-        merged.update(entry.presets.get(preset_key, {}))
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in valid:
-            raise ConfigError(f"{entry.name} has no setting {key!r}; valid settings: {', '.join(sorted(valid))}")
-        merged[key] = value
-    unknown = set(merged) - valid
-    if unknown:
-        raise ConfigError(f"preset for {entry.name} names unknown settings {sorted(unknown)}")
-    from stages.train.checks import check_setting_types
-
-    check_setting_types(entry.name, cfg_cls, merged)
-    cfg = cfg_cls(**merged)
+    preset_key = dataset.split("-")[0] if dataset is not None else None
+    preset = entry.dataset_presets.get(preset_key, {}) if preset_key else {}
+    cfg = merge_config(entry.name, cfg_cls, (f"dataset preset {preset_key}", preset), ("--set", overrides))
+    merged = {**preset, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     weights = getattr(cfg, "weights", None)
     if weights is not None and "weights" in merged:
         defaults = cfg_cls().weights

@@ -22,7 +22,7 @@ class ToyConfig(MethodConfig):
 
 
 if "toy-loop" not in METHODS:
-    @register_method("toy-loop", config=ToyConfig, presets={"mirflickr": {"hidden": 7}})
+    @register_method("toy-loop", config=ToyConfig, dataset_presets={"mirflickr": {"hidden": 7}})
     class Toy(HashingMethod):
         """A linear hash of each modality trained to agree."""
 

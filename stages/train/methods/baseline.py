@@ -34,7 +34,7 @@ class BaselineConfig(MethodConfig):
 PRESETS: dict[str, dict] = {"mirflickr": {}, "nuswide": {}, "coco": {}}  # nothing depends on the dataset
 
 
-@register_method("baseline", config=BaselineConfig, presets=PRESETS)
+@register_method("baseline", config=BaselineConfig, dataset_presets=PRESETS)
 class RandomProjectionBaseline(ProjectionHash):
     """No-learning baseline: sign of a seeded random Gaussian projection of centred features."""
 

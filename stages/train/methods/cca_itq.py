@@ -110,7 +110,7 @@ def _itq_rotation(v: np.ndarray, iterations: int, rng: np.random.Generator) -> t
     return r, history
 
 
-@register_method("cca-itq", config=CCAITQConfig, presets=PRESETS, aliases=("ccaitq",))
+@register_method("cca-itq", config=CCAITQConfig, dataset_presets=PRESETS, aliases=("ccaitq",))
 class CCAITQ(ProjectionHash):
     """CCA-ITQ: cross-modal CCA into a bits-dim space, then an ITQ rotation (Gong et al., TPAMI 2013).
 

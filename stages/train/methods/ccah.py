@@ -143,7 +143,7 @@ class GraphAttentionTextEncoder(nn.Module):
         return self.output(h, adj)  # (N, k)
 
 
-@register_method("ccah", config=CCAHConfig, presets=PRESETS)
+@register_method("ccah", config=CCAHConfig, dataset_presets=PRESETS)
 class CCAH(HashingMethod):
     """CCAH: CLIP image MLP + tag-graph attention text encoder with cycle alignment (Li et al., IJIS 2023)."""
 

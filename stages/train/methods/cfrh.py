@@ -139,7 +139,7 @@ class ModalityAutoencoder(nn.Module):
         return self.hash(self.encoder(x), alpha)
 
 
-@register_method("cfrh", config=CFRHConfig, presets=PRESETS)
+@register_method("cfrh", config=CFRHConfig, dataset_presets=PRESETS)
 class CFRH(HashingMethod):
     """CFRH (IJMIR 2023): modality autoencoders trained to reconstruct a fused complementary affinity."""
 

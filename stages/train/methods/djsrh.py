@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_method("djsrh", config=DJSRHConfig, presets=PRESETS)
+@register_method("djsrh", config=DJSRHConfig, dataset_presets=PRESETS)
 class DJSRH(HashingMethod):
     """DJSRH: joint-semantics affinity reconstructed by code similarities (Su et al., ICCV 2019)."""
 

@@ -72,7 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {  # methods.md §3 lists one setting for e
 }
 
 
-@register_method("dsah", config=DSAHConfig, presets=PRESETS)
+@register_method("dsah", config=DSAHConfig, dataset_presets=PRESETS)
 class DSAH(HashingMethod):
     """DSAH: semantic alignment of code, feature and cross-modal similarities (Yang et al., ICMR 2020)."""
 

@@ -149,7 +149,7 @@ class BranchFusion(nn.Module):
         return fused
 
 
-@register_method("dsprh", config=DSPRHConfig, presets=PRESETS)
+@register_method("dsprh", config=DSPRHConfig, dataset_presets=PRESETS)
 class DSPRH(HashingMethod):
     """DSPRH (Entropy 2020): three-branch AlexNet fusion + twin-bottleneck semantic-preserving reconstruction."""
 

@@ -199,7 +199,7 @@ class RelaxedHashMLP(nn.Module):
         return torch.tanh(self.net(F.normalize(x, dim=1)))
 
 
-@register_method("fjsph", config=FJSPHConfig, presets=PRESETS)
+@register_method("fjsph", config=FJSPHConfig, dataset_presets=PRESETS)
 class FJSPH(HashingMethod):
     """FJSPH (Computer Science 2025): supervised fusion hashing with sample- and cluster-wise label similarity."""
 

@@ -91,7 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_method("ucmfh", config=UCMFHConfig, presets=PRESETS)
+@register_method("ucmfh", config=UCMFHConfig, dataset_presets=PRESETS)
 class UCMFH(HashingMethod):
     """UCMFH: fusion transformer + per-modality hash MLPs, contrastive (Xia et al., Information Fusion 2023)."""
 
