@@ -2,7 +2,7 @@
 
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021;
 code mlfoundations/open_clip (``create_model_and_transforms``, ``get_tokenizer``). Any open_clip model
-name works; the papers use ViT-B/32 (512-d, methods.md §15 #1, #12). Images go through the model's
+name works; the papers use ViT-B/32 (512-d). Images go through the model's
 own inference preprocessing (open_clip's ``preprocess_val``), not ImageNet's (CCAH's bug, §14).
 
 Weights (``pretrained``): an open_clip tag (downloaded by open_clip on a machine with internet, or

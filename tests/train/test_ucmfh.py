@@ -26,7 +26,7 @@ def test_trains_on_real_mirflickr_and_codes_each_modality_alone():
     assert weighted_loss(method, batch) < before
     assert_binary_codes(method, batch)
     assert_batch_independent(method, batch)
-    # the image code does not depend on the text that comes with it (methods.md §6.5b)
+    # the image code does not depend on the text that comes with it
     shuffled = _with_text(batch, batch.text[torch.randperm(batch.text.shape[0])])
     assert torch.equal(encode_split(method, batch, "image"), encode_split(method, shuffled, "image"))
 

@@ -1,6 +1,6 @@
 """DJSRH: Deep Joint-Semantics Reconstructing Hashing (Su, Zhong, Zhang; ICCV 2019).
 
-Reference code: github.com/zzs1994/DJSRH (``models.py``, ``train.py``, ``settings.py``); spec: methods.md §2.
+Reference code: github.com/zzs1994/DJSRH (``models.py``, ``train.py``, ``settings.py``).
 
 What is learned: an image hash network and a text hash network, without labels. Within each mini-batch
 a joint-semantics affinity S is built from the image-feature and text-feature cosine similarities
@@ -8,7 +8,7 @@ a joint-semantics affinity S is built from the image-feature and text-feature co
 and the cosine similarities of the relaxed codes ``tanh(α h)`` are regressed onto S, both within and
 across modalities. α grows as √(epoch + 1) so the codes approach ±1.
 
-Loss terms (methods.md §2): ``image_image`` = MSE(B_I B_Iᵀ, S) (λ1 = 0.1), ``image_text`` =
+Loss terms: ``image_image`` = MSE(B_I B_Iᵀ, S) (λ1 = 0.1), ``image_text`` =
 MSE(B_I B_Tᵀ, S) (1), ``text_text`` = MSE(B_T B_Tᵀ, S) (λ2 = 0.1), with B = norm(c).
 
 **Deviations**
