@@ -49,12 +49,12 @@ def main() -> None:
     from stages.train import methods  # noqa: F401
     from stages.train.base import create_method
     from stages.train.loop import fit_method
-    from stages.train.run import feature_dims, to_batch
+    from stages.train.base import FeatureBatch, FeatureDims
 
     layout = CacheLayout(cache_root(args.cache))
     dataset = args.dataset
     if args.quick or not layout.items_path(dataset).exists():
-        from pipeline.prepare import DatasetRequest, prepare_dataset
+        from stages.prepare import DatasetRequest, prepare_dataset
         from stages.extract import create_encoder, load_encoders
         from stages.extract.runner import run_extraction
 
@@ -77,7 +77,7 @@ def main() -> None:
         if spec not in loaded:
             train = load_split(layout, dataset, "train", parse_feature_spec(layout, dataset, spec[0], "image"),
                                parse_feature_spec(layout, dataset, spec[1], "text"))
-            loaded[spec] = (feature_dims(train), to_batch(train), {})
+            loaded[spec] = (FeatureDims.from_split(train), FeatureBatch.from_split(train), {})
         dims, batch, mlp = loaded[spec]
         torch.manual_seed(0)
         method = create_method(name, dims=dims, bits=args.bits, dataset=dataset)

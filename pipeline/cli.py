@@ -110,7 +110,7 @@ def extract(
     overwrite: bool = typer.Option(False, help="replace cached items/splits/features written with another setup"),
 ) -> None:
     """Read a dataset once and write its items, splits and embeddings into the feature cache."""
-    from pipeline.prepare import DatasetRequest, prepare_dataset
+    from stages.prepare import DatasetRequest, prepare_dataset
     from pipeline.store.features import ShardSpec
     from stages.extract import create_encoder, load_encoders
     from stages.extract.runner import run_extraction
@@ -155,7 +155,7 @@ def train(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train a hashing method on cached features, encode query/database, evaluate and write a run directory."""
-    from stages.train.run import TrainRequest, train_runs
+    from pipeline.run import TrainRequest, train_runs
 
     req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
@@ -270,7 +270,7 @@ def query(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Encode a new image or text with a trained run and print its Hamming top-k database items."""
-    from stages.evaluate.query import query_run
+    from pipeline.query import query_run
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give exactly one of --text or --image")
@@ -281,7 +281,7 @@ def query(
     for row in rows:
         typer.echo("\t".join(str(v) for v in row))
     if html is not None:
-        from stages.evaluate.query_page import write_query_page
+        from pipeline.query_page import write_query_page
 
         typer.echo(f"html: {write_query_page(_layout(cache), run, rows, html, text=text, image=image)}")
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
-    from pipeline.prepare import DatasetRequest, prepare_dataset
+    from stages.prepare import DatasetRequest, prepare_dataset
     from pipeline.settings import cache_root
     from pipeline.store.layout import CacheLayout
     from pipeline.grid import GridRequest, run_grid

@@ -56,7 +56,7 @@ def default_workers(device: str | None) -> int:
 
 
 def _cells(req: GridRequest):
-    from stages.train.run import TrainRequest
+    from pipeline.run import TrainRequest
 
     for seed in req.seeds:
         for method in req.methods:
@@ -72,7 +72,7 @@ def _train_cell(cache_root: Path, train_req, threads: int | None, skip_config_er
 
     from pipeline.errors import ConfigError
     from pipeline.store.layout import CacheLayout
-    from stages.train.run import train_runs
+    from pipeline.run import train_runs
 
     if threads:
         torch.set_num_threads(threads)
@@ -99,7 +99,7 @@ def run_grid(cache_root: Path, req: GridRequest, echo: Callable[[str], None] = p
     from stages.train.base import METHODS
     from stages.train import methods  # noqa: F401  (registers every method; unknown names fail now)
 
-    from stages.train.run import check_request
+    from pipeline.run import check_request
 
     req = replace(req, methods=[METHODS.resolve(m) for m in req.methods])
     cells = list(_cells(req))

@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.settings import PROJECT_ROOT
 
 _PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "numpy", "pyarrow", "duckdb", "faiss-cpu",
-             "numba", "torch_geometric", "scipy")
+             "numba", "scipy")
 
 
 def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:

@@ -45,7 +45,10 @@ class Entry(Generic[T]):
     name: str
     builder: T
     config: type | None = None
-    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Encoder variants: an encoder id -> the options that produce it (``clip-vit-b-32.openai``).
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Method presets per dataset: a dataset -> its paper's overrides (``mirflickr``).
+    dataset_presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     summary: str = ""
     module: str = ""
     aliases: tuple[str, ...] = ()
@@ -67,7 +70,8 @@ class Registry(Generic[T]):
         name: str,
         *,
         config: type | None = None,
-        presets: Mapping[str, Mapping[str, Any]] | None = None,
+        variants: Mapping[str, Mapping[str, Any]] | None = None,
+        dataset_presets: Mapping[str, Mapping[str, Any]] | None = None,
         aliases: Iterable[str] = (),
         **extra: Any,
     ) -> Callable[[T], T]:
@@ -81,7 +85,8 @@ class Registry(Generic[T]):
                 name=canonical,
                 builder=builder,
                 config=config,
-                presets=dict(presets or {}),
+                variants=dict(variants or {}),
+                dataset_presets=dict(dataset_presets or {}),
                 summary=doc[0] if doc else "",
                 module=getattr(builder, "__module__", ""),
                 aliases=tuple(normalise_name(a) for a in aliases),

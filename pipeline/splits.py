@@ -1,8 +1,8 @@
 """Train / query / database (/ validation) splits: the DJSRH-family per-label split and a random split.
 
-Protocols (design.md "Protocol choices"):
+Protocols:
 
-* ``djsrh-mirflickr`` / ``djsrh-nuswide``: the per-label split of DJSRH ``datasets.py`` (methods.md §1.3),
+* ``djsrh-mirflickr`` / ``djsrh-nuswide``: the per-label split of DJSRH ``datasets.py``,
   with the (Q0, T0, Q1, T1) counts (160, 400, 80, 200) and (200, 500, 200, 500) and 5,000 train.
 * ``random``: a seeded random query set, database = the rest, train drawn from the database.
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DJSRHCounts:
-    """Per-label counts (methods.md §1.3): label 0 gives (q_first, t_first), each later one (q_rest, t_rest)."""
+    """Per-label counts: label 0 gives (q_first, t_first), each later one (q_rest, t_rest)."""
 
     q_first: int
     t_first: int
@@ -55,7 +55,7 @@ DJSRH_PRESETS = {
     "djsrh-nuswide": DJSRHCounts(200, 500, 200, 500, 5000),  # DJSRH datasets.py, NUS-WIDE: 200 + 9·200 = 2000
 }
 PROTOCOLS = (*DJSRH_PRESETS, "random")
-#: Standard sizes of the random protocol: UCMFH's MS-COCO split (methods.md §1.2), 2,000 query / 5,000 train.
+#: Standard sizes of the random protocol: UCMFH's MS-COCO split, 2,000 query / 5,000 train.
 RANDOM_QUERY, RANDOM_TRAIN = 2000, 5000
 #: Scaled sizes for sets too small for the standard ones [inferred: no paper covers small sets].
 SCALED_QUERY_FRACTION = 0.1  # query = 10% of the items
@@ -83,7 +83,7 @@ class SplitResult:
 
 def djsrh_split(labels: np.ndarray, seed: int, q_first: int = 160, t_first: int = 400, q_rest: int = 80,
                 t_rest: int = 200, train_size: int = 5000) -> dict[str, np.ndarray]:
-    """The DJSRH-family per-label split (methods.md §1.3) as ROW POSITIONS ``{query, database, train}``.
+    """The DJSRH-family per-label split as ROW POSITIONS ``{query, database, train}``.
 
     For each label column l in order, its positive rows are permuted; the first label gives
     ``q_first`` queries then ``t_first`` train rows, every later label takes ``q_rest`` then ``t_rest``
@@ -205,7 +205,7 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
             )
         note = (f"{n} items are too few for the standard {std_query} query / {std_train} train: scaled to "
                 f"query {q} (requested: {n_query}), train {t} (requested: {n_train})")
-        log.info("splits: %s", note)  # the caller (pipeline.prepare) warns with every note
+        log.info("splits: %s", note)  # the caller (stages.prepare) warns with every note
         notes.append(note)
 
     if n_validation is None:
@@ -226,7 +226,7 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
         nominal = used.nominal_query(n_labels)
         if len(rows["query"]) != nominal:
             note = (f"the per-label split gave {len(rows['query'])} queries, not the nominal {nominal}: rare labels "
-                    f"ran out of unused items (methods.md §1.3)")
+                    f"ran out of unused items")
             log.info("splits: %s", note)
             notes.append(note)
     else:

@@ -8,11 +8,11 @@ import duckdb
 import numpy as np
 import pytest
 
-from pipeline.prepare import DatasetRequest, prepare_dataset
+from stages.prepare import DatasetRequest, prepare_dataset
 from pipeline.store.layout import CacheLayout
 from stages.extract import create_encoder
 from stages.extract.runner import run_extraction
-from stages.train.run import TrainRequest, train_runs
+from pipeline.run import TrainRequest, train_runs
 
 
 def _extract(layout, req, encoders=("alexnet", "bow")):
@@ -69,7 +69,7 @@ def test_demo_train_report_sql_and_query(demo_cache):
     assert again[0].skipped and again[0].run_id == results[0].run_id
 
     # retrieval with a new text through the run's own encoders and model
-    from stages.evaluate.query import query_run
+    from pipeline.query import query_run
 
     hits = query_run(layout, results[2].run_id, text="sky, sea", top_k=5)  # two of the demo's tags
     assert len(hits) == 5 and [h[0] for h in hits] == [1, 2, 3, 4, 5]

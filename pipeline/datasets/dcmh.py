@@ -1,4 +1,4 @@
-"""Reading the DCMH/DJSRH ``.mat`` files (methods.md §1.1), shared by the mirflickr and nuswide sources.
+"""Reading the DCMH/DJSRH ``.mat`` files, shared by the mirflickr and nuswide sources.
 
 The files come in two container formats: MATLAB v5 (``scipy.io.loadmat``, arrays as MATLAB stores
 them, ``(N, d)``) and v7.3 HDF5 (``h5py``, which reads MATLAB's column-major arrays transposed, so a

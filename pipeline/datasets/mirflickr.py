@@ -1,6 +1,6 @@
 """Dataset source: MIRFlickr-25K, the 20,015 cleaned image–tag pairs of the DCMH/DJSRH family.
 
-Two layouts, told apart by the files in DATA_DIR (methods.md §1.1, shared/data/README.md):
+Two layouts, told apart by the files in DATA_DIR (the shared data folder's README.md describes both):
 
 * **folder** (``shared/data/mirflickr25k_real20015`` and ``mirflickr25k_real730``): ``pairs.tsv`` (one row
   per pair in DCMH row order: ``image``, ``row20015``, comma-separated ``tags``, ``labels`` names,

@@ -1,4 +1,4 @@
-"""Dataset source: NUS-WIDE TC-10, the 186,577 image–tag pairs of the DCMH/DJSRH family (methods.md §1.1–1.2).
+"""Dataset source: NUS-WIDE TC-10, the 186,577 image–tag pairs of the DCMH/DJSRH family.
 
 Read from the DCMH ``.mat`` files: ``nus-wide-tc10-iall.mat`` (HDF5 ``IAll`` (N, 3, 224, 224)),
 ``nus-wide-tc10-yall.mat`` (``YAll``, a 1000-d BoW; stored HDF5, so h5py returns it transposed as

@@ -1,6 +1,6 @@
 """Retrieval metrics over Hamming rankings: mAP@K, mAP, P@K, precision within a radius, PR curves.
 
-Definitions (methods.md §1.4; ecosystem.md §2):
+Definitions (the usual ones of the hashing papers' evaluation code):
 
 * **relevance**: a database item is relevant to a query when they share at least one label
   (multi-hot labels packed into uint64 words, ``(q & d) != 0``).
@@ -25,7 +25,7 @@ Tie rules (``tie=``), written into every report:
 * ``"reference"``: the published loop, *labelled as such*: distances ``0.5 * (bits - b_q · B^T)``
   in float32 (the dtype ``torch.sign(...).numpy()`` codes give) ranked by ``np.argsort`` with its
   default (unstable) kind, one query at a time. Its tie order depends on numpy's SIMD dispatch, i.e.
-  on the CPU, so it is not reproducible across machines (ecosystem.md §2.2). Slow: about 5-15 ms
+  on the CPU, so it is not reproducible across machines. Slow: about 5-15 ms
   per query at 185k database items (a sort per query).
 
 Radius-based numbers (P@r, PR curve) do not depend on the tie rule.

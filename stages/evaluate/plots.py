@@ -13,11 +13,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline.errors import CacheError, DataError
+from pipeline.store.runs import PLOTS_DIR
 from stages.evaluate.report import CURVES_FILE, read_rows
 
 log = logging.getLogger(__name__)
 
-PLOTS_DIR = "plots"
 TASK_TITLES = {"i2t": "image → text", "t2i": "text → image", "i2i": "image → image", "t2t": "text → text"}
 
 

@@ -1,9 +1,9 @@
 """Published mAP@50 numbers (MIRFlickr-25K, 16/32/64/128 bits), for side-by-side tables.
 
-Copied from the papers' tables as collected in ../shared/docs/methods.md. They come from other
+Copied from the papers' own result tables. They come from other
 features (fine-tuned AlexNet fc7, CLIP ViT-B/32, FLIP) and other tie rules (np.argsort), so compare
 trends, not third decimals. Methods with no published MIRFlickr table (CFRH, FJSPH) are absent;
-DSPRH published only its gains over its own DSAH re-run (methods.md §8.6).
+DSPRH published only its gains over its own DSAH re-run.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from pipeline.errors import CacheError, ConfigError, DataError
 from pipeline.store.parquet import read_table, write_table_atomic
+from pipeline.store.runs import CURVES_FILE, REPORT_FILE  # noqa: F401  (the run directory owns the names)
 from stages.evaluate.codes import CODE_CONVENTIONS
 from stages.evaluate.metrics import (
     TIE_RULES,
@@ -43,8 +44,6 @@ RADIUS = 2  # "precision within Hamming radius 2", the usual hashing-paper radiu
 CROSS_TASKS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
 INTRA_TASKS = {"i2i": ("image", "image"), "t2t": ("text", "text")}
 
-REPORT_FILE = "report.parquet"
-CURVES_FILE = "curves.parquet"
 
 #: Columns every report carries, with their Arrow types (typed even when a run leaves one NULL,
 #: so ``union_by_name`` across runs never meets a NULL-typed column).

@@ -1,6 +1,6 @@
 """DuckDB SQL over run artifacts: Hamming top-k in SQL, and cross-run report queries.
 
-DuckDB facts this relies on (ecosystem.md §3, checked with duckdb 2.0):
+DuckDB facts this relies on (checked with duckdb 2.0):
 
 * XOR is the ``xor(a, b)`` function; ``a ^ b`` is exponentiation and ``a # b`` is a syntax error.
 * ``bit_count(UBIGINT)`` counts set bits; a ``FixedSizeList<uint64>`` Parquet column reads as ``UBIGINT[]``.

@@ -1,7 +1,7 @@
 """Encoder ``alexnet``: ImageNet AlexNet conv5 → strip pooling → iSQRT-COV, plain iSQRT-COV, pooled feature.
 
 The three image branches of DSPRH (Cheng, Wang, Du, "Deep Semantic-Preserving Reconstruction Hashing
-for Unsupervised Cross-Modal Retrieval", Entropy 22(11):1266, 2020; methods.md §8, §13), computed
+for Unsupervised Cross-Modal Retrieval", Entropy 22(11):1266, 2020), computed
 from a frozen torchvision AlexNet (Krizhevsky et al. 2012; torchvision ``alexnet`` layout):
 
 * ``conv5``: ``features[:-1]``, conv5 after ReLU, before pool5: (m, 256, 13, 13) for a 224² input,
@@ -224,7 +224,7 @@ class CovPoolHeads(nn.Module):
 
 
 # -- encoder -------------------------------------------------------------------------------------
-@register_encoder("alexnet", config=AlexNetConfig, presets=ALEXNET_PRESETS)
+@register_encoder("alexnet", config=AlexNetConfig, variants=ALEXNET_PRESETS)
 class AlexNetEncoder(Encoder):
     """ImageNet AlexNet conv5: strip-pooled iSQRT-COV, iSQRT-COV and a pooled feature (DSPRH's branches)."""
 

@@ -18,7 +18,7 @@ Adding an encoder is adding a file. A sentence-transformers text encoder, for ex
         model: str = "all-MiniLM-L6-v2"   # a local folder or a hub name (downloads need internet)
         caption_mode: str = "mean"        # how several captions of one item are combined
 
-    @register_encoder("sbert", config=SentenceConfig, presets={"sbert-minilm-l6.v2": {}})
+    @register_encoder("sbert", config=SentenceConfig, variants={"sbert-minilm-l6.v2": {}})
     class SentenceEncoder(Encoder):
         inputs = frozenset({"text"})
 
@@ -39,7 +39,6 @@ plus one line ``from stages.extract import sbert`` in ``load_encoders``; nothing
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from pipeline.datasets.base import ItemTable
+from pipeline.config import merge_config
 from pipeline.errors import ConfigError
 from pipeline.registry import Entry, Registry, check_path_safe, normalise_name
 from pipeline.store.features import ColumnSpec
@@ -112,12 +112,12 @@ def column_array(x: torch.Tensor, spec: ColumnSpec) -> np.ndarray:
 ENCODERS: Registry = Registry("encoder", "cmh list encoders")
 
 
-def register_encoder(name: str, *, config: type, presets: Mapping[str, Mapping[str, Any]] | None = None,
+def register_encoder(name: str, *, config: type, variants: Mapping[str, Mapping[str, Any]] | None = None,
                      aliases: Sequence[str] = ()) -> Callable[[type], type]:
-    """Register an encoder kind. ``presets`` maps an encoder id to the options that produce it."""
-    for preset_id in presets or {}:
-        check_path_safe(preset_id)
-    return ENCODERS.register(name, config=config, presets=presets, aliases=aliases)
+    """Register an encoder kind. ``variants`` maps an encoder id to the options that produce it."""
+    for variant_id in variants or {}:
+        check_path_safe(variant_id)
+    return ENCODERS.register(name, config=config, variants=variants, aliases=aliases)
 
 
 def safe_id(text: str) -> str:
@@ -137,8 +137,8 @@ def _find(name: str) -> tuple[Entry, Mapping[str, Any]]:
     _load_kinds()
     key = normalise_name(name)
     for entry in ENCODERS.entries():
-        if key in entry.presets:
-            return entry, entry.presets[key]
+        if key in entry.variants:
+            return entry, entry.variants[key]
     try:
         return ENCODERS.get(name), {}
     except KeyError as exc:
@@ -155,35 +155,15 @@ def list_encoders(pattern: str = "*") -> list[str]:
     _load_kinds()
     names = set(ENCODERS.names())
     for entry in ENCODERS.entries():
-        names.update(entry.presets)
+        names.update(entry.variants)
     return sorted((n for n in names if fnmatch.fnmatch(n, pattern)), key=_natural_key)
-
-
-_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def build_config(cfg_cls: type, options: Mapping[str, Any], kind: str) -> Any:
-    """``cfg_cls(**options)``; an unknown key or a value of the wrong type raises and says what is valid
-    (``None`` values dropped, so the defaults stand)."""
-    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
-    opts = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(opts) - set(fields))
-    if unknown:
-        raise ConfigError(f"encoder {kind!r} has no setting(s) {unknown}; valid settings: {', '.join(sorted(fields))}")
-    for key, value in opts.items():
-        annotation = str(fields[key].type).replace(" | None", "")
-        allowed = _SCALARS.get(annotation)
-        wrong_bool = isinstance(value, bool) and annotation in ("int", "float")
-        if allowed is not None and (not isinstance(value, allowed) or wrong_bool):
-            raise ConfigError(f"encoder {kind!r} setting {key} expects {annotation}, got {value!r}")
-    return cfg_cls(**opts)
 
 
 def create_encoder(name: str, **options: Any) -> Encoder:
     """Build an encoder from a kind (``clip``), alias or preset id (``clip-vit-b-32.openai``).
 
-    Resolution order: config dataclass defaults < preset < ``options`` (``None`` values dropped).
+    Resolution order: config dataclass defaults < variant < ``options`` (``None`` values dropped).
     """
-    entry, preset = _find(name)
-    cfg = build_config(entry.config, {**preset, **options}, entry.name)
+    entry, variant = _find(name)
+    cfg = merge_config(f"encoder {entry.name!r}", entry.config, (f"variant {name}", variant), ("option", options))
     return entry.builder(cfg)

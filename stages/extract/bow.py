@@ -85,7 +85,7 @@ def vocabulary_index(vocab: Sequence[str]) -> dict[str, list[int]]:
     return index
 
 
-@register_encoder("bow", config=BowConfig, presets=BOW_PRESETS)
+@register_encoder("bow", config=BowConfig, variants=BOW_PRESETS)
 class BowEncoder(Encoder):
     """Bag of words over tags or captions: the dataset's vocabulary, or the train split's top-N terms."""
 

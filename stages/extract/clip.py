@@ -2,7 +2,7 @@
 
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021;
 code mlfoundations/open_clip (``create_model_and_transforms``, ``get_tokenizer``). Any open_clip model
-name works; the papers use ViT-B/32 (512-d, methods.md §15 #1, #12). Images go through the model's
+name works; the papers use ViT-B/32 (512-d). Images go through the model's
 own inference preprocessing (open_clip's ``preprocess_val``), not ImageNet's (CCAH's bug, §14).
 
 Weights (``pretrained``): an open_clip tag (downloaded by open_clip on a machine with internet, or
@@ -78,7 +78,7 @@ def _how_to_supply(model: str) -> str:
             f"python -c \"import open_clip; open_clip.create_model('{model}', pretrained='openai')\"")
 
 
-@register_encoder("clip", config=ClipConfig, presets=CLIP_PRESETS)
+@register_encoder("clip", config=ClipConfig, variants=CLIP_PRESETS)
 class ClipEncoder(Encoder):
     """open_clip image and text embeddings (any model; an open_clip tag or a local weights file)."""
 

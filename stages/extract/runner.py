@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 import pipeline
 from pipeline.datasets.base import ItemTable
 from pipeline.datasets.images import load_image
+from pipeline.progress import progress_bar
 from pipeline.provenance import package_versions
 from pipeline.errors import ConfigError, DataError
 from pipeline.store.features import FeatureWriter, Shard, ShardSpec, read_manifest
@@ -34,8 +34,6 @@ from stages.extract.base import Encoder
 
 log = logging.getLogger(__name__)
 
-#: Without a terminal (no progress bar), log one line every this many batches.
-LOG_EVERY_BATCHES = 50
 #: Package versions recorded in the provenance (distribution names).
 @dataclass
 class ExtractSummary:
@@ -163,38 +161,6 @@ class _Timer:
             self.totals[phase] += time.perf_counter() - start
 
 
-class _Progress:
-    """A rich progress bar on a terminal; otherwise a log line every LOG_EVERY_BATCHES batches."""
-
-    def __init__(self, label: str, total: int, enabled: bool) -> None:
-        self.label, self.total, self.done, self.batches = label, total, 0, 0
-        self.start = time.perf_counter()
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
-            self.task = self.bar.add_task(label, total=total, rate="")
-            self.bar.start()
-        self.enabled = enabled
-
-    def rate(self) -> float:
-        return self.done / max(time.perf_counter() - self.start, 1e-9)
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        self.batches += 1
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n, rate=f"{self.rate():.1f} items/s")
-        elif self.enabled and self.batches % LOG_EVERY_BATCHES == 0:
-            log.info("%s: %d/%d items (%.1f items/s)", self.label, self.done, self.total, self.rate())
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 # -- the loop ------------------------------------------------------------------------------------
 def run_extraction(
     layout: CacheLayout,
@@ -306,7 +272,7 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
         refs = [items.image[r] for r in rows] if "image" in encoder.inputs else []
         sizes = [len(s.item_ids) for s in todo]
         ends = np.cumsum(sizes)  # flat position where each shard ends
-        bar = _Progress(f"{items.dataset}/{encoder.id}", int(ends[-1]), progress)
+        bar = progress_bar(int(ends[-1]), f"{items.dataset}/{encoder.id}", unit="items") if progress else None
         autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
         part, acc, errors = 0, [], []
         # one background thread writes shards (Parquet encoding + fsync release the GIL), at most one
@@ -329,7 +295,8 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                         if images is not None:
                             images = images.to(dev, non_blocking=True)
                         acc.append((ids, encoder.encode(images, texts, ids)))
-                bar.advance(len(positions) + len(bad))
+                if bar is not None:
+                    bar.update(len(positions) + len(bad))
                 seen += len(positions) + len(bad)
                 if seen == ends[part]:  # the last batch of this shard
                     with timer("write"):
@@ -344,7 +311,8 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                     pending_write.result()
         finally:
             pool.shutdown(wait=True)
-            bar.close()
+            if bar is not None:
+                bar.close()
     loop_seconds = time.perf_counter() - loop_start
     if seen:
         log.info("%s/%s: %.1f s waiting for data, %.1f s encoding, %.1f s waiting for shard writes",

@@ -7,16 +7,22 @@ instead of ``loss_terms``.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
+import json
 import logging
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError
+from pipeline.config import merge_config
+from pipeline.errors import CacheError, ConfigError
 from pipeline.registry import Registry
+from pipeline.store.reader import SplitFeatures
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,18 @@ class FeatureDims:
     #: True when every text feature is non-negative counts/indicators (a bag of words); CCAH's tag graph needs it.
     text_is_bow: bool = False
 
+    @classmethod
+    def from_split(cls, split: SplitFeatures) -> "FeatureDims":
+        text = split.text_matrix
+        return cls(
+            image=sum(v.shape[1] for v in split.image.values()),
+            text=text.shape[1],
+            labels=split.labels.shape[1],
+            image_parts={k: v.shape[1] for k, v in split.image.items()},
+            text_parts={k: v.shape[1] for k, v in split.text.items()},
+            text_is_bow=bool((text >= 0).all() and np.array_equal(text, np.round(text))),
+        )
+
 
 @dataclass
 class FeatureBatch:
@@ -46,6 +64,18 @@ class FeatureBatch:
     index: Tensor  # (m,) int64 row positions in the training split
     image_parts: dict[str, Tensor] = field(default_factory=dict)
     text_parts: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_split(cls, split: SplitFeatures) -> "FeatureBatch":
+        """The cached features of one split as tensors (no copy where numpy allows)."""
+        return cls(
+            image=torch.from_numpy(split.image_matrix),
+            text=torch.from_numpy(split.text_matrix),
+            labels=torch.from_numpy(split.labels.astype(np.float32)),
+            index=torch.arange(len(split)),
+            image_parts={k: torch.from_numpy(v) for k, v in split.image.items()},
+            text_parts={k: torch.from_numpy(v) for k, v in split.text.items()},
+        )
 
     def to(self, device: torch.device | str) -> "FeatureBatch":
         return FeatureBatch(
@@ -73,10 +103,16 @@ class MethodConfig:
     weights: Mapping[str, float] = field(default_factory=dict)
 
 
-class HashingMethod(nn.Module):
-    """Base class. Subclasses set ``supervised``/``closed_form`` and implement the hooks below."""
+class HashingMethod(nn.Module, metaclass=abc.ABCMeta):
+    """Base class. Subclasses set ``supervised``/``closed_form`` and implement the hooks below;
+    ``encode_image`` and ``encode_text`` are required."""
 
+    #: The registry id (``create_method`` sets it on the instance).
+    name: str = ""
     supervised: bool = False
+    #: True for methods with the labelled "paired" evaluation mode (UCMFH-style fusion): they implement
+    #: ``paired_codes``, which codes each item from both its halves.
+    supports_paired: bool = False
     #: Closed-form methods implement ``fit`` and are not run through the gradient loop.
     closed_form: bool = False
     #: Feature specs used when the user names none (``IMAGE=``/``TEXT=`` unset). AlexNet's pooled conv5 is the
@@ -98,7 +134,32 @@ class HashingMethod(nn.Module):
 
     def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
         """Relaxed codes (m, bits) of one modality, computed from that modality's features alone."""
-        raise NotImplementedError
+        if modality == "image":
+            return self.encode_image(features)
+        if modality == "text":
+            return self.encode_text(features)
+        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+
+    @abc.abstractmethod
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        """Relaxed image codes (m, bits) from ``features.image`` (and its parts) alone."""
+
+    @abc.abstractmethod
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        """Relaxed text codes (m, bits) from ``features.text`` (and its parts) alone."""
+
+    def encode_paired(self, features: FeatureBatch, modality: Modality) -> Tensor:
+        """Relaxed codes of one modality computed from both halves of each item (the labelled "paired"
+        mode; ``supports_paired`` methods only)."""
+        if modality not in ("image", "text"):
+            raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        image, text = self.paired_codes(features)
+        return image if modality == "image" else text
+
+    def paired_codes(self, features: FeatureBatch) -> tuple[Tensor, Tensor]:
+        """(image codes, text codes), each item coded from its image and its text together."""
+        raise ConfigError(f"{self.name or type(self).__name__} has no paired evaluation mode; "
+                          f"it is for UCMFH-style fusion methods (--eval-mode single)")
 
     def fit(self, train: FeatureBatch, score: Callable[[], float] | None = None) -> dict[str, Any] | None:
         """Closed-form training on the whole training split (closed_form methods only).
@@ -116,33 +177,20 @@ class HashingMethod(nn.Module):
 METHODS: Registry = Registry("method", "cmh list methods")
 
 
-def register_method(name: str, *, config: type, presets: Mapping[str, Mapping[str, Any]] | None = None,
+def register_method(name: str, *, config: type, dataset_presets: Mapping[str, Mapping[str, Any]] | None = None,
                     aliases: tuple[str, ...] = ()):
-    return METHODS.register(name, config=config, presets=presets, aliases=aliases)
+    """Register a method. ``dataset_presets`` maps a dataset to the overrides its paper used there."""
+    return METHODS.register(name, config=config, dataset_presets=dataset_presets, aliases=aliases)
 
 
 def resolve_config(name: str, dataset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
     """dataclass defaults < dataset preset < overrides (``None`` values dropped, as timm does)."""
     entry = METHODS.get(name)
     cfg_cls = entry.config
-    valid = {f.name for f in dataclasses.fields(cfg_cls)}
-    merged: dict[str, Any] = {}
-    if dataset is not None:
-        preset_key = dataset.split("-")[0]
-        merged.update(entry.presets.get(preset_key, {}))
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in valid:
-            raise ConfigError(f"{entry.name} has no setting {key!r}; valid settings: {', '.join(sorted(valid))}")
-        merged[key] = value
-    unknown = set(merged) - valid
-    if unknown:
-        raise ConfigError(f"preset for {entry.name} names unknown settings {sorted(unknown)}")
-    from stages.train.checks import check_setting_types
-
-    check_setting_types(entry.name, cfg_cls, merged)
-    cfg = cfg_cls(**merged)
+    preset_key = dataset.split("-")[0] if dataset is not None else None
+    preset = entry.dataset_presets.get(preset_key, {}) if preset_key else {}
+    cfg = merge_config(entry.name, cfg_cls, (f"dataset preset {preset_key}", preset), ("--set", overrides))
+    merged = {**preset, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     weights = getattr(cfg, "weights", None)
     if weights is not None and "weights" in merged:
         defaults = cfg_cls().weights
@@ -160,3 +208,29 @@ def create_method(name: str, *, dims: FeatureDims, bits: int, dataset: str | Non
     method = entry.builder(cfg, dims, bits)
     method.name = entry.name
     return method
+
+
+def save_method(method: HashingMethod, path: Path) -> None:
+    """Write a trained method to ``path``: weights, resolved config (JSON form), dims, name and bits."""
+    config = json.loads(json.dumps(dataclasses.asdict(method.cfg), default=str))
+    torch.save({"state_dict": method.state_dict(), "config": config, "dims": dataclasses.asdict(method.dims),
+                "method": method.name, "bits": method.bits}, path)
+
+
+def load_method(path: Path) -> HashingMethod:
+    """The method saved at ``path`` by :func:`save_method`, weights loaded, in eval mode.
+
+    Every method registers its buffers (closed-form projections, anchors, means) in ``__init__`` with
+    their final shapes, so the saved state loads strictly."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise CacheError(f"{path} cannot be loaded ({type(exc).__name__}); train the run again "
+                         f"with `cmh train ... --force`") from None
+    entry = METHODS.get(saved["method"])
+    tuples = {f.name for f in dataclasses.fields(entry.config) if isinstance(f.default, tuple)}
+    # JSON turned tuples (betas) into lists; the config dataclass wants them back
+    config = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in saved["config"].items()}
+    method = create_method(entry.name, dims=FeatureDims(**saved["dims"]), bits=int(saved["bits"]), overrides=config)
+    method.load_state_dict(saved["state_dict"])
+    return method.eval()

@@ -6,9 +6,6 @@ fails after training, ``--epochs 0`` writes a run that trained nothing, and ``--
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Mapping
 from typing import Any, Sequence
 
 from pipeline.errors import ConfigError
@@ -57,37 +54,3 @@ def check_training_length(name: str, cfg: Any, closed_form: bool) -> None:
     lr = getattr(cfg, "lr", None)
     if lr is not None and not lr > 0:
         raise ConfigError(f"{name}: lr={lr} never moves the weights; give a learning rate > 0")
-
-
-#: Annotation (as written, ``| None`` removed) -> (accepts the value, what to say). Unions such as
-#: ``int | str`` are not checked here: the method validates its own special values.
-_KINDS: dict[str, tuple[Any, str]] = {
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-    "str": (lambda v: isinstance(v, str), "a string"),
-}
-
-
-def _kind(annotation: Any) -> tuple[Any, str] | None:
-    text = str(annotation).replace(" | None", "").replace("Optional[", "").strip()
-    if text in _KINDS:
-        return _KINDS[text]
-    if text.startswith("tuple"):
-        return (lambda v: isinstance(v, (list, tuple)), "a JSON list")
-    if text.startswith(("Mapping", "dict")):
-        return (lambda v: isinstance(v, Mapping), "a JSON object")
-    return None
-
-
-def check_setting_types(name: str, cfg_cls: type, values: Mapping[str, Any]) -> None:
-    """ConfigError when a setting's value has another type than the field declares (``lr=fast``, ``epochs=2.5``)."""
-    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
-    for key, value in values.items():
-        f = fields.get(key)
-        kind = _kind(f.type) if f is not None else None
-        if kind is None or value is None or kind[0](value):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        example = f", e.g. --set {key}={json.dumps(default)}" if default is not None else ""
-        raise ConfigError(f"{name} setting {key}={value!r}: expected {kind[1]}{example}")

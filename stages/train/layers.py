@@ -1,11 +1,11 @@
 """Building blocks shared by the hashing methods (no registry, no method imports).
 
-- :func:`tanh_slope`: the "continuation" slope α = √(epoch + 1) of DJSRH/DSAH/JDSH/CCAH (methods.md §0).
+- :func:`tanh_slope`: the "continuation" slope α = √(epoch + 1) of DJSRH/DSAH/JDSH/CCAH.
 - :class:`HashHead`: ``Linear → tanh(α·h)``, the hash layer of the DJSRH family.
 - :func:`mlp`: a plain ``Linear → ReLU (→ Dropout)`` stack.
-- :class:`NormalisedHashMLP`: UCMFH's ImageMlp/TextMlp (methods.md §6.2), one class for both modalities.
-- :class:`DenseGraphAttention`: the dense pyGAT layer CCAH uses (methods.md §5.2).
-- :class:`FusionTransformer`: UCMFH's fusion encoder over ``concat[f_image, f_text]`` (methods.md §6.2),
+- :class:`NormalisedHashMLP`: UCMFH's ImageMlp/TextMlp, one class for both modalities.
+- :class:`DenseGraphAttention`: the dense pyGAT layer CCAH uses.
+- :class:`FusionTransformer`: UCMFH's fusion encoder over ``concat[f_image, f_text]``,
   one token per sample in training and encoding alike.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ _MASKED_LOGIT = -9e15  # pyGAT's fill value: an all-masked row becomes a uniform
 
 
 def tanh_slope(epoch: int) -> float:
-    """α = √(epoch + 1) for a 0-indexed epoch (DJSRH ``set_alpha``; methods.md §0)."""
+    """α = √(epoch + 1) for a 0-indexed epoch (DJSRH ``set_alpha``)."""
     return math.sqrt(epoch + 1.0)
 
 
@@ -58,7 +58,7 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int | None = None
 
 
 class NormalisedHashMLP(nn.Module):
-    """UCMFH hash MLP (ImageMlp = TextMlp, methods.md §6.2):
+    """UCMFH hash MLP (ImageMlp = TextMlp):
     ``norm(x) → Linear(in, hidden) → ReLU → Dropout(p) → Linear(hidden, bits) → tanh → norm``.
 
     (m, in_features) -> (m, bits), rows of unit length; the signs are the hash bits.
@@ -140,13 +140,13 @@ class DenseGraphAttention(nn.Module):
 
 
 class FusionTransformer(nn.Module):
-    """UCMFH's fusion encoder (methods.md §6.2): ``num_layers`` post-norm ``TransformerEncoderLayer``s
+    """UCMFH's fusion encoder: ``num_layers`` post-norm ``TransformerEncoderLayer``s
     (ReLU feed-forward) applied to each sample's fused vector as a **sequence of one token**.
 
     (m, d_model) -> (m, d_model), not normalised (the caller normalises and splits). With one token
     per sample, attention is over the sample itself, so no sample sees another and the output does
     not depend on how rows are batched. This is what UCMFH's training does; its evaluation instead
-    attends across the 128 items of a batch (methods.md §14 UCMFH 1), which is not reproduced.
+    attends across the 128 items of a batch, which is not reproduced.
     """
 
     def __init__(self, d_model: int, *, nhead: int = 4, num_layers: int = 2, dim_feedforward: int = 2048,

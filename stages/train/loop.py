@@ -109,7 +109,7 @@ def fit_method(
     if progress:
         from pipeline.progress import progress_bar
 
-        bar = progress_bar(total=n_epochs, description=f"train {getattr(method, 'name', '')} {method.bits}b", unit="epoch")
+        bar = progress_bar(total=n_epochs, description=f"train {method.name} {method.bits}b", unit="epoch")
     try:
         for epoch in range(n_epochs):
             method.train()
@@ -130,7 +130,7 @@ def fit_method(
                     total = contrib if total is None else total + contrib
                     _accumulate(sums, name, contrib)
                 if total is None:
-                    raise ValueError(f"every loss term of {getattr(method, 'name', method)} has weight 0")
+                    raise ValueError(f"every loss term of {method.name or method} has weight 0")
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()

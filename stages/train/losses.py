@@ -1,7 +1,7 @@
 """Loss functions shared by the hashing methods: pure functions of tensors.
 
 Every function takes its sizes from its inputs (no fixed batch size), documents the shapes it
-expects and cites the equation it implements. Notation follows methods.md §0: ``m`` is the batch
+expects and cites the equation it implements. Notation: ``m`` is the batch
 size, ``k`` the code length (bits), ``norm(x)`` row-wise L2 normalisation, ``cos(X) = norm(X) norm(X)ᵀ``
 and ``MSE(A, B) = mean((A − B)²)`` over all entries (PyTorch's default ``mse_loss`` reduction, which
 every reference implementation uses).
@@ -38,7 +38,7 @@ def sign_plus(x: Tensor) -> Tensor:
 
 
 def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None) -> Tensor:
-    """``norm(a) · norm(b)ᵀ``: all pairwise cosines (methods.md §0, ``cos(X)``).
+    """``norm(a) · norm(b)ᵀ``: all pairwise cosines (``cos(X)``).
 
     a: (m, d); b: (n, d), defaults to ``a``. Returns (m, n) with entries in [−1, 1]; a zero row gives 0.
     """
@@ -48,7 +48,7 @@ def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None) -> Tensor:
 
 
 def feature_similarity(x: Tensor) -> Tensor:
-    """``S = 2·cos(X) − 1`` (DJSRH/DSAH S_I and S_T; methods.md §2 "Similarity construction").
+    """``S = 2·cos(X) − 1`` (DJSRH/DSAH S_I and S_T).
 
     x: (m, d) features. Returns (m, m). For non-negative features (fc7 after ReLU, bags of words) the
     cosine lies in [0, 1], so this maps it onto [−1, 1], the range of a code inner product.
@@ -57,7 +57,7 @@ def feature_similarity(x: Tensor) -> Tensor:
 
 
 def joint_similarity(s_image: Tensor, s_text: Tensor, *, beta: float, eta: float = 0.0, mu: float = 1.0) -> Tensor:
-    """DJSRH joint-semantics matrix (methods.md §2):
+    """DJSRH joint-semantics matrix:
 
     ``S̃ = β S_I + (1 − β) S_T`` and ``S = μ [ (1 − η) S̃ + η S̃ S̃ᵀ / m ]``.
 
@@ -85,7 +85,7 @@ def similarity_mse(codes_a: Tensor, codes_b: Tensor, target: Tensor) -> Tensor:
 
 
 def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
-    """SimCLR NT-Xent over the 2m views ``[z_a; z_b]`` (UCMFH's ``ContrastiveLoss``, methods.md §6.3).
+    """SimCLR NT-Xent over the 2m views ``[z_a; z_b]`` (UCMFH's ``ContrastiveLoss``).
 
     z_a, z_b: (m, d); row i of each is a positive pair. With ``Z = [norm(z_a); norm(z_b)]`` (2m, d) and
     ``C = Z Zᵀ``, each row a with partner p(a) = a ± m gives
@@ -106,7 +106,7 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
 
 
 def cosine_triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
-    """Cosine-distance triplet hinge (DSPRH L_C, paper Eqs. 15–17; methods.md §8.3).
+    """Cosine-distance triplet hinge (DSPRH L_C, paper Eqs. 15–17).
 
     ``mean_i max(0, ν + d(a_i, p_i) − d(a_i, n_i))`` with ``d = 1 − cos``. anchor, positive, negative:
     (m, k), row-aligned. Scalar. The paper sums over i; the mean keeps the scale independent of m.
@@ -117,7 +117,7 @@ def cosine_triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: f
 
 
 def pairwise_likelihood(codes_a: Tensor, codes_b: Tensor, s: Tensor) -> Tensor:
-    """DCMH pairwise negative log-likelihood (DSPRH L_P, paper Eq. 18; methods.md §8.3).
+    """DCMH pairwise negative log-likelihood (DSPRH L_P, paper Eq. 18).
 
     ``Θ_ij = ½ a_iᵀ b_j`` and ``L = mean_ij ( log(1 + e^{Θ_ij}) − s_ij Θ_ij )``, with the stable
     ``softplus``. codes_a: (m, k), codes_b: (n, k), s: (m, n) targets in [0, 1] (hard or soft). Scalar.
@@ -128,7 +128,7 @@ def pairwise_likelihood(codes_a: Tensor, codes_b: Tensor, s: Tensor) -> Tensor:
 
 
 def quantization_gap(relaxed: Tensor) -> Tensor:
-    """``mean((h − sign(h))²)``: distance of relaxed codes from the binary ones (methods.md §9.2 L_quant).
+    """``mean((h − sign(h))²)``: distance of relaxed codes from the binary ones.
 
     relaxed: (m, k). Scalar. ``sign(0) = +1``; the sign target carries no gradient.
     """
@@ -136,7 +136,7 @@ def quantization_gap(relaxed: Tensor) -> Tensor:
 
 
 def diagonal_alignment(b_i: Tensor, b_t: Tensor, target: float) -> Tensor:
-    """DSAH/CCAH L4: ``MSE(diag(B_I B_Tᵀ), target · 1)`` with ``B = norm(c)`` (methods.md §3, §5.3).
+    """DSAH/CCAH L4: ``MSE(diag(B_I B_Tᵀ), target · 1)`` with ``B = norm(c)``.
 
     b_i, b_t: (m, k) relaxed codes of paired items (normalised here). Scalar. The references use
     ``target = K = 1.5``, which a cosine can never reach, so the term keeps pulling pairs together.
@@ -146,7 +146,7 @@ def diagonal_alignment(b_i: Tensor, b_t: Tensor, target: float) -> Tensor:
 
 
 def symmetry(b_i: Tensor, b_t: Tensor) -> Tensor:
-    """DSAH/CCAH L7: ``MSE(B_I B_Tᵀ, (B_I B_Tᵀ)ᵀ)`` with ``B = norm(c)`` (methods.md §3, §5.3).
+    """DSAH/CCAH L7: ``MSE(B_I B_Tᵀ, (B_I B_Tᵀ)ᵀ)`` with ``B = norm(c)``.
 
     b_i, b_t: (m, k) relaxed codes (normalised here). Scalar; zero iff the cross-modal similarity is symmetric.
     """
@@ -156,7 +156,7 @@ def symmetry(b_i: Tensor, b_t: Tensor) -> Tensor:
 
 def semantic_alignment_terms(c_i: Tensor, c_t: Tensor, s: Tensor, s_i: Tensor, s_t: Tensor,
                              scale: float) -> dict[str, Tensor]:
-    """DSAH's alignment family (methods.md §3, L1–L4, L7, L31, L32), shared by DSAH, CCAH and DSPRH.
+    """DSAH's alignment family (its L1–L4, L7, L31, L32), shared by DSAH, CCAH and DSPRH.
 
     c_i, c_t: (m, k) relaxed codes; s: (m, m) joint target; s_i, s_t: (m, m) feature similarities in
     [−1, 1]; scale: K (1.5), which multiplies the intra-modal targets and is the diagonal's target.

@@ -13,7 +13,7 @@ from pipeline.store.items import read_items
 from pipeline.store.parquet import write_json_atomic
 from stages.evaluate.gallery import Items, adhoc_gallery, pick_queries, render_gallery, run_gallery
 from stages.evaluate.html_report import GallerySettings, build_html_report, validation_points
-from stages.evaluate.query_page import write_query_page
+from pipeline.query_page import write_query_page
 from stages.evaluate.tables import methods_by_bits
 from stages.evaluate.thumbnails import ThumbnailStore
 from tests.evaluate.html_fixtures import DATASET, N_QUERY, make_dataset, make_run

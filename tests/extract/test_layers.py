@@ -1,4 +1,4 @@
-"""iSQRT-COV (methods.md §11) and strip pooling (§12.1) layers."""
+"""iSQRT-COV and strip pooling layers."""
 import pytest
 import torch
 

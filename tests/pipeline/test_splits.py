@@ -1,4 +1,4 @@
-"""Splits: the DJSRH per-label algorithm against a literal transcription of methods.md §1.3, the real
+"""Splits: the DJSRH per-label algorithm against a literal transcription of the reference code's loop, the real
 MIRFlickr sizes, the random protocol, validation carving and scaled sizes for small sets."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pipeline.splits import (DJSRH_PRESETS, default_protocol, djsrh_nuswide_spli
 
 
 def _reference(labels, seed, q0, t0, q1, t1, train_size):
-    """methods.md §1.3 as the reference code writes it: global np.random, Python list scans."""
+    """The DJSRH per-label split as the reference code writes it: global np.random, Python list scans."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:

@@ -119,14 +119,6 @@ def test_anchors_are_saved_with_the_weights():
     assert torch.equal(codes(fitted, batch, "text"), codes(fresh, batch, "text"))
 
 
-def test_same_seed_same_codes():
-    dims = random_dims()
-    batch = random_batch(dims, 48)
-    runs = [train("ccah", batch, dims, 8, seed=3, overrides={**TINY, "epochs": 2})[0] for _ in range(2)]
-    for modality in ("image", "text"):
-        assert torch.equal(codes(runs[0], batch, modality), codes(runs[1], batch, modality))
-
-
 @pytest.mark.parametrize("text_is_bow", [True, False])
 def test_terms_finite_for_tag_and_neighbour_graphs(text_is_bow):
     dims = random_dims(text_is_bow=text_is_bow)

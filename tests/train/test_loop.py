@@ -22,7 +22,7 @@ class ToyConfig(MethodConfig):
 
 
 if "toy-loop" not in METHODS:
-    @register_method("toy-loop", config=ToyConfig, presets={"mirflickr": {"hidden": 7}})
+    @register_method("toy-loop", config=ToyConfig, dataset_presets={"mirflickr": {"hidden": 7}})
     class Toy(HashingMethod):
         """A linear hash of each modality trained to agree."""
 
@@ -35,8 +35,11 @@ if "toy-loop" not in METHODS:
             bi, bt = torch.tanh(self.img(batch.image)), torch.tanh(self.txt(batch.text))
             return {"align": ((bi - bt) ** 2).mean(), "explode": torch.tensor(float("inf"))}
 
-        def encode(self, features, modality):
-            return self.img(features.image) if modality == "image" else self.txt(features.text)
+        def encode_image(self, features):
+            return self.img(features.image)
+
+        def encode_text(self, features):
+            return self.txt(features.text)
 
 
 def _batch(n=40):

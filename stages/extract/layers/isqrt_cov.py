@@ -1,4 +1,4 @@
-"""iSQRT-COV: covariance pooling with an iterative matrix square root (methods.md §11).
+"""iSQRT-COV: covariance pooling with an iterative matrix square root.
 
 Li, Xie, Wang, Gao, "Towards Faster Training of Global Covariance Pooling Networks by Iterative Matrix
 Square Root Normalization", CVPR 2018; reference code jiangtaoxie/fast-MPN-COV

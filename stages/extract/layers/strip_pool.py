@@ -1,5 +1,5 @@
 """Strip pooling (SPNet, Hou, Zhang, Cheng, Feng, CVPR 2020; code Andrew-Qibin/SPNet models/resnet.py
-``SPBlock``), methods.md §12.1, in two forms:
+``SPBlock``), in two forms:
 
 * ``StripPoolingGate``: the learnable Strip Pooling Module (SPM) for end-to-end use (DSPRH):
   horizontal strip mean (C×H×1) → Conv(3,1) → BN, vertical strip mean (C×1×W) → Conv(1,3) → BN,

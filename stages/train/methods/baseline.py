@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
-from torch import Tensor
 
-from pipeline.errors import ConfigError
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, MethodConfig, register_method
+from stages.train.projection import ProjectionHash
 
 
 @dataclass(frozen=True)
@@ -35,38 +34,14 @@ class BaselineConfig(MethodConfig):
 PRESETS: dict[str, dict] = {"mirflickr": {}, "nuswide": {}, "coco": {}}  # nothing depends on the dataset
 
 
-@register_method("baseline", config=BaselineConfig, presets=PRESETS)
-class RandomProjectionBaseline(HashingMethod):
+@register_method("baseline", config=BaselineConfig, dataset_presets=PRESETS)
+class RandomProjectionBaseline(ProjectionHash):
     """No-learning baseline: sign of a seeded random Gaussian projection of centred features."""
-
-    closed_form = True
-
-    def __init__(self, cfg: BaselineConfig, dims: FeatureDims, bits: int) -> None:
-        super().__init__(cfg, dims, bits)
-        # buffers, so a saved state_dict restores the exact projection
-        self.register_buffer("image_mean", torch.zeros(dims.image))  # (d_i,)
-        self.register_buffer("text_mean", torch.zeros(dims.text))  # (d_t,)
-        self.register_buffer("image_projection", torch.zeros(dims.image, bits))  # (d_i, k)
-        self.register_buffer("text_projection", torch.zeros(dims.text, bits))  # (d_t, k)
-        self.register_buffer("fitted", torch.tensor(False))
 
     def fit(self, train: FeatureBatch, score: Callable[[], float] | None = None) -> None:
         # nothing to choose: a random projection has no setting a validation score could pick
         # the loop seeds torch with the run's seed before fit: initial_seed() is that seed
         g = torch.Generator().manual_seed(self.cfg.seed if self.cfg.seed is not None else torch.initial_seed())
-        device = self.image_mean.device
-        self.image_mean.copy_(train.image.mean(dim=0))
-        self.text_mean.copy_(train.text.mean(dim=0))
-        self.image_projection.copy_(torch.randn(self.dims.image, self.bits, generator=g).to(device))
-        self.text_projection.copy_(torch.randn(self.dims.text, self.bits, generator=g).to(device))
-        self.fitted.fill_(True)
-
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if not bool(self.fitted):
-            raise ConfigError("baseline encode() called before fit(): train the method first (cmh train ...)")
-        # features may arrive on the CPU while the buffers sit on the training device (no parameters to follow)
-        if modality == "image":
-            return (features.image.to(self.image_mean.device) - self.image_mean) @ self.image_projection  # (m, k)
-        if modality == "text":
-            return (features.text.to(self.text_mean.device) - self.text_mean) @ self.text_projection  # (m, k)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        image_projection = torch.randn(self.dims.image, self.bits, generator=g)  # image first: the draw order
+        text_projection = torch.randn(self.dims.text, self.bits, generator=g)
+        self.set_projection(train.image.mean(dim=0), train.text.mean(dim=0), image_projection, text_projection)

@@ -39,10 +39,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import scipy.linalg
 import torch
-from torch import Tensor
 
 from pipeline.errors import ConfigError
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, MethodConfig, register_method
+from stages.train.projection import ProjectionHash
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +110,14 @@ def _itq_rotation(v: np.ndarray, iterations: int, rng: np.random.Generator) -> t
     return r, history
 
 
-@register_method("cca-itq", config=CCAITQConfig, presets=PRESETS, aliases=("ccaitq",))
-class CCAITQ(HashingMethod):
-    """CCA-ITQ: cross-modal CCA into a bits-dim space, then an ITQ rotation (Gong et al., TPAMI 2013)."""
+@register_method("cca-itq", config=CCAITQConfig, dataset_presets=PRESETS, aliases=("ccaitq",))
+class CCAITQ(ProjectionHash):
+    """CCA-ITQ: cross-modal CCA into a bits-dim space, then an ITQ rotation (Gong et al., TPAMI 2013).
 
-    closed_form = True
+    The projections are W_I U_k R (image) and W_T V_k R (text)."""
 
     def __init__(self, cfg: CCAITQConfig, dims: FeatureDims, bits: int) -> None:
         super().__init__(cfg, dims, bits)
-        self.register_buffer("image_mean", torch.zeros(dims.image))  # (d_i,)
-        self.register_buffer("text_mean", torch.zeros(dims.text))  # (d_t,)
-        self.register_buffer("image_projection", torch.zeros(dims.image, bits))  # (d_i, k) = W_I U_k R
-        self.register_buffer("text_projection", torch.zeros(dims.text, bits))  # (d_t, k) = W_T V_k R
-        self.register_buffer("fitted", torch.tensor(False))
         #: canonical correlations and the ITQ loss per iteration, filled by ``fit`` (for the run report)
         self.fit_summary: dict[str, list[float]] = {}
 
@@ -180,22 +175,8 @@ class CCAITQ(HashingMethod):
         # the loop seeds torch with the run's seed before fit: initial_seed() is that seed
         seed = self.cfg.seed if self.cfg.seed is not None else torch.initial_seed()
         rotation, itq_loss = _itq_rotation(v, self.cfg.itq_iterations, np.random.default_rng(seed))
-        device = self.image_mean.device
-        self.image_mean.copy_(torch.from_numpy(mean_x).float().to(device))
-        self.text_mean.copy_(torch.from_numpy(mean_y).float().to(device))
-        self.image_projection.copy_(torch.from_numpy(a @ rotation).float().to(device))
-        self.text_projection.copy_(torch.from_numpy(b @ rotation).float().to(device))
-        self.fitted.fill_(True)
+        self.set_projection(torch.from_numpy(mean_x), torch.from_numpy(mean_y), torch.from_numpy(a @ rotation),
+                            torch.from_numpy(b @ rotation))
         self.fit_summary = {"canonical_correlations": corr[: self.bits].tolist(), "itq_loss": itq_loss}
         log.info("cca-itq: top canonical correlation %.3f, k-th %.3f; ITQ loss %.4f -> %.4f",
                  corr[0], corr[self.bits - 1], itq_loss[0], itq_loss[-1])
-
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if not bool(self.fitted):
-            raise ConfigError("cca-itq encode() called before fit(): train the method first (cmh train ...)")
-        # features may arrive on the CPU while the buffers sit on the training device (no parameters to follow)
-        if modality == "image":
-            return (features.image.to(self.image_mean.device) - self.image_mean) @ self.image_projection  # (m, k)
-        if modality == "text":
-            return (features.text.to(self.text_mean.device) - self.text_mean) @ self.text_projection  # (m, k)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")

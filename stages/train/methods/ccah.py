@@ -84,7 +84,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import DenseGraphAttention, HashHead, mlp, tanh_slope
 
 GRAPHS = ("anchors", "batch")
@@ -143,7 +143,7 @@ class GraphAttentionTextEncoder(nn.Module):
         return self.output(h, adj)  # (N, k)
 
 
-@register_method("ccah", config=CCAHConfig, presets=PRESETS)
+@register_method("ccah", config=CCAHConfig, dataset_presets=PRESETS)
 class CCAH(HashingMethod):
     """CCAH: CLIP image MLP + tag-graph attention text encoder with cycle alignment (Li et al., IJIS 2023)."""
 
@@ -253,9 +253,8 @@ class CCAH(HashingMethod):
             "reconstruction_text": losses.similarity_mse(text_hat, text_hat, c_txt),  # L6: cycle, text side
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
-        if modality == "text":
-            return torch.tanh(self._encode_text(features.text))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return torch.tanh(self._encode_text(features.text))

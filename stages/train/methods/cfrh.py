@@ -3,10 +3,10 @@
 Li Mingyong, Li Yewen, Ge Mingyuan, Ma Longfei. International Journal of Multimedia Information
 Retrieval 12(2), 2023 (doi 10.1007/s13735-023-00268-7). Reference code: AwakerLee/CFRH, which
 **cannot run**: ``main.py`` imports ``JDSH.py`` (model, losses, loop), which is missing, as are the
-model definitions and ``config/*.json`` (methods.md §7.1, §14 CFRH 1). Everything below the data
+model definitions and ``config/*.json``. Everything below the data
 handling is therefore reconstructed from the architecture figure (``Fig31.jpg``), the README, the
 config keys ``main.py`` logs (beta, gamma, eta, delte, phi, lamb, mu, LR_IMG, LR_TXT) and the JDSH
-code base CFRH forks (KaiserLew/JDSH/JDSH.py), following the proposed spec of methods.md §7.3.
+code base CFRH forks (KaiserLew/JDSH/JDSH.py), following the design proposed below.
 
 What is learned: two modality-specific autoencoders over frozen features. Each encoder
 (two FC layers) gives a relaxed code ``c = tanh(α h)`` with the DJSRH slope α = √(epoch + 1); each
@@ -16,7 +16,7 @@ cosine similarities reproduce a fused "semantically complementary" affinity
     S_I = 2 cos(F_I) − 1,   S_T = 2 cos(F_T) − 1,   S = μ (β S_I + γ S_T + η S_×)
 
 where ``S_×`` combines the two (the "×" node of the figure): the Hadamard product ``S_I ⊙ S_T``
-(default, methods.md §15 #11) or JDSH's ``S_high = sym(norm(S_I) norm(S_T)ᵀ)`` (``cross="jdsh-high"``).
+(default) or JDSH's ``S_high = sym(norm(S_I) norm(S_T)ᵀ)`` (``cross="jdsh-high"``).
 
 Loss terms (names are the keys of ``CFRHConfig.weights``), with ``B = norm(c)``:
 
@@ -28,7 +28,7 @@ Loss terms (names are the keys of ``CFRHConfig.weights``), with ``B = norm(c)``:
 **Deviations** (all parts are ``[inferred]``; there is no code to deviate from):
 
 - The paper encodes raw images with CLIP inside the model; here the image features are whatever the
-  cache holds (frozen, as CLIP presumably was: methods.md §1.5). Train on ``--image clip...`` for the
+  cache holds (frozen, as CLIP presumably was). Train on ``--image clip...`` for the
   paper's setting.
 - JDSH's distribution-based re-weighting of S (its LOC/SCALE/MIN/MAX rules) and its ``−mean diag``
   term are not in CFRH's figure and are left out; ``cross="jdsh-high"`` restores JDSH's S_high.
@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 CROSS_CHOICES = ("hadamard", "jdsh-high")
@@ -76,7 +76,7 @@ class CFRHConfig(MethodConfig):
     gamma: float = 0.1  # weight of S_T (JDSH b)
     eta: float = 0.4  # weight of S_× (JDSH λ)
     mu: float = 1.4  # scale of S (JDSH μ)
-    cross: str = "hadamard"  # S_×: "hadamard" S_I ⊙ S_T (methods.md §15 #11) | "jdsh-high" JDSH S_high [inferred]
+    cross: str = "hadamard"  # S_×: "hadamard" S_I ⊙ S_T | "jdsh-high" JDSH S_high [inferred]
     # autoencoders: the figure shows two FC layers per encoder and one decoder per modality [inferred widths]
     image_hidden: tuple[int, ...] = (1024,)  # CCAH's image MLP width (same authors, CLIP input) [inferred]
     text_hidden: tuple[int, ...] = (4096,)  # DJSRH/JDSH TxtNet width [inferred]
@@ -91,14 +91,14 @@ class CFRHConfig(MethodConfig):
 
 
 PRESETS: dict[str, dict] = {
-    "mirflickr": {"beta": 0.5, "gamma": 0.1, "eta": 0.4},  # JDSH config, MIRFlickr (methods.md §4)
-    "nuswide": {"beta": 0.4, "gamma": 0.3, "eta": 0.3},  # JDSH config, NUS-WIDE (methods.md §4)
+    "mirflickr": {"beta": 0.5, "gamma": 0.1, "eta": 0.4},  # JDSH config, MIRFlickr
+    "nuswide": {"beta": 0.4, "gamma": 0.3, "eta": 0.3},  # JDSH config, NUS-WIDE
     "coco": {"beta": 0.5, "gamma": 0.1, "eta": 0.4},  # no reference value: MIRFlickr's [inferred]
 }
 
 
 def cross_affinity(s_image: Tensor, s_text: Tensor, kind: str) -> Tensor:
-    """S_× of CFRH's fusion module (methods.md §7.3). s_image, s_text: (m, m) in [−1, 1]. Returns (m, m).
+    """S_× of CFRH's fusion module. s_image, s_text: (m, m) in [−1, 1]. Returns (m, m).
 
     ``hadamard``: ``S_I ⊙ S_T`` (entry-wise, as in HNH). ``jdsh-high``: ``(S_h + S_hᵀ)/2`` with
     ``S_h = norm(S_I) norm(S_T)ᵀ`` (rows of S as neighbourhood profiles; KaiserLew/JDSH/JDSH.py).
@@ -139,7 +139,7 @@ class ModalityAutoencoder(nn.Module):
         return self.hash(self.encoder(x), alpha)
 
 
-@register_method("cfrh", config=CFRHConfig, presets=PRESETS)
+@register_method("cfrh", config=CFRHConfig, dataset_presets=PRESETS)
 class CFRH(HashingMethod):
     """CFRH (IJMIR 2023): modality autoencoders trained to reconstruct a fused complementary affinity."""
 
@@ -176,9 +176,8 @@ class CFRH(HashingMethod):
             "reconstruction_text": reconstruction_error(self.text_ae.decoder(c_t), batch.text),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_ae(features.image)  # (m, k); α = 1, the sign does not depend on it
-        if modality == "text":
-            return self.text_ae(features.text)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_ae(features.image)  # (m, k); α = 1, the sign does not depend on it
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_ae(features.text)

@@ -1,6 +1,6 @@
 """DJSRH: Deep Joint-Semantics Reconstructing Hashing (Su, Zhong, Zhang; ICCV 2019).
 
-Reference code: github.com/zzs1994/DJSRH (``models.py``, ``train.py``, ``settings.py``); spec: methods.md §2.
+Reference code: github.com/zzs1994/DJSRH (``models.py``, ``train.py``, ``settings.py``).
 
 What is learned: an image hash network and a text hash network, without labels. Within each mini-batch
 a joint-semantics affinity S is built from the image-feature and text-feature cosine similarities
@@ -8,7 +8,7 @@ a joint-semantics affinity S is built from the image-feature and text-feature co
 and the cosine similarities of the relaxed codes ``tanh(α h)`` are regressed onto S, both within and
 across modalities. α grows as √(epoch + 1) so the codes approach ±1.
 
-Loss terms (methods.md §2): ``image_image`` = MSE(B_I B_Iᵀ, S) (λ1 = 0.1), ``image_text`` =
+Loss terms: ``image_image`` = MSE(B_I B_Iᵀ, S) (λ1 = 0.1), ``image_text`` =
 MSE(B_I B_Tᵀ, S) (1), ``text_text`` = MSE(B_T B_Tᵀ, S) (λ2 = 0.1), with B = norm(c).
 
 **Deviations**
@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from torch import Tensor
 
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 
@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_method("djsrh", config=DJSRHConfig, presets=PRESETS)
+@register_method("djsrh", config=DJSRHConfig, dataset_presets=PRESETS)
 class DJSRH(HashingMethod):
     """DJSRH: joint-semantics affinity reconstructed by code similarities (Su et al., ICCV 2019)."""
 
@@ -96,9 +96,8 @@ class DJSRH(HashingMethod):
             "text_text": losses.similarity_mse(c_t, c_t, s),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
-        if modality == "text":
-            return self.text_hash(self.text_net(features.text))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_hash(self.text_net(features.text))

@@ -1,6 +1,6 @@
 """DSAH: Deep Semantic-Alignment Hashing (Yang, Deng, Liu, Liu, Tao, Gao; ICMR 2020).
 
-Reference code: github.com/idejie/DSAH (``models.py``, ``train.py``, ``settings.py``); spec: methods.md §3.
+Reference code: github.com/idejie/DSAH (``models.py``, ``train.py``, ``settings.py``).
 The direct parent of CCAH and DSPRH.
 
 What is learned: image and text hash networks, without labels, plus one linear decoder per modality
@@ -9,7 +9,7 @@ from feature cosines (``S_X = 2 cos(F_X) − 1``); code similarities are aligned
 modalities, with each modality's own feature similarity, with a pushed-up diagonal for paired items,
 and with a symmetric cross-modal similarity; the decoders reconstruct the other modality's features.
 
-Loss terms (methods.md §3; B = norm(c)):
+Loss terms (B = norm(c)):
 ``text_text`` L1 = MSE(B_T B_Tᵀ, S), ``image_text`` L2 = MSE(B_I B_Tᵀ, S), ``image_image`` L3 = MSE(B_I B_Iᵀ, S),
 ``image_alignment`` L31 = MSE(B_I B_Iᵀ, K S_I), ``text_alignment`` L32 = MSE(B_T B_Tᵀ, K S_T),
 ``diagonal`` L4 = MSE(diag(B_I B_Tᵀ), K·1),
@@ -22,7 +22,7 @@ total L1 + L2 + L3 + L4 + L5 + L6 + 2 L7 + η (L31 + L32), η = 0.1.
   instead of an end-to-end fine-tuned AlexNet; F_I (for S_I and as the L5 target) is the cached image
   feature itself (DSAH: fc7 of a frozen AlexNet), so the text decoder outputs the cached width.
 - ``decode_from``: DSAH decodes from ``sign(code)`` (the default here, reference behaviour), which has
-  zero gradient, so L5/L6 train only the decoders and never shape the codes (methods.md §3 pitfall).
+  zero gradient, so L5/L6 train only the decoders and never shape the codes.
   ``decode_from="relaxed"`` decodes from the continuous code so the reconstruction reaches the encoders
   (CCAH's choice). ``sign(0) = +1``.
 - No model selection on the query set (DSAH keeps the test-best epoch); the last epoch is kept.
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 DECODE_FROM = ("sign", "relaxed")
@@ -65,14 +65,14 @@ class DSAHConfig(MethodConfig):
                                  "image_alignment": 0.1, "text_alignment": 0.1})
 
 
-PRESETS: dict[str, dict[str, Any]] = {  # methods.md §3 lists one setting for every dataset
+PRESETS: dict[str, dict[str, Any]] = {  # DSAH's settings.py has one setting for every dataset
     "mirflickr": {},
     "nuswide": {},
     "coco": {},
 }
 
 
-@register_method("dsah", config=DSAHConfig, presets=PRESETS)
+@register_method("dsah", config=DSAHConfig, dataset_presets=PRESETS)
 class DSAH(HashingMethod):
     """DSAH: semantic alignment of code, feature and cross-modal similarities (Yang et al., ICMR 2020)."""
 
@@ -109,9 +109,8 @@ class DSAH(HashingMethod):
             "reconstruction_text": F.mse_loss(text_from_image, F.normalize(batch.text, dim=1)),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
-        if modality == "text":
-            return self.text_hash(self.text_net(features.text))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_hash(self.image_net(features.image))  # (m, k), α = 1
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_hash(self.text_net(features.text))

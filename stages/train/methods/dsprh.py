@@ -2,8 +2,8 @@
 
 Cheng Shuli, Wang Liejun, Du Anyu. Entropy 22(11):1266, 2020. **No reference code exists**; the paper
 builds on DJSRH and DSAH and says it "repeated" them, so DSAH's code (idejie/DSAH/{models.py,
-train.py}) is the skeleton (methods.md §8, §13). Equations and tables are stripped from the
-available text, so the loss formulas are reconstructed (methods.md §15 #14).
+train.py}) is the skeleton. Equations and tables are stripped from the
+available text, so the loss formulas are reconstructed.
 
 What is learned: an image hash network over a **fusion of three image branches** of one AlexNet,
 ``F = w1 f1 + w2 f2 + w3 f3`` with ``f1 = FC(iSQRT-COV(strip-pooled conv5))``, ``f2 = FC(iSQRT-COV(conv5))``
@@ -26,7 +26,7 @@ Loss ``L = α L_A + β L_C + γ L_P`` (paper Eq. 19; α = 1, β = 0.03, γ = 1),
 **Deviations**:
 
 - **The AlexNet backbone is frozen at the feature cache.** The paper (most likely) fine-tunes the whole
-  image network end-to-end, DSAH-style (methods.md §13, §15 #17); here the three branch features are
+  image network end-to-end, DSAH-style; here the three branch features are
   computed once by the ``alexnet`` encoder and only what follows is learned: the three branch FC
   layers, the fusion, the hash layers, the decoders and the text network. So the strip-pooling gate
   and the channel reduction before iSQRT-COV are not trained (the ``alexnet`` encoder uses a
@@ -37,9 +37,9 @@ Loss ``L = α L_A + β L_C + γ L_P`` (paper Eq. 19; α = 1, β = 0.03, γ = 1),
   (iSQRT-COV over channel-reduced conv5, ~2080-d, not the paper's 32,896-d). ``branches`` names them.
 - **Branch width** ``fusion_width`` is 1024, not the paper's 4096: the cached branches are ≤ 2080-d, so
   a 4096-d map would be wider than its inputs; set ``fusion_width=4096`` for the paper's width.
-- **S_I comes from the frozen ``pool`` feature** (the recommendation of methods.md §15 #17: DSAH's frozen fc7,
-  methods.md §15 #17), and the text code decodes into that same feature space (DSAH's L5 target).
-- **Decoders read the continuous code** (``decode_from="relaxed"``, methods.md §8.2): DSAH decodes
+- **S_I comes from the frozen ``pool`` feature** (DSAH's frozen fc7 plays
+  that role), and the text code decodes into that same feature space (DSAH's L5 target).
+- **Decoders read the continuous code** (``decode_from="relaxed"``): DSAH decodes
   ``sign(c)``, which has no gradient, so its reconstruction terms never shape the codes (§14 DSAH 1).
   ``decode_from="sign"`` restores DSAH's behaviour.
 - The triplet and likelihood terms are averaged over items/pairs, not summed (scale independent of m).
@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from stages.train import losses
-from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
+from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ PAIRWISE_TARGETS = ("hard", "soft")
 
 @dataclass(frozen=True)
 class DSPRHConfig(MethodConfig):
-    # optimisation: not stated in the paper; DSAH's values (methods.md §8.4, §15 #18) [inferred]
+    # optimisation: not stated in the paper; DSAH's values [inferred]
     epochs: int = 200  # DSAH settings.py
     batch_size: int = 32  # DSAH
     optimizer: str = "sgd"
@@ -80,9 +80,9 @@ class DSPRHConfig(MethodConfig):
     branches: tuple[str, str, str] = ("sp_cov", "cov", "pool")  # cache columns of f1, f2, f3 (alexnet encoder)
     branch_weights: tuple[float, float, float] = (0.25, 0.25, 0.5)  # paper, MIRFlickr
     fusion_width: int = 1024  # paper 4096; cached branches are <= 2080-d (see Deviations) [inferred]
-    similarity_branch: str = "pool"  # S_I source and the text decoder's target: frozen "fc7" (methods.md §15 #17)
+    similarity_branch: str = "pool"  # S_I source and the text decoder's target: frozen "fc7"
     text_hidden: tuple[int, ...] = (4096,)  # DJSRH/DSAH TxtNet ("kept consistent with most existing works")
-    decode_from: str = "relaxed"  # "relaxed" continuous code (methods.md §8.2) | "sign" (DSAH) [inferred]
+    decode_from: str = "relaxed"  # "relaxed" continuous code | "sign" (DSAH) [inferred]
     # affinity
     image_share: float = 0.9  # λ of S̃ = λ S_I + (1 − λ) S_T (paper Eq. 12, "based on DJSRH/DSAH")
     similarity_scale: float = 1.5  # K of S = K S̃ (DSAH) [inferred]
@@ -130,7 +130,7 @@ def find_branches(parts: Mapping[str, object], columns: tuple[str, ...]) -> list
 
 
 class BranchFusion(nn.Module):
-    """DSPRH visual feature fusion (paper §3.2, methods.md §13): ``F = Σ_b w_b ReLU(W_b x_b + c_b)``.
+    """DSPRH visual feature fusion (paper §3.2): ``F = Σ_b w_b ReLU(W_b x_b + c_b)``.
 
     Each branch b: (m, d_b) -> (m, width); the output is (m, width).
     """
@@ -145,11 +145,11 @@ class BranchFusion(nn.Module):
     def forward(self, parts: list[Tensor]) -> Tensor:
         fused = 0.0
         for w, fc, x in zip(self.weights, self.maps, parts):
-            fused = fused + w * F.relu(fc(x))  # (m, width); "FC → 4096 + ReLU" (methods.md §15 #16)
+            fused = fused + w * F.relu(fc(x))  # (m, width); "FC → 4096 + ReLU"
         return fused
 
 
-@register_method("dsprh", config=DSPRHConfig, presets=PRESETS)
+@register_method("dsprh", config=DSPRHConfig, dataset_presets=PRESETS)
 class DSPRH(HashingMethod):
     """DSPRH (Entropy 2020): three-branch AlexNet fusion + twin-bottleneck semantic-preserving reconstruction."""
 
@@ -232,9 +232,8 @@ class DSPRH(HashingMethod):
             "pairwise": losses.pairwise_likelihood(c_i, c_t, target),
         }
 
-    def encode(self, features: FeatureBatch, modality: Modality) -> Tensor:
-        if modality == "image":
-            return self.image_codes(features)
-        if modality == "text":
-            return self.text_codes(features)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_codes(features)
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_codes(features)

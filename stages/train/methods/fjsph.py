@@ -1,8 +1,8 @@
 """FJSPH: FLIP-based Joint Similarity Preserving Hashing for cross-modal retrieval.
 
 计算机科学 (Computer Science) 52(6A):240400151, 2025. **No reference code and only the abstract is
-available** (methods.md §9); everything below the abstract's claims is ``[inferred]`` and follows the
-proposed design of methods.md §9.2 on UCMFH's backbone (methods.md §6; UCMFH is the paper's ref. [20]).
+available**; everything below the abstract's claims is ``[inferred]`` and follows the
+design proposed here on UCMFH's backbone (UCMFH is the paper's ref. [20]).
 
 What is learned, **with labels** (training only): a fusion transformer over each pair's concatenated
 image and text features, whose output halves z_I, z_T are the modality embeddings, and one hash MLP per
@@ -11,7 +11,7 @@ code space. The abstract's "multimodal contrastive learning" is UCMFH's NT-Xent;
 cluster-wise similarity preserved in Hamming space" are a label-similarity regression and a
 label-distribution match against the class prototypes.
 
-Loss ``L = λ1 L_con + λ2 L_sample + λ3 L_cluster + λ4 L_quant`` (methods.md §9.2), names = keys of
+Loss ``L = λ1 L_con + λ2 L_sample + λ3 L_cluster + λ4 L_quant``, names = keys of
 ``FJSPHConfig.weights``, with ``B = norm(h)``, label similarity ``S_lab = cos(y_i, y_j)`` and target
 ``T = 2 S_lab − 1``:
 
@@ -30,7 +30,7 @@ Loss ``L = λ1 L_con + λ2 L_sample + λ3 L_cluster + λ4 L_quant`` (methods.md 
 - ``project_to`` (512, the width of FLIP ViT-B/16 embeddings) puts each modality through one linear layer
   before fusion, so any cached widths (AlexNet 4,672 + BoW 1,386) give the paper-sized 1,024-d fusion;
   ``project_to=0`` feeds features as stored (UCMFH's setting; needs (d_i + d_t) divisible by the heads).
-- Each modality is encoded **from its own features alone** (methods.md §6.5b, §15 #8b): during training a
+- Each modality is encoded **from its own features alone**: during training a
   random share ``mask_probability`` of the rows has, for the image half, the text input replaced by a
   learned "missing" vector, and for the text half the image input replaced; ``encode`` codes an image
   with the text missing and vice versa. ``encode_paired`` (labelled "paired" by the runner) is the
@@ -65,7 +65,7 @@ LABEL_SIMILARITIES = ("cosine", "binary")
 class FJSPHConfig(MethodConfig):
     #: recorded only: what the paper encoded with; this method runs on the cached features instead (see docstring)
     paper_features: str = "FLIP ViT-B/16 image + text embeddings (512-d); unavailable, cached features used"
-    # backbone: UCMFH's (methods.md §9.2 "identical to UCMFH")
+    # backbone: UCMFH's
     project_to: int = 512  # [inferred] per-modality Linear to FLIP's width before fusion; 0 = features as stored
     fusion_layers: int = 2  # UCMFH ICMR.py num_layers
     fusion_heads: int = 4  # UCMFH ICMR.py nhead
@@ -74,7 +74,7 @@ class FJSPHConfig(MethodConfig):
     hash_hidden: int = 4096  # UCMFH model.py ImageMlp/TextMlp
     hash_dropout: float = 0.3  # UCMFH model.py
     mask_probability: float = 0.5  # [inferred] share of rows whose halves are fused with the other modality missing
-    # loss settings [inferred] (methods.md §9.2)
+    # loss settings [inferred]
     temperature: float = 0.5  # NT-Xent τ, UCMFH metric.py
     label_similarity: str = "cosine"  # S_lab = cos(y_i, y_j) ("cosine") | 1[y_iᵀ y_j > 0] ("binary") [inferred]
     cluster_temperature: float = 0.1  # τ_c of the prototype softmax [inferred: usual cosine-classifier value]
@@ -88,7 +88,7 @@ class FJSPHConfig(MethodConfig):
     drop_last: bool = True  # UCMFH train loader
     epochs: int = 100  # UCMFH test-mir.sh (NUS-WIDE 150, COCO 500 in PRESETS)
     weights: Mapping[str, float] = field(default_factory=lambda: {
-        "fusion": 1.0,  # λ1 (methods.md §9.2 L_con = both NT-Xent terms; UCMFH's paper λ1 = 1)
+        "fusion": 1.0,  # λ1 (L_con = both NT-Xent terms; UCMFH's paper λ1 = 1)
         "hash": 1.0,  # λ1 (UCMFH's code weights this 0.5)
         "sample": 1.0,  # λ2 [inferred]
         "cluster": 1.0,  # λ3 [inferred]
@@ -116,7 +116,7 @@ def label_similarity(labels: Tensor, kind: str) -> Tensor:
 
 
 def cluster_divergence(codes: Tensor, prototypes: Tensor, labels: Tensor, temperature: float) -> Tensor:
-    """``mean_i KL(p_i ‖ q_i)``, ``p_i = y_i / Σ y_i``, ``q_i = softmax(cos(h_i, P) / τ)`` (methods.md §9.2).
+    """``mean_i KL(p_i ‖ q_i)``, ``p_i = y_i / Σ y_i``, ``q_i = softmax(cos(h_i, P) / τ)``.
 
     codes (m, k), prototypes (c, k), labels (m, c) non-negative. Items with no label are skipped; a batch
     without any labelled item gives 0 (still connected to the graph). Scalar.
@@ -131,7 +131,7 @@ def cluster_divergence(codes: Tensor, prototypes: Tensor, labels: Tensor, temper
 
 
 class MaskedFusion(nn.Module):
-    """UCMFH-style fusion encoder that can also fuse one modality alone (methods.md §6.5b).
+    """UCMFH-style fusion encoder that can also fuse one modality alone.
 
     Inputs (m, d_i), (m, d_t) -> halves z_I (m, w_i), z_T (m, w_t) of the L2-normalised fused vector. A
     missing modality is replaced by a learned vector (zeros at start) of its width.
@@ -199,7 +199,7 @@ class RelaxedHashMLP(nn.Module):
         return torch.tanh(self.net(F.normalize(x, dim=1)))
 
 
-@register_method("fjsph", config=FJSPHConfig, presets=PRESETS)
+@register_method("fjsph", config=FJSPHConfig, dataset_presets=PRESETS)
 class FJSPH(HashingMethod):
     """FJSPH (Computer Science 2025): supervised fusion hashing with sample- and cluster-wise label similarity."""
 
@@ -257,18 +257,16 @@ class FJSPH(HashingMethod):
             raise ConfigError("this FJSPH model was trained with mask_probability=0, so it never learned to code "
                               "one modality alone: evaluate with --eval-mode paired, or retrain with "
                               "mask_probability > 0")
-        if modality == "image":
-            return self.image_mlp(self.fusion.image_alone(features.image))
-        if modality == "text":
-            return self.text_mlp(self.fusion.text_alone(features.text))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return super().encode(features, modality)
 
-    def encode_paired(self, features: FeatureBatch, modality: Modality) -> Tensor:
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_mlp(self.fusion.image_alone(features.image))
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_mlp(self.fusion.text_alone(features.text))
+
+    def paired_codes(self, features: FeatureBatch) -> tuple[Tensor, Tensor]:
         """The UCMFH-reference comparison mode (labelled "paired"): each item's code sees its paired other
         modality through the fusion encoder."""
         z_i, z_t = self.fusion.paired(features.image, features.text)
-        if modality == "image":
-            return self.image_mlp(z_i)
-        if modality == "text":
-            return self.text_mlp(z_t)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return self.image_mlp(z_i), self.text_mlp(z_t)

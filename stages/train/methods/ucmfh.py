@@ -1,7 +1,7 @@
 """UCMFH: Unsupervised Contrastive Multi-modal Fusion Hashing ("When CLIP meets cross-modal hashing
 retrieval: A new strong baseline"; Xia, Dong, Peng, Ye, Yu; Information Fusion 2023).
 
-Reference code: github.com/XinyuXia97/UCMFH (``ICMR.py``, ``model.py``, ``metric.py``); spec: methods.md §6.
+Reference code: github.com/XinyuXia97/UCMFH (``ICMR.py``, ``model.py``, ``metric.py``).
 
 What is learned, without labels: a transformer encoder that fuses each pair's concatenated image and
 text features (CLIP, 512 + 512 in the paper) into one vector whose two halves are the image and text
@@ -9,12 +9,12 @@ embeddings, and one hash MLP per modality on its half. Both the fused halves and
 trained with a symmetric cross-modal NT-Xent (SimCLR) contrast: a pair's two halves are positives, every
 other item of the batch in either modality a negative.
 
-Loss terms (methods.md §6.3): ``fusion`` = NT-Xent(z_I, z_T) on the fused halves, ``hash`` =
+Loss terms: ``fusion`` = NT-Xent(z_I, z_T) on the fused halves, ``hash`` =
 NT-Xent(h_I, h_T) on the hash outputs, τ = 0.5; total ``fusion + 0.5·hash`` (ICMR.py; the paper's
 Eq. 8 gives λ1 = 1, λ2 = 0.1).
 
 **Deviations**
-- Encoding each modality alone (``eval_mode="single"``, default) [inferred, methods.md §6.5b]. The
+- Encoding each modality alone (``eval_mode="single"``, default) [inferred]. The
   reference encodes every query and database item from its *pair* (image and text through the fusion
   transformer together), so an image query carries its own text. Here training presents each sample,
   with probability ``mask_probability``, as two single-modality inputs (image with the text half replaced
@@ -25,13 +25,13 @@ Eq. 8 gives λ1 = 1, λ2 = 0.1).
   then refuses, since a single modality was never trained); the runner must label such numbers "paired".
 - One attention behaviour for training and encoding: every sample is a sequence of one token, so no
   sample attends to another (the reference's training behaviour). The reference's evaluation instead
-  attends across the 128 items of each evaluation batch (methods.md §14 UCMFH 1), making codes depend on
+  attends across the 128 items of each evaluation batch, making codes depend on
   batching; that is not reproduced.
 - Any input widths: ``project_to`` adds one linear layer per modality to a common width before fusion
   [inferred]; the default (None) feeds the features as stored, as the reference does, which needs
   ``d_i == d_t`` (the fusion NT-Xent compares the halves) and ``2 d_i % fusion_heads == 0`` (CLIP 512 + 512).
 - No learning-rate schedule: the reference's per-iteration MultiStepLR with gamma 1.2 *raises* the MLP
-  LR to 1.44e-3 by epoch 3 (methods.md §14 UCMFH 3); the shared loop has no schedule.
+  LR to 1.44e-3 by epoch 3; the shared loop has no schedule.
 - No 4,992-row truncation and no fixed batch of 128 for the loss (NT-Xent takes m from its input);
   evaluation never drops rows (the reference's ``drop_last`` drops 80 queries).
 - No model selection: the last epoch is kept (as the reference does).
@@ -91,7 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_method("ucmfh", config=UCMFHConfig, presets=PRESETS)
+@register_method("ucmfh", config=UCMFHConfig, dataset_presets=PRESETS)
 class UCMFH(HashingMethod):
     """UCMFH: fusion transformer + per-modality hash MLPs, contrastive (Xia et al., Information Fusion 2023)."""
 
@@ -194,18 +194,16 @@ class UCMFH(HashingMethod):
             raise ConfigError("this UCMFH model was trained with eval_mode='paired' (the reference) and cannot "
                               "encode one modality alone: evaluate with --eval-mode paired, or retrain with "
                               "eval_mode='single'")
-        if modality == "image":
-            return self.image_mlp(self._image_alone(self.image_in(features.image)))
-        if modality == "text":
-            return self.text_mlp(self._text_alone(self.text_in(features.text)))
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return super().encode(features, modality)
 
-    def encode_paired(self, features: FeatureBatch, modality: Modality) -> Tensor:
+    def encode_image(self, features: FeatureBatch) -> Tensor:
+        return self.image_mlp(self._image_alone(self.image_in(features.image)))
+
+    def encode_text(self, features: FeatureBatch) -> Tensor:
+        return self.text_mlp(self._text_alone(self.text_in(features.text)))
+
+    def paired_codes(self, features: FeatureBatch) -> tuple[Tensor, Tensor]:
         """The reference's evaluation (labelled "paired"): both halves of each item go through the fusion
-        encoder and the requested half is hashed, so an image's code depends on its paired text."""
+        encoder and each half is hashed, so an image's code depends on its paired text."""
         z_i, z_t = self._fuse(self.image_in(features.image), self.text_in(features.text))
-        if modality == "image":
-            return self.image_mlp(z_i)
-        if modality == "text":
-            return self.text_mlp(z_t)
-        raise ValueError(f"unknown modality {modality!r}; use 'image' or 'text'")
+        return self.image_mlp(z_i), self.text_mlp(z_t)

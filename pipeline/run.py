@@ -23,9 +23,9 @@ from pipeline.provenance import environment, git_revision, hardware
 from pipeline.store.features import config_hash, read_manifest
 from pipeline.store.items import items_meta, splits_meta
 from pipeline.store.layout import CacheLayout
-from pipeline.store.parquet import write_json_atomic
-from pipeline.store.reader import SplitFeatures, load_split, parse_feature_spec
-from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config
+from pipeline.store.runs import RunDir
+from pipeline.store.reader import load_split, parse_feature_spec
+from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config, save_method
 from stages.train.loop import encode_split, fit_method
 from stages.train.validation import K as VALIDATION_K, Validator, default_every
 
@@ -58,29 +58,6 @@ class RunResult:
     skipped: bool = False
 
 
-def to_batch(split: SplitFeatures) -> FeatureBatch:
-    return FeatureBatch(
-        image=torch.from_numpy(split.image_matrix),
-        text=torch.from_numpy(split.text_matrix),
-        labels=torch.from_numpy(split.labels.astype(np.float32)),
-        index=torch.arange(len(split)),
-        image_parts={k: torch.from_numpy(v) for k, v in split.image.items()},
-        text_parts={k: torch.from_numpy(v) for k, v in split.text.items()},
-    )
-
-
-def feature_dims(split: SplitFeatures) -> FeatureDims:
-    text = split.text_matrix
-    return FeatureDims(
-        image=sum(v.shape[1] for v in split.image.values()),
-        text=text.shape[1],
-        labels=split.labels.shape[1],
-        image_parts={k: v.shape[1] for k, v in split.image.items()},
-        text_parts={k: v.shape[1] for k, v in split.text.items()},
-        text_is_bow=bool((text >= 0).all() and np.array_equal(text, np.round(text))),
-    )
-
-
 def _config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
@@ -110,7 +87,7 @@ def check_request(req: TrainRequest) -> str:
     if req.seed < 0:
         raise ConfigError(f"training seed {req.seed}: give a whole number >= 0 (SEED=/--seed)")
     overrides = {**req.overrides, **({"epochs": req.epochs} if req.epochs is not None else {})}
-    closed_form = bool(getattr(METHODS.get(method_name).builder, "closed_form", False))
+    closed_form = METHODS.get(method_name).builder.closed_form
     check_training_length(method_name, resolve_config(method_name, req.dataset, overrides), closed_form)
     return method_name
 
@@ -135,12 +112,12 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
     data = {s: load_split(layout, req.dataset, s, image_refs, text_refs)
             for s in ("train", "validation", "query", "database")}
     load_s = time.perf_counter() - t0
-    dims = feature_dims(data["train"])
-    batches = {s: to_batch(v) for s, v in data.items()}
+    dims = FeatureDims.from_split(data["train"])
+    batches = {s: FeatureBatch.from_split(v) for s, v in data.items()}
     overrides = dict(req.overrides)
     if req.epochs is not None:
         overrides["epochs"] = req.epochs
-    supports_paired = getattr(builder, "supports_paired", False)
+    supports_paired = builder.supports_paired
     if req.eval_mode == "paired" and not supports_paired:
         raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
     cfg_fields = {f.name for f in dataclasses.fields(METHODS.get(method_name).config)}
@@ -154,8 +131,9 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                                                                  if k != "epochs"}).epochs
         resolved = _config_dict(cfg)
         run_id = run_id_for(req, bits, resolved)
-        run_dir = layout.run_dir(run_id)
-        if (run_dir / "report.parquet").exists() and not req.force:
+        run = RunDir.of(layout, run_id)
+        run_dir = run.path
+        if run.is_complete() and not req.force:
             log.info("run %s exists (same config): skipped; pass --force to retrain", run_id)
             results.append(RunResult(run_id, run_dir, bits, _summary_from_report(run_dir), skipped=True))
             continue
@@ -183,8 +161,7 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                                        for k in ("config_hash", "code_version", "dataset_fingerprint", "encoder_config")}
                          for ref in [*image_refs, *text_refs]},
         }
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic({**meta, **provenance}, run_dir / "config.json")  # written before training starts
+        run.write_config({**meta, **provenance})  # written before training starts
 
         log.info("training %s at %d bits on %d items (%s / %s) on %s", method_name, bits, len(data["train"]),
                  req.image, req.text, device)
@@ -192,11 +169,9 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                               every=default_every(int(cfg.epochs)) if not method.closed_form else 1)
         history = fit_method(method, batches["train"], seed=req.seed, device=device, progress=req.progress,
                              validator=validator)
-        torch.save({"state_dict": method.state_dict(), "config": resolved, "dims": dataclasses.asdict(dims),
-                    "method": method_name, "bits": bits}, run_dir / "model.pt")
-        write_json_atomic({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
-                           "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection},
-                          run_dir / "history.json")
+        run.write_model(lambda path: save_method(method, path))
+        run.write_history({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
+                           "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection})
 
         t1 = time.perf_counter()
         paired = req.eval_mode == "paired"
@@ -205,7 +180,7 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
             codes[split] = {m: binarize(encode_split(method, batches[split].to("cpu"), m, paired=paired))
                             for m in ("image", "text")}
             codes[split]["labels"] = data[split].labels
-            write_codes(run_dir / "codes", split, data[split].item_id, codes[split]["image"], codes[split]["text"],
+            write_codes(run.codes_dir, split, data[split].item_id, codes[split]["image"], codes[split]["text"],
                         {"run_id": run_id, "bits": bits, "method": method_name})
         encode_s = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -264,4 +239,4 @@ def _summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def _summary_from_report(run_dir: Path) -> dict[str, float]:
     from stages.evaluate.report import read_rows
 
-    return _summary(read_rows(run_dir / "report.parquet"))
+    return _summary(read_rows(RunDir(run_dir).report_path))

@@ -6,7 +6,6 @@ run's own trained model, so it is encoded exactly like the query split was: from
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -15,68 +14,16 @@ import numpy as np
 import torch
 
 from pipeline.datasets.images import load_image
-from pipeline.errors import CacheError, ConfigError, WeightsError
+from pipeline.errors import ConfigError, WeightsError
 from pipeline.store.features import read_manifest
 from pipeline.store.items import read_items, read_splits
 from pipeline.store.layout import CacheLayout
 from pipeline.store.reader import FeatureRef, parse_feature_spec
+from pipeline.store.runs import RunDir
 from stages.evaluate.codes import binarize, pack_codes, read_codes
 from stages.evaluate.hamming import topk
 
 log = logging.getLogger(__name__)
-
-
-def resolve_run_dir(layout: CacheLayout, run: str) -> Path:
-    path = Path(run)
-    if not (path / "config.json").exists():
-        path = layout.runs_dir() / run
-    if not (path / "config.json").exists():
-        have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / "report.parquet").exists())[:20]
-        raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
-                         f"(train one with `make train`)")
-    return path
-
-
-def require_trained(run_dir: Path) -> None:
-    """CacheError when a run was killed before its model and database codes were written.
-
-    ``config.json`` is written before training starts, ``model.pt`` after it, the codes after that."""
-    missing = [f for f in ("model.pt", "codes/split=database") if not (run_dir / f).exists()]
-    if missing:
-        raise CacheError(f"run {run_dir.name} is incomplete ({', '.join(missing)} missing): its training was "
-                         f"interrupted; run the same `cmh train` command again to finish it")
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{run_dir / 'config.json'} is unreadable ({exc}); train the run again with "
-                         f"`cmh train ... --force`") from None
-
-
-def load_method(run_dir: Path):
-    """The trained method of a run, weights loaded, in eval mode."""
-    from stages.train import methods  # noqa: F401  (registers every method)
-    from stages.train.base import FeatureDims, create_method
-
-    try:
-        saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise CacheError(f"{run_dir / 'model.pt'} cannot be loaded ({type(exc).__name__}); train the run again "
-                         f"with `cmh train ... --force`") from None
-    dims = FeatureDims(**saved["dims"])
-    config = dict(saved["config"])
-    if "betas" in config:
-        config["betas"] = tuple(config["betas"])
-    method = create_method(saved["method"], dims=dims, bits=int(saved["bits"]), overrides=config)
-    state = saved["state_dict"]
-    own = method.state_dict()
-    for key, value in state.items():  # buffers a closed-form fit creates (projections, means) are registered here
-        if key not in own and "." not in key:
-            method.register_buffer(key, value.clone())
-    method.load_state_dict(state)
-    return method.eval()
 
 
 def _encoder_for(layout: CacheLayout, dataset: str, encoder_id: str):
@@ -147,16 +94,17 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     ``say`` receives what the user should see about the query itself (the vocabulary terms matched)."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    from stages.train.base import FeatureBatch
+    from stages.train import methods  # noqa: F401  (registers every method)
+    from stages.train.base import FeatureBatch, load_method
 
-    run_dir = resolve_run_dir(layout, run)
-    require_trained(run_dir)
-    config = read_run_config(run_dir)
+    run_dir = RunDir.find(layout, run)
+    run_dir.require_trained()
+    config = run_dir.read_config()
     dataset = config["dataset"]
     modality = "image" if image is not None else "text"
     spec = config["image_features"] if modality == "image" else config["text_features"]
     refs = parse_feature_spec(layout, dataset, spec, modality)
-    method = load_method(run_dir)
+    method = load_method(run_dir.model_path)
     feats = _features(layout, dataset, refs, image, text, say)
     dims = method.dims
     blank_image = torch.zeros(1, dims.image)
@@ -175,7 +123,7 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     with torch.no_grad():
         code = binarize(method.encode(batch, modality))
     target = "text" if modality == "image" else "image"
-    database = read_codes(run_dir / "codes", "database")
+    database = read_codes(run_dir.codes_dir, "database")
     idx, dist = topk(pack_codes(code), database[f"{target}_words"], min(top_k, len(database["item_id"])))
     items = read_items(layout, dataset)
     row_of = {int(i): r for r, i in enumerate(items.item_id)}

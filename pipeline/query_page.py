@@ -5,7 +5,6 @@ file can be moved or mailed on its own. A new query has no labels, so relevance 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,15 +13,15 @@ from pipeline.store.layout import CacheLayout
 from pipeline.store.parquet import write_bytes_atomic
 from stages.evaluate.gallery import Items, adhoc_gallery, render_gallery
 from stages.evaluate.html_page import esc, legend_html, page_html
-from stages.evaluate.query import resolve_run_dir
+from pipeline.store.runs import RunDir
 from stages.evaluate.thumbnails import Thumb, ThumbnailStore
 
 
 def write_query_page(layout: CacheLayout, run: str, rows: Sequence[tuple], out: Path, *,
                      text: str | None = None, image: Path | None = None) -> Path:
     """Write the gallery of one query (``rows`` from ``query_run``) to ``out``; returns the path."""
-    run_dir = resolve_run_dir(layout, run)
-    config = json.loads((run_dir / "config.json").read_text())
+    run = RunDir.find(layout, run)
+    run_dir, config = run.path, run.read_config()
     dataset = config["dataset"]
     items = Items(read_items(layout, dataset))
     thumbs = ThumbnailStore(layout.root / "reports", dataset)

@@ -1,0 +1,122 @@
+"""A run directory: its layout, its atomic writes and whether it is complete.
+
+A run is written in this order, so a killed training leaves a directory that says how far it got:
+``config.json`` (before training) -> ``model.pt`` and ``history.json`` (after training) -> ``codes/``
+(query and database codes) -> ``report.parquet`` and ``curves.parquet`` -> ``plots/``. A run is
+*trained* once its model and database codes exist and *complete* once its report exists; a rerun
+of the same request skips only complete runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import CacheError
+from pipeline.store.layout import CacheLayout
+from pipeline.store.parquet import write_json_atomic
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.json"
+CODES_DIR = "codes"
+REPORT_FILE = "report.parquet"
+CURVES_FILE = "curves.parquet"
+PLOTS_DIR = "plots"
+
+RETRAIN_HINT = "train the run again with `cmh train ... --force`"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def of(cls, layout: CacheLayout, run_id: str) -> "RunDir":
+        return cls(layout.run_dir(run_id))
+
+    @classmethod
+    def find(cls, layout: CacheLayout, run: str) -> "RunDir":
+        """A run named by its id (under the cache's runs/) or by its directory; CacheError listing the runs."""
+        path = Path(run)
+        if not (path / CONFIG_FILE).exists():
+            path = layout.runs_dir() / run
+        if not (path / CONFIG_FILE).exists():
+            have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / REPORT_FILE).exists())[:20]
+            raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
+                             f"(train one with `make train`)")
+        return cls(path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def codes_dir(self) -> Path:
+        return self.path / CODES_DIR
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def curves_path(self) -> Path:
+        return self.path / CURVES_FILE
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS_DIR
+
+    def is_complete(self) -> bool:
+        return self.report_path.exists()
+
+    def is_trained(self) -> bool:
+        return self.model_path.exists() and (self.codes_dir / "split=database").exists()
+
+    def require_trained(self) -> None:
+        """CacheError when the run was killed before its model and database codes were written."""
+        missing = [f for f in (MODEL_FILE, f"{CODES_DIR}/split=database") if not (self.path / f).exists()]
+        if missing:
+            raise CacheError(f"run {self.run_id} is incomplete ({', '.join(missing)} missing): its training was "
+                             f"interrupted; run the same `cmh train` command again to finish it")
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return write_json_atomic(config, self.config_path)
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{self.config_path} is unreadable ({exc}); {RETRAIN_HINT}") from None
+
+    def write_history(self, history: dict[str, Any]) -> Path:
+        return write_json_atomic(history, self.history_path)
+
+    def write_model(self, save: Callable[[Path], None]) -> Path:
+        """``save(tmp)`` writes the model file; it is renamed into place only when complete."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=MODEL_FILE + ".", suffix=".partial")
+        os.close(fd)
+        try:
+            save(Path(tmp))
+            os.replace(tmp, self.model_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return self.model_path
