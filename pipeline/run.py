@@ -7,6 +7,7 @@ A run whose report already exists with the same resolved config is not trained a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -165,7 +166,10 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
 
         log.info("training %s at %d bits on %d items (%s / %s) on %s", method_name, bits, len(data["train"]),
                  req.image, req.text, device)
-        validator = Validator(batches["validation"], batches["train"], map_at_k=_validation_map, encode=encode_split,
+        paired = req.eval_mode == "paired"
+        # validation encodes the way the test does: a paired-mode run is scored in paired mode
+        validator = Validator(batches["validation"], batches["train"], map_at_k=_validation_map,
+                              encode=functools.partial(encode_split, paired=paired),
                               every=default_every(int(cfg.epochs)) if not method.closed_form else 1)
         history = fit_method(method, batches["train"], seed=req.seed, device=device, progress=req.progress,
                              validator=validator)
@@ -174,7 +178,6 @@ def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
                            "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection})
 
         t1 = time.perf_counter()
-        paired = req.eval_mode == "paired"
         codes: dict[str, dict[str, np.ndarray]] = {}
         for split in ("query", "database"):
             codes[split] = {m: binarize(encode_split(method, batches[split].to("cpu"), m, paired=paired))

@@ -158,3 +158,12 @@ def test_grid_in_worker_processes_gives_the_sequential_grid(demo_cache, tmp_path
         again = read_codes(demo_cache.run_dir(rid) / "codes", "query")
         assert np.array_equal(again["image"], codes[rid]["image"]) and np.array_equal(again["text"], codes[rid]["text"]), rid
     assert parallel.tables["map@50"].markdown.splitlines()[2:] == sequential.tables["map@50"].markdown.splitlines()[2:]
+
+
+def test_a_paired_mode_run_is_validated_in_paired_mode(demo_cache):
+    """UCMFH trained for paired evaluation cannot encode one modality alone: validation must not ask it to."""
+    (run,) = train_runs(demo_cache, TrainRequest(dataset="demo", method="ucmfh", bits=(16,), epochs=1,
+                                                 eval_mode="paired", progress=False))
+    history = json.loads((run.run_dir / "history.json").read_text())
+    assert [p["epoch"] for p in history["validation"]] == [1]
+    assert run.summary["i2t_val_map@50"] == history["validation"][-1]["i2t"]
