@@ -171,3 +171,20 @@ def weighted_loss(method: HashingMethod, batch: FeatureBatch, epoch: int = 0) ->
     method.eval()
     terms = method.loss_terms(batch, epoch)
     return float(sum(method.cfg.weights.get(k, 1.0) * v for k, v in terms.items()))
+
+
+BRANCH_ENCODER = "alexnet.imagenet"
+
+
+def with_branches(batch: FeatureBatch, dims: FeatureDims) -> tuple[FeatureBatch, FeatureDims]:
+    """Three stand-in AlexNet branches derived from a batch's image features, named like the alexnet encoder's:
+    sp_cov = the first 2/3 of the columns, cov = the last 2/3, pool = the squared features (a different view)."""
+    img = batch.image
+    d = img.shape[1]
+    parts = {f"{BRANCH_ENCODER}:sp_cov": img[:, : 2 * d // 3], f"{BRANCH_ENCODER}:cov": img[:, d // 3:], f"{BRANCH_ENCODER}:pool": img.pow(2)}
+    new_dims = FeatureDims(image=sum(v.shape[1] for v in parts.values()), text=dims.text, labels=dims.labels,
+                           image_parts={k: v.shape[1] for k, v in parts.items()}, text_parts=dict(dims.text_parts),
+                           text_is_bow=dims.text_is_bow)
+    new_batch = FeatureBatch(image=torch.cat(list(parts.values()), dim=1), text=batch.text, labels=batch.labels,
+                             index=batch.index, image_parts=parts, text_parts=dict(batch.text_parts))
+    return new_batch, new_dims

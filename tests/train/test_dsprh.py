@@ -10,7 +10,7 @@ from stages.train import losses
 from stages.train.base import FeatureBatch, FeatureDims, resolve_config
 from stages.train.loop import fit_method
 from stages.train.methods.dsprh import find_branches
-from tests.train.helpers import (
+from tests.train.helpers import (with_branches, 
     assert_all_terms_finite,
     assert_batch_independent,
     assert_binary_codes,
@@ -26,20 +26,6 @@ SMALL = {"fusion_width": 64, "text_hidden": (64,)}
 TERMS = ("text_text", "image_text", "image_image", "diagonal", "reconstruction_image", "reconstruction_text",
          "symmetry", "image_alignment", "text_alignment", "triplet", "pairwise")
 ENC = "alexnet.imagenet"
-
-
-def with_branches(batch: FeatureBatch, dims: FeatureDims) -> tuple[FeatureBatch, FeatureDims]:
-    """Three stand-in AlexNet branches derived from a batch's image features, named like the alexnet encoder's:
-    sp_cov = the first 2/3 of the columns, cov = the last 2/3, pool = the squared features (a different view)."""
-    img = batch.image
-    d = img.shape[1]
-    parts = {f"{ENC}:sp_cov": img[:, : 2 * d // 3], f"{ENC}:cov": img[:, d // 3:], f"{ENC}:pool": img.pow(2)}
-    new_dims = FeatureDims(image=sum(v.shape[1] for v in parts.values()), text=dims.text, labels=dims.labels,
-                           image_parts={k: v.shape[1] for k, v in parts.items()}, text_parts=dict(dims.text_parts),
-                           text_is_bow=dims.text_is_bow)
-    new_batch = FeatureBatch(image=torch.cat(list(parts.values()), dim=1), text=batch.text, labels=batch.labels,
-                             index=batch.index, image_parts=parts, text_parts=dict(batch.text_parts))
-    return new_batch, new_dims
 
 
 def toy(n: int = 40) -> tuple[FeatureBatch, FeatureDims]:

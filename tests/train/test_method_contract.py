@@ -18,7 +18,7 @@ import torch
 
 from pipeline.errors import CacheError
 from stages.train.base import METHODS, FeatureBatch, FeatureDims, load_method, save_method
-from tests.train.helpers import (assert_all_terms_finite, assert_batch_independent, assert_binary_codes,
+from tests.train.helpers import (with_branches, assert_all_terms_finite, assert_batch_independent, assert_binary_codes,
                                  assert_loss_falls, build, codes, random_batch, random_dims,
                                  real_mirflickr_features, train)
 
@@ -51,20 +51,6 @@ REAL = {
 }
 #: Settings a method needs on toy data (CCA-ITQ otherwise chooses them on a validation split).
 TOY = {"cca-itq": {"pca_dim": 16, "reg": 1e-4}}
-
-
-def with_branches(batch: FeatureBatch, dims: FeatureDims) -> tuple[FeatureBatch, FeatureDims]:
-    """Three stand-in AlexNet branches named like the alexnet encoder's (DSPRH reads them separately;
-    the other methods read their concatenation): the first 2/3 of the columns, the last 2/3, the squares."""
-    img = batch.image
-    d = img.shape[1]
-    parts = {f"{ENC}:sp_cov": img[:, : 2 * d // 3], f"{ENC}:cov": img[:, d // 3:], f"{ENC}:pool": img.pow(2)}
-    new_dims = FeatureDims(image=sum(v.shape[1] for v in parts.values()), text=dims.text, labels=dims.labels,
-                           image_parts={k: v.shape[1] for k, v in parts.items()}, text_parts=dict(dims.text_parts),
-                           text_is_bow=dims.text_is_bow)
-    new_batch = FeatureBatch(image=torch.cat(list(parts.values()), dim=1), text=batch.text, labels=batch.labels,
-                             index=batch.index, image_parts=parts, text_parts=dict(batch.text_parts))
-    return new_batch, new_dims
 
 
 def toy(n: int = 48, seed: int = 0) -> tuple[FeatureBatch, FeatureDims]:
