@@ -109,8 +109,8 @@ def results_tables(results_root: Path, dataset: str, out_dir: Path | None = None
 def within_noise(results_root: Path, dataset: str, files: list[Path], metric: str = "map@50") -> list[str]:
     """Per column, the configurations whose mean is within one std of the column's best.
 
-    Two means closer than their (larger) sample std cannot be told apart by these seeds; with one seed
-    per cell nothing can be said, and the line says so.
+    Two means closer than the larger of their sample stds cannot be told apart by these seeds (a
+    single-seed cell has no std: the other cell's is used); when neither has one, the line says so.
     """
     rows = results_table(Path(results_root), dataset, metric, files=[str(p) for p in files])
     columns: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -119,20 +119,31 @@ def within_noise(results_root: Path, dataset: str, files: list[Path], metric: st
     lines = []
     for (task, bits), group in sorted(columns.items()):
         best = max(group, key=lambda r: r["mean"])
-        if best["std"] is None or any(r["std"] is None for r in group):
-            lines.append(f"{task} {bits}: best {best['method']} ({best['mean']:.4f}); one seed in some cells, "
-                         f"so no spread to compare against")
-            continue
-        close = [r for r in group if r is not best
-                 and best["mean"] - r["mean"] < max(float(best["std"]), float(r["std"]))]
+        close, unknown = [], []
+        for r in group:
+            if r is best:
+                continue
+            stds = [float(x) for x in (best["std"], r["std"]) if x is not None]  # a single seed has none
+            if not stds:
+                unknown.append(r)
+            elif best["mean"] - r["mean"] < max(stds):
+                close.append(r)
+        head = f"{task} {bits}: best {best['method']} ({_mean_std(best)})"
         if close:
-            names = ", ".join(f"{r['method']} ({r['mean']:.4f} ± {r['std']:.4f})" for r in close)
-            lines.append(f"{task} {bits}: best {best['method']} ({best['mean']:.4f} ± {best['std']:.4f}); "
-                         f"within one std of it: {names}")
+            line = f"{head}; within one std of it: " + ", ".join(f"{r['method']} ({_mean_std(r)})" for r in close)
+        elif len(unknown) < len(group) - 1:
+            line = f"{head}, ahead of " + ("every other" if not unknown else "every other with a spread") + \
+                   " by more than the larger std"
         else:
-            lines.append(f"{task} {bits}: best {best['method']} ({best['mean']:.4f} ± {best['std']:.4f}), "
-                         f"ahead of every other by more than one std")
+            line = head
+        if unknown:
+            line += "; one seed on both sides, no spread to compare: " + ", ".join(r["method"] for r in unknown)
+        lines.append(line)
     return lines
+
+
+def _mean_std(row: dict[str, Any]) -> str:
+    return f"{row['mean']:.4f}" if row["std"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}"
 
 
 def readme_block(results_root: Path, dataset: str, figure: Path | None = None) -> str:

@@ -83,3 +83,14 @@ def test_update_readme_rewrites_only_its_block(published: Path, tmp_path: Path):
     assert update_readme(readme, "toy", block) is False  # idempotent
     with pytest.raises(DataError, match="no generated block"):
         update_readme(readme, "other", block)
+
+
+def test_single_seed_cells_are_compared_with_the_other_side_spread(published: Path, tmp_path: Path):
+    runs = [make_run(tmp_path / "cache", f"toy-{m}-16b-s1", m, 16, 1, noise, **_provenance())
+            for m, noise in (("gamma", 4.0), ("delta", 5.0))]
+    publish_runs(runs, published)
+    lines = within_noise(published, "toy", scan_results(published, "toy").current)
+    best_alpha = [line for line in lines if line.startswith("i2t 16: best alpha")]
+    assert best_alpha, lines
+    # gamma and delta (one seed each) are judged against alpha's std; none lacks a spread on both sides
+    assert "one seed on both sides" not in best_alpha[0]
