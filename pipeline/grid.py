@@ -108,7 +108,6 @@ def run_grid(cache_root: Path, req: GridRequest, echo: Callable[[str], None] = p
     for cell in cells:  # a bad value for the last method fails now, not after the others have trained
         check_request(cell)
     workers = req.workers or default_workers(req.device)
-    lines: list[str] = []
     pairs: list[tuple[str, str]] = []
     if workers <= 1 or len(cells) == 1:
         for cell in cells:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline import RESULTS_VERSION
 from pipeline.errors import CacheError, DataError
-from pipeline.store.parquet import write_table_atomic
+from pipeline.store.parquet import read_metadata, write_table_atomic
 from stages.evaluate.published import comparison_markdown
 from stages.evaluate.report import REPORT_FILE
 from stages.evaluate.tables import MethodsTable, methods_by_bits, results_table
@@ -62,16 +62,8 @@ def publish_runs(run_dirs: list[Path], results_root: Path) -> list[Path]:
             raise DataError(f"{report} mixes runs {sorted(ids)} or datasets {sorted(datasets)}; one run per report")
         dest = Path(results_root) / datasets.pop() / f"{ids.pop()}.parquet"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        written.append(write_table_atomic(table, dest, metadata=_file_metadata(report)))
+        written.append(write_table_atomic(table, dest, metadata=read_metadata(report)))
     return written
-
-
-def _file_metadata(report: Path) -> dict[str, Any]:
-    import json
-
-    raw = pq.read_schema(report).metadata or {}
-    value = raw.get(b"cmh")
-    return json.loads(value) if value else {}
 
 
 def scan_results(results_root: Path, dataset: str) -> ResultsScan:
