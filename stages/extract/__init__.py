@@ -1,7 +1,8 @@
 """Encoders and the extraction loop. Each encoder module registers one kind; ``load_encoders()``
 (called by ``create_encoder``/``list_encoders``) imports them all."""
 from stages.extract.base import ENCODERS, Encoder, create_encoder, list_encoders, register_encoder
-from stages.extract.runner import ExtractSummary, run_extraction
+from stages.extract.plan import ExtractSummary
+from stages.extract.runner import run_extraction
 
 __all__ = ["ENCODERS", "Encoder", "ExtractSummary", "create_encoder", "list_encoders", "load_encoders",
            "register_encoder", "run_extraction"]

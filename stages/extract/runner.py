@@ -14,62 +14,25 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import pipeline
 from pipeline.datasets.base import ItemTable
 from pipeline.datasets.images import load_image
 from pipeline.progress import progress_bar
-from pipeline.provenance import package_versions
 from pipeline.errors import ConfigError, DataError
-from pipeline.store.features import FeatureWriter, Shard, ShardSpec, read_manifest
-from pipeline.store.layout import PHYSICAL_SPLITS, CacheLayout
+from pipeline.store.features import ShardSpec
+from pipeline.store.layout import CacheLayout
 from stages.extract.base import Encoder
+from stages.extract.plan import ExtractSummary, finish_extraction, plan_extraction, write_shard_batches
 
 log = logging.getLogger(__name__)
 
-#: Package versions recorded in the provenance (distribution names).
-@dataclass
-class ExtractSummary:
-    """What one ``run_extraction`` call did."""
 
-    dataset: str
-    encoder: str
-    device: str
-    rows: dict[str, int]  # rows on disk per split after this run
-    failed: int  # items dropped by this run (unreadable images); listed in errors.parquet
-    shards_written: int
-    shards_pending_elsewhere: int  # parts owned by other --shard workers that are not on disk yet
-    complete: bool  # every part exists and train/validation were gathered
-    seconds: float
-    items_per_s: float  # items through the encode loop per second (decoding included)
-    columns: dict[str, int] = field(default_factory=dict)  # column -> dim
-    bytes_on_disk: int = 0
-    # where the loop's time went: waiting for decoded batches (loader-bound), in encode (model-bound),
-    # waiting for the shard writer (disk-bound)
-    wait_s: float = 0.0
-    encode_s: float = 0.0
-    write_s: float = 0.0
-
-    def describe(self) -> str:
-        rows = ", ".join(f"{k} {v}" for k, v in self.rows.items())
-        cols = ", ".join(f"{k}:{v}" for k, v in self.columns.items())
-        state = ("complete" if self.complete
-                 else f"incomplete ({self.shards_pending_elsewhere} part(s) left to other workers)")
-        return (f"{self.dataset}/{self.encoder} on {self.device}: {self.shards_written} shard(s) written, {state}; "
-                f"rows {rows}; {self.failed} failed; {self.items_per_s:.1f} items/s over {self.seconds:.1f} s "
-                f"(waiting for data {self.wait_s:.1f} s, encoding {self.encode_s:.1f} s, "
-                f"writing {self.write_s:.1f} s); "
-                f"columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
-
-
-# -- device and provenance -----------------------------------------------------------------------
+# -- device -----------------------------------------------------------------------------------
 def resolve_device(device: str | None) -> torch.device:
     """None -> cuda when available, else cpu."""
     if device is None:
@@ -78,22 +41,6 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
     return dev
-
-
-#: Packages whose versions can change what an encoder writes.
-EXTRACT_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pillow", "pyarrow")
-
-
-def _provenance(encoder: Encoder, items: ItemTable) -> dict[str, Any]:
-    """The encoder's own provenance (weights, preprocessing, ...) plus what the runner knows."""
-    run = {"encoder_id": encoder.id, "encoder_config": encoder.config(), "packages": package_versions(EXTRACT_PACKAGES),
-           "dataset_fingerprint": items.fingerprint(), "dataset_source": items.source,
-           "text_kind": items.text_kind, "code_version": pipeline.__version__}
-    own = encoder.provenance()
-    clash = sorted(set(own) & set(run))
-    if clash:
-        raise ValueError(f"encoder {encoder.id} provenance keys {clash} are reserved by the runner")
-    return {**own, **run}
 
 
 # -- data loading --------------------------------------------------------------------------------
@@ -238,37 +185,20 @@ def default_threads(device: torch.device, cores: int, workers: int, current: int
 def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], encoder: Encoder, *, shard: ShardSpec,
          dev: torch.device, batch_size: int, n_workers: int, shard_size: int, overwrite: bool,
          progress: bool) -> ExtractSummary:
-    t0 = time.perf_counter()
     amp = dev.type == "cuda"
     log.info("extract %s/%s on %s (%s; torch threads %d, %d loader workers, batch %d)", items.dataset,
              getattr(encoder, "id", "?"), dev, "fp16 autocast" if amp else "float32", torch.get_num_threads(),
              n_workers, batch_size)
-
-    row_of = {int(i): r for r, i in enumerate(items.item_id)}
-    for name, members in splits.items():
-        unknown = [int(i) for i in members if int(i) not in row_of]
-        if unknown:
-            raise DataError(f"split {name!r} names {len(unknown)} item id(s) not in dataset {items.dataset!r}, "
-                            f"e.g. {unknown[:5]}; the splits and the item table disagree (re-create the splits)")
-
-    encoder.prepare(items, splits)
-    writer = FeatureWriter(
-        layout, items.dataset, encoder.id, encoder_config=encoder.config(), columns=encoder.columns,
-        default_columns=encoder.default_columns, dataset_fingerprint=items.fingerprint(), splits=splits,
-        shard_size=shard_size, code_version=pipeline.__version__, provenance=_provenance(encoder, items),
-    )
-    writer.check_or_create_manifest(overwrite)
-    todo = writer.pending(shard)
-    gathered = [s for s in splits if s not in PHYSICAL_SPLITS]
-    was_complete = (not todo and bool(read_manifest(layout, items.dataset, encoder.id).get("complete"))
-                    and (not gathered or writer.gathered_ok()))
+    plan = plan_extraction(layout, items, splits, encoder, shard=shard, shard_size=shard_size, overwrite=overwrite,
+                           engine="local")
+    writer, todo = plan.writer, plan.todo
 
     failed, written, seen = 0, 0, 0
     timer = _Timer()
     loop_start = time.perf_counter()
     if todo:
         encoder.to(dev)
-        rows = np.concatenate([np.array([row_of[int(i)] for i in s.item_ids], dtype=np.int64) for s in todo])
+        rows = plan.rows()
         refs = [items.image[r] for r in rows] if "image" in encoder.inputs else []
         sizes = [len(s.item_ids) for s in todo]
         ends = np.cumsum(sizes)  # flat position where each shard ends
@@ -302,7 +232,8 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                     with timer("write"):
                         if pending_write is not None:
                             pending_write.result()  # raises what the previous write raised
-                        pending_write = pool.submit(_write, writer, todo[part], acc, errors, encoder)
+                        pending_write = pool.submit(write_shard_batches, writer, todo[part], acc, errors,
+                                                    list(encoder.columns))
                     failed += len(errors)
                     written += 1
                     part, acc, errors = part + 1, [], []
@@ -318,43 +249,6 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
         log.info("%s/%s: %.1f s waiting for data, %.1f s encoding, %.1f s waiting for shard writes",
                  items.dataset, encoder.id, timer.totals["wait"], timer.totals["encode"], timer.totals["write"])
 
-    complete = was_complete or writer.finalize()
-    if failed:
-        log.warning("%s/%s: %d item(s) could not be read and were dropped from every column (listed in %s)",
-                    items.dataset, encoder.id, failed, layout.errors_path(items.dataset, encoder.id))
-    summary = ExtractSummary(
-        dataset=items.dataset, encoder=encoder.id, device=str(dev),
-        rows=_rows_on_disk(layout, items.dataset, encoder.id),
-        failed=failed, shards_written=written,
-        shards_pending_elsewhere=sum(writer.manifest["parts"].values()) - writer.done_parts(),
-        complete=complete, seconds=time.perf_counter() - t0, items_per_s=seen / loop_seconds if seen else 0.0,
-        wait_s=timer.totals["wait"], encode_s=timer.totals["encode"], write_s=timer.totals["write"],
-        columns={k: v.dim for k, v in encoder.columns.items()},
-        bytes_on_disk=sum(p.stat().st_size for p in layout.encoder_dir(items.dataset, encoder.id).rglob("*")
-                          if p.is_file()),
-    )
-    log.info("%s", summary.describe())
-    return summary
-
-
-def _write(writer: FeatureWriter, shard: Shard, acc: list[tuple[np.ndarray, dict[str, np.ndarray]]],
-           errors: list[tuple[int, str, str]], encoder: Encoder) -> None:
-    """Concatenate one shard's batches and write it (failed items absent from every column)."""
-    if errors:
-        writer.write_errors(errors)
-    if not acc:
-        raise DataError(f"every item of shard {shard.split}/part-{shard.part:05d} ({len(shard.item_ids)} items) "
-                        f"failed to load, e.g. {errors[0][2] if errors else '?'}; check the image paths/data "
-                        f"directory (failures are listed in errors.parquet)")
-    ids = np.concatenate([i for i, _ in acc])
-    arrays = {name: np.concatenate([a[name] for _, a in acc]) for name in encoder.columns}
-    writer.write_shard(shard, ids, arrays)
-
-
-def _rows_on_disk(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, int]:
-    out = {}
-    base = layout.encoder_dir(dataset, encoder)
-    for split_dir in sorted(base.glob("split=*")):
-        out[split_dir.name.split("=", 1)[1]] = sum(pq.ParquetFile(f).metadata.num_rows
-                                                   for f in split_dir.glob("part-*.parquet"))
-    return out
+    return finish_extraction(layout, items, encoder, plan, device=str(dev), engine="local", failed=failed,
+                             written=written, seen=seen, loop_seconds=loop_seconds, wait_s=timer.totals["wait"],
+                             encode_s=timer.totals["encode"], write_s=timer.totals["write"])
