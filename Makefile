@@ -1,5 +1,6 @@
 # Thin wrappers over `cmh` subcommands (python -m pipeline). Every target installs .venv first when missing.
 # Variables: DATASET DATA_DIR ENCODERS METHOD BITS IMAGE TEXT CACHE LIMIT EPOCHS SEED METHODS SEEDS WORKERS
+#            ENGINE RAY_ADDRESS CONCURRENCY (extract)
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -35,7 +36,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 extract: $(STAMP)
 	$(CMH) extract --dataset $(DATASET) $(call opt,--data-dir,$(DATA_DIR)) --encoders $(ENCODERS) \
-		$(call opt,--limit,$(LIMIT)) --seed $(SEED) $(COMMON)
+		$(call opt,--limit,$(LIMIT)) --seed $(SEED) $(call opt,--engine,$(ENGINE)) \
+		$(call opt,--ray-address,$(RAY_ADDRESS)) $(call opt,--concurrency,$(CONCURRENCY)) $(COMMON)
 
 train: $(STAMP)
 	$(CMH) train --method $(METHOD) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \

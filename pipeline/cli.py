@@ -4,6 +4,8 @@ Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help``
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -105,7 +107,14 @@ def extract(
     shard: Optional[str] = typer.Option(None, help="i/n: this worker writes every n-th shard starting at i"),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
     batch_size: int = typer.Option(64, help="images per forward pass"),
-    workers: Optional[int] = typer.Option(None, help="DataLoader workers for image decoding"),
+    workers: Optional[int] = typer.Option(None, help="DataLoader workers for image decoding (--engine local)"),
+    engine: str = typer.Option("local", help="local (this process and its loader workers) or ray (Ray Data: decode "
+                               "tasks and a pool of encoder actors, on a local Ray or the cluster at --ray-address)"),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="--engine ray: the cluster's head, "
+                                              "HOST:6379 (`ray start --head`), ray://HOST:10001 or auto; default: "
+                                              "start a local Ray on this machine's cores"),
+    concurrency: Optional[int] = typer.Option(None, help="--engine ray: encoder actors (default: one per GPU of the "
+                                              "cluster, else one per CPU)"),
     option: list[str] = typer.Option([], "--option", "-o", help="encoder.key=value (e.g. clip.pretrained=/path/weights.pt, alexnet.channels=128) or dataset.key=value (e.g. dataset.text_kind=tags)"),
     overwrite: bool = typer.Option(False, help="replace cached items/splits/features written with another setup"),
 ) -> None:
@@ -115,6 +124,18 @@ def extract(
     from stages.extract import create_encoder, load_encoders
     from stages.extract.runner import run_extraction
 
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine {engine!r}: choose local or ray")
+    if engine == "local" and concurrency is not None:
+        raise typer.BadParameter("--concurrency goes with --engine ray (--workers sets the local loader processes)")
+    if engine == "local" and ray_address:  # RAY_ADDRESS may be set in the shell of a cluster node
+        log.info("--engine local: the Ray address %s is not used", ray_address)
+    if engine == "ray" and workers is not None:
+        raise typer.BadParameter("--workers is for --engine local; with --engine ray decoding runs in Ray tasks")
+    if engine == "ray" and ray_address:
+        from stages.extract.ray_engine import check_reachable
+
+        check_reachable(ray_address)  # before the dataset is read: a wrong address fails in seconds
     layout = _layout(cache)
     load_encoders()
     names = [e.strip() for e in encoders.split(",") if e.strip()]
@@ -131,11 +152,20 @@ def extract(
     items, splits = prepare_dataset(layout, req, overwrite=overwrite)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     typer.echo(f"dataset {req.cache_name}: {len(items)} items ({sizes}) -> {layout.dataset_dir(req.cache_name)}")
-    for enc_name in names:
-        encoder = create_encoder(enc_name, **by_prefix[_encoder_kind(enc_name)])
-        summary = run_extraction(layout, items, splits, encoder, shard=ShardSpec.parse(shard), device=device,
-                                 batch_size=batch_size, workers=workers, overwrite=overwrite)
-        typer.echo(f"{summary.describe()}\n  -> {layout.encoder_dir(req.cache_name, encoder.id)}")
+    session = contextlib.nullcontext()
+    if engine == "ray":  # ray is imported on this path only
+        from stages.extract.ray_engine import ray_session, run_extraction_ray
+
+        session = ray_session(ray_address)
+        run = functools.partial(run_extraction_ray, concurrency=concurrency)
+    else:
+        run = functools.partial(run_extraction, workers=workers)
+    with session:
+        for enc_name in names:
+            encoder = create_encoder(enc_name, **by_prefix[_encoder_kind(enc_name)])
+            summary = run(layout, items, splits, encoder, shard=ShardSpec.parse(shard), device=device,
+                          batch_size=batch_size, overwrite=overwrite)
+            typer.echo(f"{summary.describe()}\n  -> {layout.encoder_dir(req.cache_name, encoder.id)}")
 
 
 @app.command()

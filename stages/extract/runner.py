@@ -54,11 +54,16 @@ class _ImageDataset(Dataset):
         return len(self.refs)
 
     def __getitem__(self, pos: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            image = load_image(self.refs[pos])
-        except DataError as exc:
-            return pos, None, str(exc)
-        return pos, self.transform(image), None
+        return (pos, *decode_image(self.refs[pos], self.transform))
+
+
+def decode_image(ref: str, transform: Callable[[Any], torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
+    """(transformed image, None), or (None, reason) for an image that does not decode (an errors.parquet row)."""
+    try:
+        image = load_image(ref)
+    except DataError as exc:
+        return None, str(exc)
+    return transform(image), None
 
 
 def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]):
@@ -70,7 +75,7 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]):
     return positions, images, failed
 
 
-def _batches(shard_sizes: Sequence[int], batch_size: int) -> list[list[int]]:
+def shard_batches(shard_sizes: Sequence[int], batch_size: int) -> list[list[int]]:
     """Flat positions in batches that never straddle two shards."""
     out, start = [], 0
     for size in shard_sizes:
@@ -210,7 +215,7 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         pending_write: Future | None = None
         try:
-            batches = iter(_iterate(encoder, refs, _batches(sizes, batch_size), n_workers, amp))
+            batches = iter(_iterate(encoder, refs, shard_batches(sizes, batch_size), n_workers, amp))
             while True:
                 with timer("wait"):
                     batch = next(batches, None)
