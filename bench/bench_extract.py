@@ -8,9 +8,13 @@
     the device; only ``encoder.encode`` is timed (what the model alone can do).
 (b) pipeline: ``run_extraction`` into a temporary cache, with DataLoader workers decoding JPEGs,
     shard writes and all (what a user gets).
+(c) Ray engine: ``run_extraction_ray`` on a local Ray with the same cores, the same items, batches and
+    shards (``--engine ray``: decode tasks + encoder actors), into another temporary cache; skipped
+    with ``--no-ray``.
 
-Prints items/s for both, the ratio (b)/(a) (the goal is >= 0.85: decoding must not be the
-bottleneck), peak memory, and the cache size per row with the MIRFlickr-20,015 estimate. Uses the
+Prints items/s for each, the ratio (b)/(a) (the goal is >= 0.85: decoding must not be the
+bottleneck), the ratio (c)/(b) over the whole loop and after the first batch (actor start-up and
+model loading excluded; the goal is >= 0.8), peak memory, and the cache size per row with the MIRFlickr-20,015 estimate. Uses the
 first N real MIRFlickr pairs from the shared data folder when present, else synthetic 128-px JPEGs.
 Prints numbers, no pass/fail.
 """
@@ -108,6 +112,27 @@ def _pipeline_threads(summary, args) -> int:
     return default_threads(device, cores, workers, torch.get_num_threads())
 
 
+def ray_throughput(items: ItemTable, splits: dict, cache: Path, args: argparse.Namespace,
+                   options: dict) -> tuple[object, float]:
+    """(c): the Ray engine's summary on a local Ray with this machine's cores, and the session's start time."""
+    from stages.extract.ray_engine import ray_session, run_extraction_ray
+
+    start = time.perf_counter()
+    with ray_session(num_cpus=available_cores()):
+        started = time.perf_counter() - start
+        summary = run_extraction_ray(CacheLayout(cache), items, splits, create_encoder(args.encoder, **options),
+                                     device=args.device, batch_size=args.batch_size, concurrency=args.concurrency,
+                                     shard_size=args.shard_size, progress=False)
+    return summary, started
+
+
+def steady_items_per_s(summary, batch_size: int) -> float:
+    """items/s after the first batch came back: start-up (workers, actors, model loading) left out."""
+    items = summary.items_per_s * summary.loop_s
+    rest = summary.loop_s - summary.first_batch_s
+    return (items - batch_size) / rest if rest > 0 else 0.0
+
+
 def parse_options(pairs: list[str]) -> dict[str, object]:
     """``key=value`` strings -> settings; true/false/ints/floats parsed, anything else kept as text."""
     out: dict[str, object] = {}
@@ -141,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads for the pipeline (default: run_extraction's choice); (a) uses every core")
     ap.add_argument("--shard-size", type=int, default=1024)
+    ap.add_argument("--no-ray", action="store_true", help="skip (c), the Ray engine")
+    ap.add_argument("--concurrency", type=int, default=None, help="(c): encoder actors (default: one per core)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="encoder setting, e.g. --option channels_last=false (repeatable)")
     args = ap.parse_args(argv)
@@ -173,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         bow = run_extraction(layout, items, splits, create_encoder("bow"), progress=False)
         bow_per_row = cache_bytes_per_row(layout, items.dataset, bow.encoder)
 
+        ray_summary = ray_start = None
+        if not args.no_ray:
+            ray_summary, ray_start = ray_throughput(items, splits, Path(tmp) / "ray_cache", args, options)
+
         # (a) the model alone, with every core
         torch.set_num_threads(available_cores())
         bare_threads = torch.get_num_threads()
@@ -185,6 +216,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"    loop time: waiting for decoded batches {summary.wait_s:.2f} s, encoding {summary.encode_s:.2f} s, "
           f"waiting for shard writes {summary.write_s:.2f} s ({summary.shards_written} shards)")
     print(f"ratio (b)/(a): {summary.items_per_s / bare:.3f}   (goal >= 0.85)")
+    if ray_summary is not None:
+        local_steady, ray_steady = steady_items_per_s(summary, args.batch_size), steady_items_per_s(ray_summary,
+                                                                                                      args.batch_size)
+        print(f"(c) Ray engine   {ray_summary.encoder}: {ray_summary.items_per_s:8.1f} items/s   (local Ray on "
+              f"{available_cores()} cores, started in {ray_start:.1f} s; first batch after "
+              f"{ray_summary.first_batch_s:.1f} s vs {summary.first_batch_s:.1f} s locally; "
+              f"{ray_summary.failed} failed)")
+        print(f"ratio (c)/(b): {ray_summary.items_per_s / summary.items_per_s:.3f} over the whole loop, "
+              f"{ray_steady / local_steady:.3f} after the first batch ({ray_steady:.1f} vs {local_steady:.1f} "
+              f"items/s)   (goal >= 0.8)")
     print(f"peak RSS during the pipeline: main {self_rss:.0f} MiB, largest loader worker {child_rss:.0f} MiB")
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}, bare-model peak allocated "

@@ -55,6 +55,8 @@ class ExtractSummary:
     encode_s: float = 0.0
     write_s: float = 0.0
     engine: str = "local"
+    first_batch_s: float = 0.0  # loop start to the first encoded batch (worker/actor start-up, model load)
+    loop_s: float = 0.0  # the encode loop's wall time (items_per_s's denominator)
 
     def describe(self) -> str:
         rows = ", ".join(f"{k} {v}" for k, v in self.rows.items())
@@ -144,7 +146,8 @@ def write_shard_batches(writer: FeatureWriter, shard: Shard, acc: Sequence[tuple
 
 def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, plan: ExtractionPlan, *, device: str,
                       engine: str, failed: int, written: int, seen: int, loop_seconds: float,
-                      wait_s: float = 0.0, encode_s: float = 0.0, write_s: float = 0.0) -> ExtractSummary:
+                      wait_s: float = 0.0, encode_s: float = 0.0, write_s: float = 0.0,
+                      first_batch_s: float = 0.0) -> ExtractSummary:
     """Gather train/validation when every part exists, warn about failures, and sum the run up."""
     writer = plan.writer
     complete = plan.was_complete or writer.finalize()
@@ -158,7 +161,8 @@ def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, p
         shards_pending_elsewhere=sum(writer.manifest["parts"].values()) - writer.done_parts(),
         complete=complete, seconds=time.perf_counter() - plan.started,
         items_per_s=seen / loop_seconds if seen and loop_seconds > 0 else 0.0,
-        wait_s=wait_s, encode_s=encode_s, write_s=write_s, engine=engine,
+        wait_s=wait_s, encode_s=encode_s, write_s=write_s, engine=engine, first_batch_s=first_batch_s,
+        loop_s=loop_seconds,
         columns={k: v.dim for k, v in encoder.columns.items()},
         bytes_on_disk=sum(p.stat().st_size for p in layout.encoder_dir(items.dataset, encoder.id).rglob("*")
                           if p.is_file()),

@@ -221,7 +221,7 @@ def run_extraction_ray(
     plan = plan_extraction(layout, items, splits, encoder, shard=shard, shard_size=shard_size, overwrite=overwrite,
                            engine="ray")
     failed = written = seen = 0
-    wait_s = encode_s = write_s = 0.0
+    wait_s = encode_s = write_s = first_batch_s = 0.0
     loop_start = time.perf_counter()
     if plan.todo:
         rows = plan.rows()
@@ -251,6 +251,7 @@ def run_extraction_ray(
                                               list(encoder.columns))
                         write_s += time.perf_counter() - t
                         written += 1
+                first_batch_s = first_batch_s or time.perf_counter() - loop_start
                 seen += len(parts)
                 if bar is not None:
                     bar.update(len(parts))
@@ -265,7 +266,7 @@ def run_extraction_ray(
     loop_seconds = time.perf_counter() - loop_start
     return finish_extraction(layout, items, encoder, plan, device="cuda" if use_gpu else "cpu", engine="ray",
                              failed=failed, written=written, seen=seen, loop_seconds=loop_seconds, wait_s=wait_s,
-                             encode_s=encode_s, write_s=write_s)
+                             encode_s=encode_s, write_s=write_s, first_batch_s=first_batch_s)
 
 
 def _resources(device: str | None, concurrency: int | None, reads_images: bool) -> tuple[bool, int, float]:

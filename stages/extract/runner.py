@@ -198,7 +198,7 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                            engine="local")
     writer, todo = plan.writer, plan.todo
 
-    failed, written, seen = 0, 0, 0
+    failed, written, seen, first_batch_s = 0, 0, 0, 0.0
     timer = _Timer()
     loop_start = time.perf_counter()
     if todo:
@@ -232,6 +232,7 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                         acc.append((ids, encoder.encode(images, texts, ids)))
                 if bar is not None:
                     bar.update(len(positions) + len(bad))
+                first_batch_s = first_batch_s or time.perf_counter() - loop_start
                 seen += len(positions) + len(bad)
                 if seen == ends[part]:  # the last batch of this shard
                     with timer("write"):
@@ -256,4 +257,5 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
 
     return finish_extraction(layout, items, encoder, plan, device=str(dev), engine="local", failed=failed,
                              written=written, seen=seen, loop_seconds=loop_seconds, wait_s=timer.totals["wait"],
-                             encode_s=timer.totals["encode"], write_s=timer.totals["write"])
+                             encode_s=timer.totals["encode"], write_s=timer.totals["write"],
+                             first_batch_s=first_batch_s)
