@@ -57,6 +57,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     local Ray with ``num_cpus`` (default: the cores this process may use). Reuses a session that is
     already up and then leaves it running; shuts down only what it started."""
     if ray.is_initialized():
+        log.info("using the Ray session already running%s", f" (not connecting to {address})" if address else "")
         yield
         return
     _quiet_ray_logs()
@@ -120,9 +121,16 @@ def default_object_store_memory() -> int | None:
     return store
 
 
+#: The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client
+#: server) answers with a SETTINGS frame of its own (frame type 4 in byte 3 of the 9-byte header).
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def check_reachable(address: str) -> None:
-    """ConfigError naming ``address`` when nothing answers there within CONNECT_TIMEOUT_S (ray.init itself
-    can retry for minutes)."""
+    """ConfigError naming ``address`` unless a gRPC server answers there within CONNECT_TIMEOUT_S.
+
+    ray.init retries for minutes against a closed port, and waits without end on a port where
+    something else listens; this probe answers in seconds either way."""
     if address == "auto":
         return
     bare = address.split("://", 1)[-1]
@@ -131,10 +139,22 @@ def check_reachable(address: str) -> None:
         raise ConfigError(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379, the head's "
                           f"`ray start --head` address), ray://HOST:PORT or auto")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        conn = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
                           f"`ray start --head` on that machine, or fix --ray-address/RAY_ADDRESS") from None
+    try:
+        conn.settimeout(CONNECT_TIMEOUT_S)
+        conn.sendall(_HTTP2_HELLO)
+        reply = conn.recv(9)
+    except OSError:
+        reply = b""
+    finally:
+        conn.close()
+    if len(reply) < 4 or reply[3] != 4:
+        raise ConfigError(f"{address} answers but is not a Ray head (no gRPC reply within {CONNECT_TIMEOUT_S:g} s); "
+                          f"give the address `ray start --head` printed (port 6379 by default), or fix "
+                          f"--ray-address/RAY_ADDRESS")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 and no ray import on the local path. One local Ray (2 CPUs, no cluster) for the whole module."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,23 @@ def test_an_unreachable_ray_address_is_one_line_naming_it(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "127.0.0.1:1" in err and "ray start --head" in err
     assert "Traceback" not in err and not (tmp_path / "datasets").exists()  # refused before reading data
+
+
+def test_the_address_probe_knows_a_ray_head_from_another_listener(local_ray):
+    ray_engine.check_reachable(ray.get_runtime_context().gcs_address)  # the running local head: accepted
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts connections and never speaks, where ray.init would wait without end
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match=f"{address} answers but is not a Ray head"):
+            ray_engine.check_reachable(address)
+    finally:
+        silent.close()
+    assert time.perf_counter() - start < ray_engine.CONNECT_TIMEOUT_S + 5
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        ray_engine.check_reachable("head-without-port")
 
 
 def test_help_and_the_local_runner_do_not_import_ray():
