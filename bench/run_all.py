@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one go, each printing figures as ratios against a baseline measured in the same run.
 
 - bench_eval.py    Hamming ranking and mAP against the papers' loop and faiss (NUS-WIDE scale)
-- bench_extract.py extraction pipeline throughput against the bare model forward on the same batches
+- bench_extract.py extraction pipeline throughput against the bare model forward on the same batches,
+                   and --engine ray against the local runner
 - bench_train.py   seconds per training epoch of every method on the cached MIRFlickr features
 """
 from __future__ import annotations
