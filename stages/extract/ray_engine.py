@@ -33,7 +33,7 @@ import torch
 from pipeline.datasets.base import ItemTable
 from pipeline.errors import ConfigError
 from pipeline.progress import progress_bar
-from pipeline.store.features import ShardSpec
+from pipeline.store.features import FeatureWriter, Shard, ShardSpec
 from pipeline.store.layout import CacheLayout
 from stages.extract.base import Encoder
 from stages.extract.plan import ExtractSummary, finish_extraction, plan_extraction, write_shard_batches
@@ -341,7 +341,7 @@ def _dataset(items: ItemTable, encoder: Encoder, rows: np.ndarray, sizes: np.nda
                           num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0)
 
 
-def _write_part(writer, shard, pieces: list[dict[str, np.ndarray]], items: ItemTable, rows: np.ndarray,
+def _write_part(writer: FeatureWriter, shard: Shard, pieces: list[dict[str, np.ndarray]], items: ItemTable, rows: np.ndarray,
                 columns: list[str]) -> int:
     """Write one shard from its collected rows, in the shard's item order; returns its failure count."""
     batch = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
