@@ -109,7 +109,7 @@ def grid(kind: str, n: int, bits: int) -> list[dict[str, int]]:
     parameters first, so one build serves its search settings."""
     base = binary_index.default_params(kind, n, bits)
     if kind == "ivf":
-        return [{"nprobe": p} for p in (16, 32, 64, 128) if p <= base["nlist"]]
+        return [{"nprobe": p} for p in (16, 32, 48, 64, 96, 128) if p <= base["nlist"]]
     if kind == "hash":
         return [{"hash_bits": hb, "nflip": nf} for hb in sorted({base["hash_bits"], min(bits, base["hash_bits"] + 2)})
                 for nf in (3, 4) if nf <= hb]

@@ -323,7 +323,8 @@ def index(
 
     overrides = {"nlist": nlist, "nprobe": nprobe, "hash_bits": hash_bits, "nflip": nflip, "nhash": nhash}
     for info in build_indexes(_layout(cache), run, dataset=dataset, kind=kind,
-                              overrides={k: v for k, v in overrides.items() if v is not None}):
+                              overrides={k: v for k, v in overrides.items() if v is not None},
+                              say=lambda line: typer.echo(line, err=True)):
         m = info.meta
         params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "no parameters"
         typer.echo(f"{m['kind']} index of {m['n']} {info.modality} codes ({m['bits']} bits; {params}; "

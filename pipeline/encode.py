@@ -157,9 +157,10 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
             members = splits[split]
             n_chunks = -(-len(members) // chunk_rows)
             done = 0  # parts are written in order: resume at the first one not written with this key
-            while done < n_chunks and codes_path(codes_dir, split, done).exists() and \
-                    read_metadata(codes_path(codes_dir, split, done)).get("encode_key") == key:
-                meta = read_metadata(codes_path(codes_dir, split, done))
+            while done < n_chunks:
+                meta = _part_meta(codes_path(codes_dir, split, done))
+                if meta.get("encode_key") != key:
+                    break  # missing, damaged or from another encoding: rewritten from here on
                 items += int(meta["rows"])
                 dropped += int(meta["dropped"])
                 done += 1
@@ -191,6 +192,17 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
                        "data_fingerprint": items_meta(layout, dataset).get("fingerprint"),
                        "environment": environment()}, manifest_path)
     return EncodeResult(run_dir.run_id, dataset, out, items, dropped, written, reused)
+
+
+def _part_meta(path: Path) -> dict[str, Any]:
+    """A written part's metadata; {} when it is missing or unreadable (a damaged part is rewritten)."""
+    if not path.exists():
+        return {}
+    try:
+        return read_metadata(path)
+    except CacheError:
+        log.warning("%s is damaged; encoding it again", path)
+        return {}
 
 
 def read_encode_manifest(run_dir: RunDir, dataset: str) -> dict[str, Any]:

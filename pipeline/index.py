@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class CodesSource:
         from pipeline.encode import read_encode_manifest
 
         manifest = read_encode_manifest(self.run, self.dataset)
-        parts = [read_codes(self.codes_dir, s, unpack=False) for s in manifest["splits"]]
+        parts = [read_codes(self.codes_dir, s, unpack=False) for s, size in manifest["splits"].items() if size]
         return {"item_id": np.concatenate([p["item_id"] for p in parts]), "bits": parts[0]["bits"],
                 **{f"{m}_words": np.concatenate([p[f"{m}_words"] for p in parts]) for m in MODALITIES}}
 
@@ -86,7 +86,8 @@ class IndexInfo:
 
 
 def build_indexes(layout: CacheLayout, run: str, *, dataset: str | None = None, kind: str = "flat",
-                  overrides: Mapping[str, Any] | None = None) -> list[IndexInfo]:
+                  overrides: Mapping[str, Any] | None = None,
+                  say: Callable[[str], None] = log.info) -> list[IndexInfo]:
     """Build and save the index of each modality's codes (replacing an earlier one of any kind)."""
     from stages.evaluate import binary_index
 
@@ -101,6 +102,8 @@ def build_indexes(layout: CacheLayout, run: str, *, dataset: str | None = None, 
     out = []
     for modality in MODALITIES:
         words = codes[f"{modality}_words"]
+        say(f"building the {kind} index of {n} {modality} codes of {source.label} "
+            f"({', '.join(f'{k}={v}' for k, v in params.items()) or 'no parameters'})")
         t0 = time.perf_counter()
         index = binary_index.build_index(words, codes["item_id"], kind, params)
         build_s = time.perf_counter() - t0

@@ -64,6 +64,11 @@ def test_encode_resumes_at_the_first_missing_part(cli, built):
     again = cli("encode", "--run", run, "--dataset", "pairs", "--cache", cache, "--chunk-rows", "7")
     assert again.code == 0 and "2 parts written, 5 reused" in again.out, again.out
     assert _encoded_codes(cache, run, "pairs") == before
+    damaged = codes / "part-00002.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a torn part is encoded again, with the ones after it
+    third = cli("encode", "--run", run, "--dataset", "pairs", "--cache", cache, "--chunk-rows", "7")
+    assert third.code == 0 and "4 parts written, 3 reused" in third.out, third.out
+    assert _encoded_codes(cache, run, "pairs") == before
 
 
 def test_encode_refuses_a_dataset_without_the_runs_features(cli, built):
