@@ -76,6 +76,15 @@ class _ShardCursor:
         return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
+def _locate(stored: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in ``stored`` of each wanted id, whether it is there); rows of absent ids are 0 (masked by callers)."""
+    if len(stored) == 0:
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), dtype=bool)
+    order = np.argsort(stored, kind="stable")
+    at = np.minimum(np.searchsorted(stored[order], wanted), len(stored) - 1)
+    return order[at], stored[order[at]] == wanted
+
+
 def iter_split_chunks(layout: CacheLayout, dataset: str, split: str, members: np.ndarray,
                       image: Sequence[FeatureRef], text: Sequence[FeatureRef],
                       chunk_rows: int = 1024, start: int = 0) -> Iterator[FeatureChunk]:
@@ -94,13 +103,9 @@ def iter_split_chunks(layout: CacheLayout, dataset: str, split: str, members: np
         picks: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         for encoder, cursor in cursors.items():
             data = cursor.rows(start, stop)
-            order = np.argsort(data["item_id"], kind="stable")
-            sorted_ids = data["item_id"][order]
-            at = np.searchsorted(sorted_ids, planned)
-            found = (at < len(sorted_ids)) & (sorted_ids[np.minimum(at, max(len(sorted_ids) - 1, 0))] == planned) \
-                if len(sorted_ids) else np.zeros(len(planned), dtype=bool)
+            rows, found = _locate(data["item_id"], planned)
             present &= found
-            picks[encoder] = (data, order[np.minimum(at, max(len(sorted_ids) - 1, 0))] if len(sorted_ids) else at)
+            picks[encoder] = (data, rows)
         keep = planned[present]
 
         def gather(refs: Sequence[FeatureRef]) -> dict[str, np.ndarray]:

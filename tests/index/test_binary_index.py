@@ -76,3 +76,13 @@ def test_parameter_rules_and_refusals():
         bi.default_params("ivf", 1000, 64, {"nlist": 10, "nprobe": 99})
     with pytest.raises(ConfigError, match="unknown index kind"):
         bi.check_kind("lsh")
+
+
+def test_stream_locates_rows_and_misses():
+    from pipeline.store.stream import _locate
+
+    rows, found = _locate(np.array([30, 10, 20]), np.array([10, 25, 30, 5]))
+    assert found.tolist() == [True, False, True, False]
+    assert rows[found].tolist() == [1, 0]
+    rows, found = _locate(np.zeros(0, np.int64), np.array([1, 2]))
+    assert not found.any()

@@ -218,3 +218,18 @@ def test_evaluation_never_reads_an_index(cli, built, monkeypatch):
     assert result.code == 0, result.err
     after = {(r["task"], r["metric"], r["k"]): r["value"] for r in read_rows(cache / "runs" / run / "report.parquet")}
     assert after == before and any(k[1] == "map@50" for k in after)
+
+
+def test_an_item_missing_from_one_encoder_is_dropped_and_counted(cli, built):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    _, cache, run = built
+    shard = cache / "features" / "dataset=pairs" / "encoder=alexnet.imagenet" / "split=database" / "part-00000.parquet"
+    table = pq.read_table(shard)
+    gone = table.column("item_id")[3].as_py()
+    pq.write_table(table.filter(pc.not_equal(table.column("item_id"), gone)), shard)  # as a failed image leaves it
+    result = cli("encode", "--run", run, "--dataset", "pairs", "--cache", cache, "--chunk-rows", "7")
+    assert result.code == 0 and "39 items encoded" in result.out and "1 missing from some encoder" in result.out
+    encoded, own = _encoded_codes(cache, run, "pairs"), _run_codes(cache, run)
+    assert gone not in encoded and all(encoded[i] == own[i] for i in encoded) and len(encoded) == 39
