@@ -90,6 +90,7 @@ def _check_params(kind: str, p: Mapping[str, int], n: int, bits: int, width: int
         need(1 <= p["hash_bits"] and nhash * p["hash_bits"] <= bits,
              f"nhash x hash_bits = {nhash} x {p['hash_bits']} must be between 1 and the code length")
         need(0 <= p["nflip"] <= p["hash_bits"], f"nflip={p['nflip']} must be between 0 and hash_bits={p['hash_bits']}")
+        need(p["hash_bits"] <= 64, f"hash_bits={p['hash_bits']}: faiss hash keys are 64-bit words, give 64 or fewer")
 
 
 def _as_bytes(words: np.ndarray) -> np.ndarray:

@@ -74,6 +74,8 @@ def test_parameter_rules_and_refusals():
         bi.default_params("flat", 100, 64, {"nprobe": 3})
     with pytest.raises(ConfigError, match="nprobe=99"):
         bi.default_params("ivf", 1000, 64, {"nlist": 10, "nprobe": 99})
+    with pytest.raises(ConfigError, match="hash keys are 64-bit"):
+        bi.default_params("hash", 1000, 128, {"hash_bits": 70, "nflip": 1})
     with pytest.raises(ConfigError, match="unknown index kind"):
         bi.check_kind("lsh")
 
