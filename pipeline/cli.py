@@ -312,10 +312,10 @@ def index(
     dataset: Optional[str] = typer.Option(None, help="index a dataset the run encoded (`cmh encode`) instead of its database"),
     kind: str = typer.Option("flat", help="flat (exact), ivf, hash or multihash (faiss binary indexes)"),
     nlist: Optional[int] = typer.Option(None, help="ivf: lists (default round(sqrt(N)))"),
-    nprobe: Optional[int] = typer.Option(None, help="ivf: lists scanned per query (default nlist/32)"),
-    hash_bits: Optional[int] = typer.Option(None, help="hash/multihash: bits per hash key (default round(log2 N) - 2)"),
-    nflip: Optional[int] = typer.Option(None, help="hash/multihash: key bits flipped when probing (default 2)"),
-    nhash: Optional[int] = typer.Option(None, help="multihash: hash tables (default 1)"),
+    nprobe: Optional[int] = typer.Option(None, help="ivf: lists scanned per query (default nlist/16)"),
+    hash_bits: Optional[int] = typer.Option(None, help="hash/multihash: bits per hash key (default round(log2 N) - 4; multihash at most bits/nhash)"),
+    nflip: Optional[int] = typer.Option(None, help="hash/multihash: key bits flipped when probing (default 4 for hash, 3 for multihash)"),
+    nhash: Optional[int] = typer.Option(None, help="multihash: hash tables (default 2)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Build a faiss binary index of a run's codes, saved with the run, for `cmh query` (evaluation stays exact)."""
