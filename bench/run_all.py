@@ -4,6 +4,8 @@
 - bench_extract.py extraction pipeline throughput against the bare model forward on the same batches,
                    and --engine ray against the local runner
 - bench_train.py   seconds per training epoch of every method on the cached MIRFlickr features
+- bench_search.py  faiss binary indexes (flat, ivf, hash, multihash) at 10M codes: build, memory, speed, recall@50
+                   (--quick: 1M codes)
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    parser.add_argument("--only", default="eval,extract,train", help="comma list of benchmarks to run")
+    parser.add_argument("--only", default="eval,extract,train,search", help="comma list of benchmarks to run")
     args = parser.parse_args()
     status = 0
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:

@@ -1,4 +1,4 @@
-"""The ``cmh`` command line: extract, train, report, query, grid, list, demo.
+"""The ``cmh`` command line: extract, train, report, query, encode, index, grid, list, demo.
 
 Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help`` stays fast.
 """
@@ -89,6 +89,7 @@ def _encoder_kind(name: str) -> str:
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it loaded is not news
 
 
 @app.command()
@@ -297,16 +298,19 @@ def query(
     image: Optional[Path] = typer.Option(None, help="query image file"),
     top_k: int = typer.Option(10, help="how many database items to show"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write the result as a self-contained HTML gallery to this file"),
+    dataset: Optional[str] = typer.Option(None, help="search a dataset the run encoded (`cmh encode`) instead of the run's database"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
-    """Encode a new image or text with a trained run and print its Hamming top-k database items."""
+    """Encode a new image or text with a trained run and print its Hamming top-k database items.
+
+    Uses the index `cmh index` saved for those codes when there is one (and says so), exact search otherwise."""
     from pipeline.query import query_run
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give exactly one of --text or --image")
     if html is not None and (html.is_dir() or html.suffix.lower() not in (".html", ".htm")):
         raise typer.BadParameter(f"--html expects a file name ending in .html, got {str(html)!r}")
-    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k,
+    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k, dataset=dataset,
                      say=lambda line: typer.echo(line, err=True))
     for row in rows:
         typer.echo("\t".join(str(v) for v in row))
@@ -314,6 +318,47 @@ def query(
         from pipeline.query_page import write_query_page
 
         typer.echo(f"html: {write_query_page(_layout(cache), run, rows, html, text=text, image=image)}")
+
+
+@app.command()
+def encode(
+    run: str = typer.Option(..., help="run id (a folder under cache/runs) or a path to a run folder"),
+    dataset: str = typer.Option(..., help="cached dataset to encode; it needs the run's feature columns, extracted with the run's encoder settings"),
+    chunk_rows: int = typer.Option(1024, help="feature rows read, encoded and written at a time (memory is bounded by this)"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Code every item of another cached dataset with a trained run's model, into runs/<run>/encoded/<dataset>/."""
+    from pipeline.encode import encode_dataset
+
+    r = encode_dataset(_layout(cache), run, dataset, chunk_rows=chunk_rows, say=lambda line: typer.echo(line, err=True))
+    dropped = f", {r.dropped} missing from some encoder" if r.dropped else ""
+    typer.echo(f"{r.dataset}: {r.items} items encoded with {r.run_id} ({r.parts_written} parts written, "
+               f"{r.parts_reused} reused{dropped}) -> {r.out_dir}")
+
+
+@app.command()
+def index(
+    run: str = typer.Option(..., help="run id (a folder under cache/runs) or a path to a run folder"),
+    dataset: Optional[str] = typer.Option(None, help="index a dataset the run encoded (`cmh encode`) instead of its database"),
+    kind: str = typer.Option("flat", help="flat (exact), ivf, hash or multihash (faiss binary indexes)"),
+    nlist: Optional[int] = typer.Option(None, help="ivf: lists (default round(sqrt(N)))"),
+    nprobe: Optional[int] = typer.Option(None, help="ivf: lists scanned per query (default nlist/16)"),
+    hash_bits: Optional[int] = typer.Option(None, help="hash/multihash: bits per hash key (default round(log2 N) - 4; multihash at most bits/nhash)"),
+    nflip: Optional[int] = typer.Option(None, help="hash/multihash: key bits flipped when probing (default 4 for hash, 3 for multihash)"),
+    nhash: Optional[int] = typer.Option(None, help="multihash: hash tables (default 2)"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Build a faiss binary index of a run's codes, saved with the run, for `cmh query` (evaluation stays exact)."""
+    from pipeline.index import build_indexes
+
+    overrides = {"nlist": nlist, "nprobe": nprobe, "hash_bits": hash_bits, "nflip": nflip, "nhash": nhash}
+    for info in build_indexes(_layout(cache), run, dataset=dataset, kind=kind,
+                              overrides={k: v for k, v in overrides.items() if v is not None},
+                              say=lambda line: typer.echo(line, err=True)):
+        m = info.meta
+        params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "no parameters"
+        typer.echo(f"{m['kind']} index of {m['n']} {info.modality} codes ({m['bits']} bits; {params}; "
+                   f"{m['index_bytes'] / 2**20:.1f} MiB; built in {m['build_s']:.2f}s) -> {info.path}")
 
 
 @app.command()

@@ -20,7 +20,8 @@ from pipeline.store.items import read_items, read_splits
 from pipeline.store.layout import CacheLayout
 from pipeline.store.reader import FeatureRef, parse_feature_spec
 from pipeline.store.runs import RunDir
-from stages.evaluate.codes import binarize, pack_codes, read_codes
+from pipeline.index import CodesSource, load_index
+from stages.evaluate.codes import binarize, pack_codes
 from stages.evaluate.hamming import topk
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,13 @@ def _features(layout: CacheLayout, dataset: str, refs: list[FeatureRef], image: 
 
 
 def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: Path | None = None,
-              top_k: int = 10, say: Callable[[str], None] = log.info) -> list[tuple[Any, ...]]:
+              top_k: int = 10, dataset: str | None = None,
+              say: Callable[[str], None] = log.info) -> list[tuple[Any, ...]]:
     """Rows (rank, item_id, hamming, texts, image) of the top-k database items for one new query.
 
-    ``say`` receives what the user should see about the query itself (the vocabulary terms matched)."""
+    ``dataset``: search every item of a dataset the run encoded (``cmh encode``) instead of its database.
+    ``say`` receives what the user should see about the query itself (the vocabulary terms matched, the
+    search used: a saved index or exact)."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     from stages.train import methods  # noqa: F401  (registers every method)
@@ -100,7 +104,12 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     run_dir = RunDir.find(layout, run)
     run_dir.require_trained()
     config = run_dir.read_config()
-    dataset = config["dataset"]
+    searched = dataset  # None: the run's own database
+    dataset = config["dataset"]  # the query is encoded with the encoders of the run's dataset
+    if searched is not None:
+        from pipeline.encode import read_encode_manifest
+
+        read_encode_manifest(run_dir, searched)  # refuse before the encoders load
     modality = "image" if image is not None else "text"
     spec = config["image_features"] if modality == "image" else config["text_features"]
     refs = parse_feature_spec(layout, dataset, spec, modality)
@@ -123,13 +132,35 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     with torch.no_grad():
         code = binarize(method.encode(batch, modality))
     target = "text" if modality == "image" else "image"
-    database = read_codes(run_dir.codes_dir, "database")
-    idx, dist = topk(pack_codes(code), database[f"{target}_words"], min(top_k, len(database["item_id"])))
-    items = read_items(layout, dataset)
+    found = _search(CodesSource(run_dir, searched), target, pack_codes(code), top_k, say)
+    items = read_items(layout, searched or dataset)
     row_of = {int(i): r for r, i in enumerate(items.item_id)}
     rows = []
-    for rank, (j, d) in enumerate(zip(idx[0], dist[0]), start=1):
-        item = int(database["item_id"][j])
+    for rank, (item, d) in enumerate(found, start=1):
         r = row_of[item]
-        rows.append((rank, item, int(d), ", ".join(items.texts[r])[:80], items.image[r]))
+        rows.append((rank, item, d, ", ".join(items.texts[r])[:80], items.image[r]))
     return rows
+
+
+def _search(source: CodesSource, target: str, q_words: np.ndarray, top_k: int,
+            say: Callable[[str], None]) -> list[tuple[int, int]]:
+    """(item id, Hamming distance) of the top-k ``target`` codes of ``source``: with its saved index when
+    there is one (said), by exact search otherwise. Ties are in database order either way for ``flat``."""
+    codes = source.read()
+    n = len(codes["item_id"])
+    if n == 0:
+        raise ConfigError(f"{source.label} of run {source.run.run_id} holds no codes to search")
+    k = min(top_k, n)
+    saved = load_index(source, target, codes)
+    if saved is not None:
+        from stages.evaluate.binary_index import search
+
+        index, meta = saved
+        params = ", ".join(f"{key}={value}" for key, value in meta["params"].items())
+        say(f"searched the {meta['kind']} index of {n} {target} codes of {source.label}"
+            + (f" ({params}; approximate: it may miss neighbours)" if not meta.get("exact") else " (exact)"))
+        ids, dist = search(index, q_words, k)
+        return [(int(i), int(d)) for i, d in zip(ids[0], dist[0]) if i >= 0]
+    say(f"exact search over {n} {target} codes of {source.label} (no index: `cmh index` builds one)")
+    idx, dist = topk(q_words, codes[f"{target}_words"], k)
+    return [(int(codes["item_id"][j]), int(d)) for j, d in zip(idx[0], dist[0])]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import CacheError
+from pipeline.registry import check_path_safe
 from pipeline.store.layout import CacheLayout
 from pipeline.store.parquet import write_json_atomic
 
@@ -26,6 +27,8 @@ CODES_DIR = "codes"
 REPORT_FILE = "report.parquet"
 CURVES_FILE = "curves.parquet"
 PLOTS_DIR = "plots"
+ENCODED_DIR = "encoded"  # encoded/<dataset>/: another cached dataset coded with this run's model (cmh encode)
+INDEX_DIR = "index"  # index/ beside a codes/ folder: its search index (cmh index)
 
 RETRAIN_HINT = "train the run again with `cmh train ... --force`"
 
@@ -81,6 +84,10 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.path / PLOTS_DIR
+
+    def encoded_dir(self, dataset: str) -> Path:
+        """``encoded/<dataset>/``: ``codes/`` and ``index/`` of another dataset coded with this run."""
+        return self.path / ENCODED_DIR / check_path_safe(dataset)
 
     def is_complete(self) -> bool:
         return self.report_path.exists()

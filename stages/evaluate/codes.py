@@ -113,8 +113,13 @@ def _words_column(words: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(words.reshape(-1), type=pa.uint64()), words.shape[1])
 
 
-def codes_path(path_dir: Path, split: str) -> Path:
-    return Path(path_dir) / f"split={split}" / "part-00000.parquet"
+def codes_path(path_dir: Path, split: str, part: int = 0) -> Path:
+    return Path(path_dir) / f"split={split}" / f"part-{int(part):05d}.parquet"
+
+
+def codes_parts(path_dir: Path, split: str) -> list[Path]:
+    """The part files of one split in part order (a run writes one; ``cmh encode`` one per chunk)."""
+    return sorted((Path(path_dir) / f"split={split}").glob("part-*.parquet"))
 
 
 def write_codes(
@@ -124,8 +129,9 @@ def write_codes(
     image_codes: np.ndarray | None,
     text_codes: np.ndarray | None,
     meta: Mapping[str, Any],
+    part: int = 0,
 ) -> Path:
-    """Write ``<path_dir>/split=<split>/part-00000.parquet`` (atomically) and return its path.
+    """Write ``<path_dir>/split=<split>/part-<part>.parquet`` (atomically) and return its path.
 
     Columns: ``item_id int64``, ``image_code`` and/or ``text_code`` as ``FixedSizeList<uint64>[W]``
     (a modality given as ``None`` is left out). The metadata holds ``meta`` plus ``bits``, ``words``,
@@ -150,29 +156,38 @@ def write_codes(
     full_meta = {**dict(meta), **CODE_CONVENTIONS, "bits": k, "words": n_words(k), "split": split,
                  "modalities": sorted(given),
                  "item_id_ascending": bool(np.all(np.diff(ids) > 0))}
-    return write_table_atomic(table, codes_path(path_dir, split), metadata=full_meta,
+    return write_table_atomic(table, codes_path(path_dir, split, part), metadata=full_meta,
                               vector_columns=list(CODE_COLUMNS.values()))
 
 
-def read_codes(path_dir: Path, split: str) -> dict[str, Any]:
-    """Read one split written by :func:`write_codes`.
+def read_codes(path_dir: Path, split: str, unpack: bool = True) -> dict[str, Any]:
+    """Read one split written by :func:`write_codes` (every part, in part order).
+
+    ``unpack=False`` leaves out the ±1 arrays (8x the packed size: a big encoded collection needs only words).
 
     Returns ``{"item_id": (n,) int64, "bits": int, "meta": dict, "image"/"text": (n, bits) int8 ±1,
-    "image_words"/"text_words": (n, W) uint64}`` (modalities that were written).
+    "image_words"/"text_words": (n, W) uint64}`` (modalities that were written); ``meta`` is the first part's.
     """
-    path = codes_path(path_dir, split)
-    if not path.exists():
-        raise CacheError(f"no codes for split {split!r} at {path}; run `cmh train` (or `cmh encode`) for this run first")
-    meta = read_metadata(path, _RETRAIN)
-    if "bits" not in meta:
-        raise CacheError(f"{path} has no 'bits' in its metadata; it was not written by write_codes, re-encode the run")
-    bits = int(meta["bits"])
-    table = read_table(path, fix=_RETRAIN)
-    out: dict[str, Any] = {"item_id": table.column("item_id").to_numpy(), "bits": bits, "meta": meta}
+    paths = codes_parts(path_dir, split)
+    if not paths:
+        raise CacheError(f"no codes for split {split!r} at {codes_path(path_dir, split)}; run `cmh train` "
+                         f"(or `cmh encode`) for this run first")
+    metas = [read_metadata(p, _RETRAIN) for p in paths]
+    if any("bits" not in m for m in metas):
+        raise CacheError(f"{paths[0].parent} holds a codes file without 'bits' in its metadata; it was not written "
+                         f"by write_codes, re-encode the run")
+    bits = int(metas[0]["bits"])
+    if any(int(m["bits"]) != bits for m in metas):
+        raise CacheError(f"{paths[0].parent} mixes code lengths {sorted({int(m['bits']) for m in metas})}; "
+                         f"re-encode it (`cmh encode` or {_RETRAIN})")
+    tables = [read_table(p, fix=_RETRAIN) for p in paths]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    out: dict[str, Any] = {"item_id": table.column("item_id").to_numpy(), "bits": bits, "meta": metas[0]}
     for modality, col in CODE_COLUMNS.items():
         if col in table.column_names:
             chunked = table.column(col).combine_chunks()
             words = chunked.flatten().to_numpy(zero_copy_only=False).reshape(-1, n_words(bits)).astype(np.uint64)
             out[f"{modality}_words"] = words
-            out[modality] = unpack_codes(words, bits)
+            if unpack:
+                out[modality] = unpack_codes(words, bits)
     return out

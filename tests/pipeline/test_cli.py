@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 
-COMMANDS = ["extract", "train", "report", "query", "grid", "list"]
+COMMANDS = ["extract", "train", "report", "query", "encode", "index", "grid", "list"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,0 +1,217 @@
+"""``cmh encode``: code every item of another cached dataset with a trained run's model.
+
+This is how a collection of one's own is indexed with a model trained on a benchmark: extract the
+collection's features with the run's encoder settings (``cmh extract``), encode it here, then
+``cmh index --dataset`` and ``cmh query --dataset``. The codes go to
+``runs/<run>/encoded/<dataset>/codes/split=<s>/part-NNNNN.parquet`` in the run's own codes layout
+(item ids, both modalities), one part per chunk of feature rows, so memory is bounded by a chunk and
+not by the collection. ``_encode.json`` beside them records the provenance (run id, config hash,
+model fingerprint, the dataset's feature fingerprints) and whether the encoding is complete; a rerun
+with the same provenance resumes at the first missing part, and one with other provenance starts over.
+
+:func:`encode_chunk` is a plain function of the model and one chunk of features, so an engine that
+maps batches over workers can call it as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pipeline.errors import CacheError
+from pipeline.provenance import environment
+from pipeline.store.features import config_hash, read_manifest
+from pipeline.store.items import items_meta, read_splits
+from pipeline.store.layout import PHYSICAL_SPLITS, CacheLayout
+from pipeline.store.parquet import read_json, read_metadata, write_json_atomic
+from pipeline.store.reader import FeatureRef, parse_feature_spec
+from pipeline.store.runs import RunDir
+from pipeline.store.stream import FeatureChunk, iter_split_chunks
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_encode.json"
+CODES = "codes"
+#: Feature rows per chunk (and per codes part): the extraction's shard size, so a chunk reads about one shard.
+CHUNK_ROWS = 1024
+
+
+@dataclass
+class EncodeResult:
+    run_id: str
+    dataset: str
+    out_dir: Path
+    items: int
+    dropped: int
+    parts_written: int
+    parts_reused: int
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes, 16 hex digits (a retrained model changes it even when its config does not)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def encode_chunk(method: Any, chunk: FeatureChunk, paired: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image, text) ±1 int8 codes (m, bits) of one chunk, each modality from its own features alone
+    (``paired=True``: the labelled reference mode of a run trained that way)."""
+    from stages.evaluate.codes import binarize
+    from stages.train.base import FeatureBatch
+    from stages.train.loop import encode_split
+
+    m = len(chunk)
+    image_parts = {k: torch.from_numpy(chunk.image[k]) for k in method.dims.image_parts}
+    text_parts = {k: torch.from_numpy(chunk.text[k]) for k in method.dims.text_parts}
+    batch = FeatureBatch(image=torch.cat(list(image_parts.values()), dim=1) if m else torch.zeros(0, method.dims.image),
+                         text=torch.cat(list(text_parts.values()), dim=1) if m else torch.zeros(0, method.dims.text),
+                         labels=torch.zeros(m, method.dims.labels), index=torch.arange(m),
+                         image_parts=image_parts, text_parts=text_parts)
+    with torch.no_grad():
+        return tuple(binarize(encode_split(method, batch, modality, paired=paired)) for modality in ("image", "text"))
+
+
+def _refs_for(layout: CacheLayout, run: RunDir, config: dict[str, Any], dims: Any, dataset: str,
+              modality: str) -> list[FeatureRef]:
+    """The run's feature columns of ``modality`` in ``dataset``; CacheError when missing or different."""
+    spec = config[f"{modality}_features"]
+    where = f"cannot encode {dataset!r} with run {run.run_id}"
+    try:
+        refs = parse_feature_spec(layout, dataset, spec, modality)
+    except CacheError as exc:
+        raise CacheError(f"{where}: it lacks the run's {modality} features {spec!r} ({exc})") from None
+    want = dict(dims.image_parts if modality == "image" else dims.text_parts)
+    if [r.key for r in refs] != list(want):
+        raise CacheError(f"{where}: its {modality} features {spec!r} resolve to {[r.key for r in refs]}, the run "
+                         f"read {list(want)}; extract {dataset!r} with the same encoders (`cmh extract --encoders`)")
+    recorded = config.get("features", {})
+    for ref in refs:
+        manifest = read_manifest(layout, dataset, ref.encoder)
+        dim = int(manifest["columns"][ref.column]["dim"])
+        if dim != int(want[ref.key]):
+            raise CacheError(f"{where}: feature {ref.key} is {dim}-d in {dataset!r} but {want[ref.key]}-d in the run; "
+                             f"extract {dataset!r} with the run's encoder settings (its config.json -> features)")
+        run_hash = (recorded.get(ref.encoder) or {}).get("config_hash")
+        if run_hash is not None and manifest.get("config_hash") != run_hash:
+            raise CacheError(f"{where}: its {ref.encoder} features were extracted with another encoder setup "
+                             f"(config hash {manifest.get('config_hash')} vs the run's {run_hash}: other weights or "
+                             f"another vocabulary), so its codes would be meaningless; extract {dataset!r} with the "
+                             f"run's encoder settings (its config.json -> features -> encoder_config)")
+    return refs
+
+
+def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: int = CHUNK_ROWS,
+                   progress: bool = True, say: Callable[[str], None] = log.info) -> EncodeResult:
+    """Write ``runs/<run>/encoded/<dataset>/`` (codes of every query and database item; see the module docstring)."""
+    from stages.evaluate.codes import codes_parts, codes_path, write_codes
+    from stages.train import methods  # noqa: F401  (registers every method)
+    from stages.train.base import load_method
+    from pipeline.progress import progress_bar
+
+    if chunk_rows < 1:
+        raise CacheError(f"--chunk-rows {chunk_rows}: give 1 or more")
+    run_dir = RunDir.find(layout, run)
+    run_dir.require_trained()
+    config = run_dir.read_config()
+    method = load_method(run_dir.model_path)
+    refs = {m: _refs_for(layout, run_dir, config, method.dims, dataset, m) for m in ("image", "text")}
+    encoders = sorted({r.encoder for rs in refs.values() for r in rs})
+    features = {e: {k: read_manifest(layout, dataset, e).get(k)
+                     for k in ("config_hash", "dataset_fingerprint", "splits_fingerprint", "code_version")}
+                for e in encoders}
+    provenance = {"run_id": run_dir.run_id, "config_hash": config.get("config_hash"),
+                  "model_fingerprint": file_fingerprint(run_dir.model_path), "bits": int(config["bits"]),
+                  "method": config.get("method"), "eval_mode": config.get("eval_mode", "single"),
+                  "dataset": dataset, "features": features, "chunk_rows": chunk_rows,
+                  "image_features": config["image_features"], "text_features": config["text_features"]}
+    key = config_hash(provenance)
+    out = run_dir.encoded_dir(dataset)
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        old = read_json(manifest_path, f"delete {out} and run `cmh encode` again")
+        if old.get("encode_key") != key:
+            say(f"{out} was encoded from another model or other features; encoding {dataset!r} again")
+            shutil.rmtree(out)
+    splits = read_splits(layout, dataset)
+    present = [s for s in PHYSICAL_SPLITS if s in splits]
+    write_json_atomic({**provenance, "encode_key": key, "complete": False,
+                       "data_fingerprint": items_meta(layout, dataset).get("fingerprint")}, manifest_path)
+    codes_dir = out / CODES
+    paired = config.get("eval_mode") == "paired"
+    total = sum(len(splits[s]) for s in present)
+    bar = progress_bar(total, f"encode {dataset} with {run_dir.run_id}", "items") if progress else None
+    written = reused = items = dropped = 0
+    t0 = time.perf_counter()
+    try:
+        for split in present:
+            members = splits[split]
+            n_chunks = -(-len(members) // chunk_rows)
+            done = 0  # parts are written in order: resume at the first one not written with this key
+            while done < n_chunks:
+                meta = _part_meta(codes_path(codes_dir, split, done))
+                if meta.get("encode_key") != key:
+                    break  # missing, damaged or from another encoding: rewritten from here on
+                items += int(meta["rows"])
+                dropped += int(meta["dropped"])
+                done += 1
+            reused += done
+            for stale in codes_parts(codes_dir, split)[done:]:
+                stale.unlink()
+            if bar is not None and done:
+                bar.update(min(done * chunk_rows, len(members)), "resumed")
+            chunks = iter_split_chunks(layout, dataset, split, members, refs["image"], refs["text"], chunk_rows,
+                                       start=done * chunk_rows)
+            for part, chunk in enumerate(chunks, start=done):
+                image, text = encode_chunk(method, chunk, paired=paired)
+                write_codes(codes_dir, split, chunk.item_id, image, text,
+                            {"run_id": run_dir.run_id, "bits": int(config["bits"]), "method": config.get("method"),
+                             "dataset": dataset, "encode_key": key, "part": part, "rows": len(chunk),
+                             "dropped": chunk.dropped}, part=part)
+                written += 1
+                items += len(chunk)
+                dropped += chunk.dropped
+                if bar is not None:
+                    bar.update(len(chunk) + chunk.dropped)
+    finally:
+        if bar is not None:
+            bar.close()
+    if dropped:
+        log.warning("%d item(s) of %s missing from some encoder (see errors.parquet) were not encoded", dropped, dataset)
+    write_json_atomic({**provenance, "encode_key": key, "complete": True, "items": items, "dropped": dropped,
+                       "splits": {s: len(splits[s]) for s in present}, "seconds": time.perf_counter() - t0,
+                       "data_fingerprint": items_meta(layout, dataset).get("fingerprint"),
+                       "environment": environment()}, manifest_path)
+    return EncodeResult(run_dir.run_id, dataset, out, items, dropped, written, reused)
+
+
+def _part_meta(path: Path) -> dict[str, Any]:
+    """A written part's metadata; {} when it is missing or unreadable (a damaged part is rewritten)."""
+    if not path.exists():
+        return {}
+    try:
+        return read_metadata(path)
+    except CacheError:
+        log.warning("%s is damaged; encoding it again", path)
+        return {}
+
+
+def read_encode_manifest(run_dir: RunDir, dataset: str) -> dict[str, Any]:
+    """The complete ``_encode.json`` of an encoded dataset; CacheError naming ``cmh encode`` otherwise."""
+    path = run_dir.encoded_dir(dataset) / MANIFEST
+    fix = f"run `cmh encode --run {run_dir.run_id} --dataset {dataset}`"
+    if not path.exists():
+        raise CacheError(f"run {run_dir.run_id} has not encoded {dataset!r} ({path} missing): {fix}")
+    manifest = read_json(path, fix)
+    if not manifest.get("complete"):
+        raise CacheError(f"the encoding of {dataset!r} with run {run_dir.run_id} is incomplete: {fix} to resume it")
+    return manifest
