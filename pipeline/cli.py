@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.errors import CMHError
+from pipeline.errors import CMHError, ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
@@ -126,13 +126,13 @@ def extract(
     from stages.extract.runner import run_extraction
 
     if engine not in ("local", "ray"):
-        raise typer.BadParameter(f"--engine {engine!r}: choose local or ray")
+        raise ConfigError(f"--engine {engine!r}: choose local or ray")
     if engine == "local" and concurrency is not None:
-        raise typer.BadParameter("--concurrency goes with --engine ray (--workers sets the local loader processes)")
+        raise ConfigError("--concurrency goes with --engine ray (--workers sets the local loader processes)")
     if engine == "local" and ray_address:  # RAY_ADDRESS may be set in the shell of a cluster node
         log.info("--engine local: the Ray address %s is not used", ray_address)
     if engine == "ray" and workers is not None:
-        raise typer.BadParameter("--workers is for --engine local; with --engine ray decoding runs in Ray tasks")
+        raise ConfigError("--workers is for --engine local; with --engine ray decoding runs in Ray tasks")
     if engine == "ray" and ray_address:
         from stages.extract.ray_engine import check_reachable
 
@@ -325,12 +325,33 @@ def encode(
     run: str = typer.Option(..., help="run id (a folder under cache/runs) or a path to a run folder"),
     dataset: str = typer.Option(..., help="cached dataset to encode; it needs the run's feature columns, extracted with the run's encoder settings"),
     chunk_rows: int = typer.Option(1024, help="feature rows read, encoded and written at a time (memory is bounded by this)"),
+    engine: str = typer.Option("local", help="local (this process) or ray (parts coded by Ray actors; the cache must "
+                                             "be on storage every node reads and writes)"),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="--engine ray: the cluster's head, "
+                                              "host:port (default: start a local Ray)"),
+    concurrency: Optional[int] = typer.Option(None, help="--engine ray: coding actors (default: one per GPU of the "
+                                              "cluster, else one per CPU)"),
+    device: Optional[str] = typer.Option(None, help="--engine ray: cuda or cpu for the actors (default: cuda when the "
+                                         "cluster has GPUs)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Code every item of another cached dataset with a trained run's model, into runs/<run>/encoded/<dataset>/."""
-    from pipeline.encode import encode_dataset
+    from pipeline.encode import ENGINES, encode_dataset
 
-    r = encode_dataset(_layout(cache), run, dataset, chunk_rows=chunk_rows, say=lambda line: typer.echo(line, err=True))
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: choose local or ray")
+    if engine == "local" and (concurrency is not None or device is not None):
+        raise ConfigError("--concurrency and --device go with --engine ray (the local engine codes on the CPU "
+                                 "of this process)")
+    if engine == "local" and ray_address:  # RAY_ADDRESS may be set in the shell of a cluster node
+        log.info("--engine local: the Ray address %s is not used", ray_address)
+    if engine == "ray" and ray_address:
+        from stages.extract.ray_engine import check_reachable
+
+        check_reachable(ray_address)  # before anything is read: a wrong address fails in seconds
+    r = encode_dataset(_layout(cache), run, dataset, chunk_rows=chunk_rows, say=lambda line: typer.echo(line, err=True),
+                       engine=engine, ray_address=ray_address if engine == "ray" else None, concurrency=concurrency,
+                       device=device)
     dropped = f", {r.dropped} missing from some encoder" if r.dropped else ""
     typer.echo(f"{r.dataset}: {r.items} items encoded with {r.run_id} ({r.parts_written} parts written, "
                f"{r.parts_reused} reused{dropped}) -> {r.out_dir}")

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, ConfigError
 from pipeline.provenance import environment
 from pipeline.store.features import config_hash, read_manifest
 from pipeline.store.items import items_meta, read_splits
@@ -41,6 +41,7 @@ MANIFEST = "_encode.json"
 CODES = "codes"
 #: Feature rows per chunk (and per codes part): the extraction's shard size, so a chunk reads about one shard.
 CHUNK_ROWS = 1024
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -111,8 +112,15 @@ def _refs_for(layout: CacheLayout, run: RunDir, config: dict[str, Any], dims: An
 
 
 def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: int = CHUNK_ROWS,
-                   progress: bool = True, say: Callable[[str], None] = log.info) -> EncodeResult:
-    """Write ``runs/<run>/encoded/<dataset>/`` (codes of every query and database item; see the module docstring)."""
+                   progress: bool = True, say: Callable[[str], None] = log.info, engine: str = "local",
+                   ray_address: str | None = None, concurrency: int | None = None,
+                   device: str | None = None) -> EncodeResult:
+    """Write ``runs/<run>/encoded/<dataset>/`` (codes of every query and database item; see the module docstring).
+
+    ``engine="ray"`` codes the missing parts on Ray actors (:mod:`pipeline.encode_ray`; ``ray_address``,
+    ``concurrency`` and ``device`` apply there only): same files, resumable by either engine."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: give one of {', '.join(ENGINES)}")
     from stages.evaluate.codes import codes_parts, codes_path, write_codes
     from stages.train import methods  # noqa: F401  (registers every method)
     from stages.train.base import load_method
@@ -152,8 +160,14 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
     bar = progress_bar(total, f"encode {dataset} with {run_dir.run_id}", "items") if progress else None
     written = reused = items = dropped = 0
     t0 = time.perf_counter()
+    part_meta = {"run_id": run_dir.run_id, "bits": int(config["bits"]), "method": config.get("method"),
+                 "dataset": dataset, "encode_key": key}
     try:
-        for split in present:
+        if engine == "ray":
+            written, reused, items, dropped = _encode_on_ray(
+                layout, dataset, splits, present, refs, run_dir.model_path, codes_dir, part_meta, chunk_rows, paired,
+                bar, ray_address=ray_address, concurrency=concurrency, device=device)
+        for split in (present if engine == "local" else []):
             members = splits[split]
             n_chunks = -(-len(members) // chunk_rows)
             done = 0  # parts are written in order: resume at the first one not written with this key
@@ -174,9 +188,7 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
             for part, chunk in enumerate(chunks, start=done):
                 image, text = encode_chunk(method, chunk, paired=paired)
                 write_codes(codes_dir, split, chunk.item_id, image, text,
-                            {"run_id": run_dir.run_id, "bits": int(config["bits"]), "method": config.get("method"),
-                             "dataset": dataset, "encode_key": key, "part": part, "rows": len(chunk),
-                             "dropped": chunk.dropped}, part=part)
+                            {**part_meta, "part": part, "rows": len(chunk), "dropped": chunk.dropped}, part=part)
                 written += 1
                 items += len(chunk)
                 dropped += chunk.dropped
@@ -192,6 +204,46 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
                        "data_fingerprint": items_meta(layout, dataset).get("fingerprint"),
                        "environment": environment()}, manifest_path)
     return EncodeResult(run_dir.run_id, dataset, out, items, dropped, written, reused)
+
+
+def _encode_on_ray(layout: CacheLayout, dataset: str, splits: dict[str, np.ndarray], present: list[str],
+                   refs: dict[str, list[FeatureRef]], model_path: Path, codes_dir: Path, part_meta: dict[str, Any],
+                   chunk_rows: int, paired: bool, bar: Any, *, ray_address: str | None, concurrency: int | None,
+                   device: str | None) -> tuple[int, int, int, int]:
+    """(parts written, parts reused, items, dropped): every part already written with this encoding is
+    kept (Ray writes parts in any order, so each is checked on its own) and the rest go to Ray."""
+    from stages.evaluate.codes import codes_parts, codes_path
+    from stages.extract.ray_engine import ray_session
+    from pipeline.encode_ray import code_parts_ray
+
+    todo: list[tuple[str, int]] = []
+    written = reused = items = dropped = 0
+    for split in present:
+        n = len(splits[split])
+        n_chunks = -(-n // chunk_rows)
+        for part in range(n_chunks):
+            meta = _part_meta(codes_path(codes_dir, split, part))
+            if meta.get("encode_key") == part_meta["encode_key"]:
+                reused += 1
+                items += int(meta["rows"])
+                dropped += int(meta["dropped"])
+                if bar is not None:
+                    bar.update(min(chunk_rows, n - part * chunk_rows), "resumed")
+            else:
+                todo.append((split, part))
+        for stale in codes_parts(codes_dir, split)[n_chunks:]:
+            stale.unlink()
+    if todo:
+        with ray_session(ray_address):
+            for _, _, rows, lost in code_parts_ray(layout, dataset, model_path, codes_dir, refs["image"], refs["text"],
+                                                   todo, chunk_rows=chunk_rows, paired=paired, meta=part_meta,
+                                                   concurrency=concurrency, device=device):
+                written += 1
+                items += rows
+                dropped += lost
+                if bar is not None:
+                    bar.update(rows + lost)
+    return written, reused, items, dropped
 
 
 def _part_meta(path: Path) -> dict[str, Any]:

@@ -235,7 +235,7 @@ def run_extraction_ray(
         raise RuntimeError("run_extraction_ray needs a Ray session: wrap it in ray_session()")
     if batch_size < 1 or shard_size < 1:
         raise ConfigError(f"batch_size and shard_size must be >= 1 (got {batch_size}, {shard_size})")
-    use_gpu, n_actors, actor_cpus = _resources(device, concurrency, "image" in encoder.inputs)
+    use_gpu, n_actors, actor_cpus = actor_resources(device, concurrency, "image" in encoder.inputs)
     log.info("extract %s/%s on Ray: %d encoder actor(s) on %s, batch %d", items.dataset, encoder.id, n_actors,
              "GPU (fp16 autocast)" if use_gpu else "CPU", batch_size)
     plan = plan_extraction(layout, items, splits, encoder, shard=shard, shard_size=shard_size, overwrite=overwrite,
@@ -289,7 +289,7 @@ def run_extraction_ray(
                              encode_s=encode_s, write_s=write_s, first_batch_s=first_batch_s)
 
 
-def _resources(device: str | None, concurrency: int | None, reads_images: bool) -> tuple[bool, int, float]:
+def actor_resources(device: str | None, concurrency: int | None, reads_images: bool = False) -> tuple[bool, int, float]:
     """(actors on GPUs?, actor count, CPUs per actor), checked against the cluster so that Ray never
     waits for resources it will not get."""
     cluster = ray.cluster_resources()
