@@ -205,12 +205,13 @@ def bench_block(db: np.ndarray, q: np.ndarray, tune_q: np.ndarray, bits: int, ki
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1M codes instead of 10M (about a minute per data kind)")
+    parser.add_argument("--quick", action="store_true", help="1M codes instead of 10M, realistic data only unless "
+                        "--data says otherwise (under a minute on 2 idle cores)")
     parser.add_argument("--n", type=int, default=None, help="database codes (default 10,000,000; --quick 1,000,000)")
     parser.add_argument("--bits", type=int, default=64, help="code length (64 or 128)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--tune-queries", type=int, default=200, help="separate queries that choose each kind's setting")
-    parser.add_argument("--data", default="realistic,uniform", help="comma list: realistic, uniform")
+    parser.add_argument("--data", default=None, help="comma list: realistic, uniform (default both; --quick: realistic)")
     parser.add_argument("--kinds", default=",".join(binary_index.KINDS), help="comma list of index kinds")
     parser.add_argument("--run", type=Path, default=None, help="real run directory for realistic codes "
                         "(default: a CCA-ITQ seed-1 run at --bits under the cache root)")
@@ -221,6 +222,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     n = args.n or (1_000_000 if args.quick else 10_000_000)
+    data_kinds = args.data or ("realistic" if args.quick else "realistic,uniform")
+    if args.quick and args.data is None and args.run is None:
+        from pipeline.settings import cache_root
+
+        if find_run(cache_root(args.cache), args.bits) is None:
+            data_kinds = "uniform"
+            print(f"--quick: no {args.bits}-bit run under {cache_root(args.cache)}/runs for realistic codes; "
+                  f"measuring uniform codes instead", flush=True)
     kinds = [binary_index.check_kind(k.strip()) for k in args.kinds.split(",") if k.strip()]
     import faiss
 
@@ -228,7 +237,7 @@ def main() -> int:
           f"cpus={len(os.sched_getaffinity(0))} faiss={faiss.__version__} omp_threads={faiss.omp_get_max_threads()}",
           flush=True)
     rng = np.random.default_rng(args.seed)
-    for data in [d.strip() for d in args.data.split(",") if d.strip()]:
+    for data in [d.strip() for d in data_kinds.split(",") if d.strip()]:
         total_q = args.queries + args.tune_queries
         if data == "realistic":
             from pipeline.settings import cache_root
