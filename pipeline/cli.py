@@ -5,6 +5,7 @@ Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help``
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import sys
@@ -133,6 +134,8 @@ def extract(
         log.info("--engine local: the Ray address %s is not used", ray_address)
     if engine == "ray" and workers is not None:
         raise ConfigError("--workers is for --engine local; with --engine ray decoding runs in Ray tasks")
+    if engine == "ray":
+        _check_ray_options(device, concurrency)
     if engine == "ray" and ray_address:
         from stages.extract.ray_engine import check_reachable
 
@@ -345,6 +348,8 @@ def encode(
                                  "of this process)")
     if engine == "local" and ray_address:  # RAY_ADDRESS may be set in the shell of a cluster node
         log.info("--engine local: the Ray address %s is not used", ray_address)
+    if engine == "ray":
+        _check_ray_options(device, concurrency)
     if engine == "ray" and ray_address:
         from stages.extract.ray_engine import check_reachable
 
@@ -459,12 +464,33 @@ def list_(what: str = typer.Argument(..., help="methods, encoders or datasets"),
         typer.echo(f"{entry.name:12s} {entry.summary}{alias}")
 
 
+#: OSErrors of the storage rather than of the program: permission denied, read-only file system, disk or quota full.
+_STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def _check_ray_options(device: Optional[str], concurrency: Optional[int]) -> None:
+    """--device and --concurrency of --engine ray, checked before a Ray session starts (the cluster checks
+    what it can offer later)."""
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: with --engine ray give cuda or cpu (each actor gets its own GPU)")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {concurrency}")
+
+
 def main() -> None:
     try:
         app()
     except CMHError as exc:
         logging.getLogger("cmh").debug("error", exc_info=True)
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        # a read-only run folder, a full disk: every write is atomic, so what was there is intact
+        logging.getLogger("cmh").debug("error", exc_info=True)
+        typer.echo(f"error: cannot write {exc.filename or 'a cache file'} ({exc.strerror}): make that folder "
+                   f"writable or free space there, or give another --cache, and run the command again", err=True)
         sys.exit(2)
     except KeyError as exc:  # registry lookups: the message already lists the alternatives
         if exc.args and isinstance(exc.args[0], str) and "registered:" in exc.args[0]:

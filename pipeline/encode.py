@@ -134,9 +134,7 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
     method = load_method(run_dir.model_path)
     refs = {m: _refs_for(layout, run_dir, config, method.dims, dataset, m) for m in ("image", "text")}
     encoders = sorted({r.encoder for rs in refs.values() for r in rs})
-    features = {e: {k: read_manifest(layout, dataset, e).get(k)
-                     for k in ("config_hash", "dataset_fingerprint", "splits_fingerprint", "code_version")}
-                for e in encoders}
+    features = _feature_fingerprints(layout, dataset, encoders)
     provenance = {"run_id": run_dir.run_id, "config_hash": config.get("config_hash"),
                   "model_fingerprint": file_fingerprint(run_dir.model_path), "bits": int(config["bits"]),
                   "method": config.get("method"), "eval_mode": config.get("eval_mode", "single"),
@@ -146,8 +144,14 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
     out = run_dir.encoded_dir(dataset)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
-        old = read_json(manifest_path, f"delete {out} and run `cmh encode` again")
-        if old.get("encode_key") != key:
+        try:
+            old = read_json(manifest_path)
+        except CacheError:
+            old = None
+        if not isinstance(old, dict):  # the codes are all derived: a damaged record costs a re-encode, nothing more
+            say(f"{manifest_path} is damaged; encoding {dataset!r} again")
+            shutil.rmtree(out)
+        elif old.get("encode_key") != key:
             say(f"{out} was encoded from another model or other features; encoding {dataset!r} again")
             shutil.rmtree(out)
     splits = read_splits(layout, dataset)
@@ -257,13 +261,47 @@ def _part_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
-def read_encode_manifest(run_dir: RunDir, dataset: str) -> dict[str, Any]:
-    """The complete ``_encode.json`` of an encoded dataset; CacheError naming ``cmh encode`` otherwise."""
+def _feature_fingerprints(layout: CacheLayout, dataset: str, encoders: list[str]) -> dict[str, dict[str, Any]]:
+    """What identifies each encoder's features of ``dataset`` now (a re-extraction with other settings changes it)."""
+    return {e: {k: read_manifest(layout, dataset, e).get(k)
+                for k in ("config_hash", "dataset_fingerprint", "splits_fingerprint", "code_version")}
+            for e in encoders}
+
+
+def read_encode_manifest(run_dir: RunDir, dataset: str, layout: CacheLayout | None = None) -> dict[str, Any]:
+    """The complete ``_encode.json`` of an encoded dataset; CacheError naming ``cmh encode`` otherwise.
+
+    With ``layout`` the codes are also checked to be current: the run's model file and the dataset's
+    items and features must be the ones they were encoded from (a retrained run or a re-extracted
+    dataset would otherwise be searched with codes of the old model or the old features)."""
     path = run_dir.encoded_dir(dataset) / MANIFEST
     fix = f"run `cmh encode --run {run_dir.run_id} --dataset {dataset}`"
     if not path.exists():
         raise CacheError(f"run {run_dir.run_id} has not encoded {dataset!r} ({path} missing): {fix}")
     manifest = read_json(path, fix)
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{path} is damaged (not a JSON object): {fix}")
     if not manifest.get("complete"):
         raise CacheError(f"the encoding of {dataset!r} with run {run_dir.run_id} is incomplete: {fix} to resume it")
+    if layout is not None:
+        stale = _stale_reason(layout, run_dir, dataset, manifest)
+        if stale:
+            raise CacheError(f"the codes of {dataset!r} are stale: {stale} since they were encoded; re-encode: {fix}")
     return manifest
+
+
+def _stale_reason(layout: CacheLayout, run_dir: RunDir, dataset: str, manifest: dict[str, Any]) -> str | None:
+    """Why an encoding no longer matches its run and dataset, or None when it does."""
+    if manifest.get("model_fingerprint") != file_fingerprint(run_dir.model_path):
+        return f"run {run_dir.run_id}'s model.pt changed (retrained)"
+    recorded = manifest.get("features")
+    try:
+        now = _feature_fingerprints(layout, dataset, sorted(recorded or {}))
+        data = items_meta(layout, dataset).get("fingerprint")
+    except CacheError as exc:
+        return f"{dataset!r}'s features cannot be read ({exc})"
+    if not recorded or now != recorded:
+        return f"{dataset!r} was extracted again with other settings"
+    if data != manifest.get("data_fingerprint"):
+        return f"{dataset!r}'s items changed"
+    return None

@@ -39,6 +39,8 @@ class CodesSource:
 
     run: RunDir
     dataset: str | None = None
+    #: With a layout, an encoded dataset's codes are checked to be current (see ``read_encode_manifest``).
+    layout: CacheLayout | None = None
 
     @property
     def label(self) -> str:
@@ -66,8 +68,12 @@ class CodesSource:
             return read_codes(self.codes_dir, "database", unpack=False)
         from pipeline.encode import read_encode_manifest
 
-        manifest = read_encode_manifest(self.run, self.dataset)
-        parts = [read_codes(self.codes_dir, s, unpack=False) for s, size in manifest["splits"].items() if size]
+        manifest = read_encode_manifest(self.run, self.dataset, self.layout)
+        fix = f"run `cmh encode --run {self.run.run_id} --dataset {self.dataset}` again"
+        parts = [read_codes(self.codes_dir, s, unpack=False, fix=fix)
+                 for s, size in (manifest.get("splits") or {}).items() if size]
+        if not parts:
+            raise CacheError(f"{self.label} of run {self.run.run_id} holds no codes: nothing to search or index")
         return {"item_id": np.concatenate([p["item_id"] for p in parts]), "bits": parts[0]["bits"],
                 **{f"{m}_words": np.concatenate([p[f"{m}_words"] for p in parts]) for m in MODALITIES}}
 
@@ -92,7 +98,7 @@ def build_indexes(layout: CacheLayout, run: str, *, dataset: str | None = None, 
     from stages.evaluate import binary_index
 
     binary_index.check_kind(kind)
-    source = CodesSource(RunDir.find(layout, run), dataset)
+    source = CodesSource(RunDir.find(layout, run), dataset, layout)
     config = source.run.read_config()
     codes = source.read()
     n, bits = len(codes["item_id"]), int(codes["bits"])
@@ -130,16 +136,27 @@ def _faiss_version() -> str:
     return faiss.__version__
 
 
-def load_index(source: CodesSource, modality: str, codes: Mapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+#: Fields of an index record that ``load_index`` reads; a record without one of them is refused.
+RECORD_FIELDS = ("run_id", "config_hash", "bits", "kind", "params", "codes_fingerprint", "index_sha256")
+
+
+def load_index(source: CodesSource, modality: str, codes: Mapping[str, Any],
+               say: Callable[[str], None] = log.info) -> tuple[Any, dict[str, Any]] | None:
     """The saved index over ``modality``'s codes of ``source``, checked against ``codes``; None when none is saved."""
     from stages.evaluate import binary_index
 
     index_path, meta_path = source.index_paths(modality)
-    if not meta_path.exists():
-        return None
     run_id = source.run.run_id
     rebuild = f"rebuild it with `cmh index --run {run_id}{f' --dataset {source.dataset}' if source.dataset else ''}`"
+    if not meta_path.exists():
+        if index_path.exists():  # the record is written last: its build was interrupted
+            say(f"{index_path} is without its record {meta_path.name} (an interrupted build) and is not used; "
+                f"{rebuild}")
+        return None
     meta = read_json(meta_path, rebuild)
+    if not isinstance(meta, dict) or any(f not in meta for f in RECORD_FIELDS):
+        missing = [f for f in RECORD_FIELDS if f not in meta] if isinstance(meta, dict) else ["(not a JSON object)"]
+        raise CacheError(f"{meta_path} is damaged (missing {', '.join(missing)}): {rebuild}")
     if meta.get("run_id") != run_id:
         raise CacheError(f"the index at {meta_path.parent} was built for run {meta.get('run_id')}, not {run_id}: "
                          f"{rebuild}")
@@ -162,7 +179,8 @@ def load_index(source: CodesSource, modality: str, codes: Mapping[str, Any]) -> 
                          f"file): {rebuild}")
     try:
         index = binary_index.from_bytes(data)
-    except RuntimeError as exc:
-        raise CacheError(f"{index_path} cannot be read by faiss ({str(exc).splitlines()[0][:120]}): {rebuild}") from None
-    binary_index.set_search_params(index, meta["kind"], meta["params"])
+        binary_index.set_search_params(index, meta["kind"], meta["params"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise CacheError(f"{index_path} cannot be read by faiss ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]}): "
+                         f"{rebuild}") from None
     return index, meta

@@ -109,7 +109,7 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     if searched is not None:
         from pipeline.encode import read_encode_manifest
 
-        read_encode_manifest(run_dir, searched)  # refuse before the encoders load
+        read_encode_manifest(run_dir, searched, layout)  # refuse before the encoders load
     modality = "image" if image is not None else "text"
     spec = config["image_features"] if modality == "image" else config["text_features"]
     refs = parse_feature_spec(layout, dataset, spec, modality)
@@ -132,7 +132,7 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     with torch.no_grad():
         code = binarize(method.encode(batch, modality))
     target = "text" if modality == "image" else "image"
-    found = _search(CodesSource(run_dir, searched), target, pack_codes(code), top_k, say)
+    found = _search(CodesSource(run_dir, searched, layout), target, pack_codes(code), top_k, say)
     items = read_items(layout, searched or dataset)
     row_of = {int(i): r for r, i in enumerate(items.item_id)}
     rows = []
@@ -151,7 +151,7 @@ def _search(source: CodesSource, target: str, q_words: np.ndarray, top_k: int,
     if n == 0:
         raise ConfigError(f"{source.label} of run {source.run.run_id} holds no codes to search")
     k = min(top_k, n)
-    saved = load_index(source, target, codes)
+    saved = load_index(source, target, codes, say)
     if saved is not None:
         from stages.evaluate.binary_index import search
 

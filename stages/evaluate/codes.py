@@ -160,10 +160,11 @@ def write_codes(
                               vector_columns=list(CODE_COLUMNS.values()))
 
 
-def read_codes(path_dir: Path, split: str, unpack: bool = True) -> dict[str, Any]:
+def read_codes(path_dir: Path, split: str, unpack: bool = True, fix: str = _RETRAIN) -> dict[str, Any]:
     """Read one split written by :func:`write_codes` (every part, in part order).
 
     ``unpack=False`` leaves out the ±1 arrays (8x the packed size: a big encoded collection needs only words).
+    ``fix``: what a damaged part's error tells the user to do (codes of ``cmh encode`` are encoded again).
 
     Returns ``{"item_id": (n,) int64, "bits": int, "meta": dict, "image"/"text": (n, bits) int8 ±1,
     "image_words"/"text_words": (n, W) uint64}`` (modalities that were written); ``meta`` is the first part's.
@@ -172,7 +173,7 @@ def read_codes(path_dir: Path, split: str, unpack: bool = True) -> dict[str, Any
     if not paths:
         raise CacheError(f"no codes for split {split!r} at {codes_path(path_dir, split)}; run `cmh train` "
                          f"(or `cmh encode`) for this run first")
-    metas = [read_metadata(p, _RETRAIN) for p in paths]
+    metas = [read_metadata(p, fix) for p in paths]
     if any("bits" not in m for m in metas):
         raise CacheError(f"{paths[0].parent} holds a codes file without 'bits' in its metadata; it was not written "
                          f"by write_codes, re-encode the run")
@@ -180,7 +181,7 @@ def read_codes(path_dir: Path, split: str, unpack: bool = True) -> dict[str, Any
     if any(int(m["bits"]) != bits for m in metas):
         raise CacheError(f"{paths[0].parent} mixes code lengths {sorted({int(m['bits']) for m in metas})}; "
                          f"re-encode it (`cmh encode` or {_RETRAIN})")
-    tables = [read_table(p, fix=_RETRAIN) for p in paths]
+    tables = [read_table(p, fix=fix) for p in paths]
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     out: dict[str, Any] = {"item_id": table.column("item_id").to_numpy(), "bits": bits, "meta": metas[0]}
     for modality, col in CODE_COLUMNS.items():
