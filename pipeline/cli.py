@@ -489,8 +489,11 @@ def main() -> None:
             raise
         # a read-only run folder, a full disk: every write is atomic, so what was there is intact
         logging.getLogger("cmh").debug("error", exc_info=True)
-        typer.echo(f"error: cannot write {exc.filename or 'a cache file'} ({exc.strerror}): make that folder "
-                   f"writable or free space there, or give another --cache, and run the command again", err=True)
+        where = exc.filename or "a cache file"
+        fix = ("free space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "make it readable and writable for you")
+        typer.echo(f"error: {where}: {exc.strerror}: {fix}, or give another --cache, and run the command again",
+                   err=True)
         sys.exit(2)
     except KeyError as exc:  # registry lookups: the message already lists the alternatives
         if exc.args and isinstance(exc.args[0], str) and "registered:" in exc.args[0]:

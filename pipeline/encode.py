@@ -98,6 +98,10 @@ def _refs_for(layout: CacheLayout, run: RunDir, config: dict[str, Any], dims: An
     recorded = config.get("features", {})
     for ref in refs:
         manifest = read_manifest(layout, dataset, ref.encoder)
+        if not manifest.get("complete"):  # refused here, before anything under the run is written
+            raise CacheError(f"{where}: its {ref.encoder} features are incomplete (an interrupted extraction): "
+                             f"re-run `cmh extract --dataset {dataset} --encoders {ref.encoder.split('.')[0]}` to "
+                             f"finish them")
         dim = int(manifest["columns"][ref.column]["dim"])
         if dim != int(want[ref.key]):
             raise CacheError(f"{where}: feature {ref.key} is {dim}-d in {dataset!r} but {want[ref.key]}-d in the run; "
@@ -283,6 +287,8 @@ def read_encode_manifest(run_dir: RunDir, dataset: str, layout: CacheLayout | No
         raise CacheError(f"{path} is damaged (not a JSON object): {fix}")
     if not manifest.get("complete"):
         raise CacheError(f"the encoding of {dataset!r} with run {run_dir.run_id} is incomplete: {fix} to resume it")
+    if manifest.get("run_id") != run_dir.run_id:  # an encoded/ folder copied from another run
+        raise CacheError(f"{path.parent} was encoded by run {manifest.get('run_id')}, not {run_dir.run_id}: {fix}")
     if layout is not None:
         stale = _stale_reason(layout, run_dir, dataset, manifest)
         if stale:

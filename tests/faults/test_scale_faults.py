@@ -77,11 +77,25 @@ def test_encode_refuses_bad_chunk_rows_engine_and_a_missing_dataset(cli, built):
     assert not (cache / "runs" / run / "encoded").exists()
 
 
-def test_a_run_without_its_model_is_refused_everywhere(cli, built):
+@pytest.mark.parametrize("missing", ["model.pt", "codes/split=database"])
+def test_an_unfinished_run_is_refused_everywhere(cli, built, missing):
     _, cache, run = built
-    (cache / "runs" / run / "model.pt").unlink()
+    path = cache / "runs" / run / missing
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
     for result in (_enc(cli, cache, run), cli("index", "--run", run, "--cache", cache), _query(cli, cache, run)):
-        assert "model.pt missing" in one_line_error(result)
+        line = one_line_error(result)
+        assert f"{missing} missing" in line and "cmh train" in line, line
+
+
+def test_encode_refuses_features_whose_extraction_was_interrupted_and_unsafe_names(cli, built):
+    _, cache, run = built
+    manifest = cache / "features" / "dataset=pairs" / "encoder=bow" / "_manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "complete": False}))
+    line = one_line_error(_enc(cli, cache, run))
+    assert "bow features are incomplete" in line and "cmh extract --dataset pairs --encoders bow" in line, line
+    line = one_line_error(_enc(cli, cache, run, "../../x"))
+    assert "../../x" in line, line
+    assert not (cache / "runs" / run / "encoded").exists()
 
 
 def test_index_and_query_of_an_incomplete_encoding_are_refused(cli, built):
@@ -133,12 +147,14 @@ def test_ray_argument_errors_are_one_line_before_ray_starts(cli, built, no_ray, 
     assert "--engine 'dask'" in line
 
 
-def test_ray_address_with_the_local_engine_is_logged_and_ignored(cli, built, no_ray, monkeypatch):
+def test_ray_address_with_the_local_engine_is_logged_and_ignored(cli, built, no_ray, monkeypatch, caplog):
     _, cache, run = built
     monkeypatch.setenv("RAY_ADDRESS", "10.255.255.1:6379")  # unreachable: it would fail if it were used
-    result = cli("-v", "encode", "--run", run, "--dataset", "pairs", "--cache", cache) if False else _enc(cli, cache, run)
+    with caplog.at_level("INFO", logger="cmh"):
+        result = _enc(cli, cache, run)
     assert result.code == 0, result.err
     assert "40 items encoded" in result.out
+    assert "the Ray address 10.255.255.1:6379 is not used" in caplog.text
 
 
 # --- cases that misbehaved before this campaign ---------------------------------------------------------------
@@ -281,3 +297,15 @@ def test_ray_resource_options_are_checked_before_ray_starts(cli, built, no_ray, 
                                   tmp_path / "c", "--engine", "ray", *extra))
         assert expect in line, line
     assert not (cache / "runs" / run / "encoded").exists()
+
+
+def test_an_encoding_copied_from_another_run_is_refused(cli, built):
+    _, cache, run = built
+    other = cli("train", "--method", "baseline", "--dataset", "pairs", "--cache", cache, "--bits", "16", "--seed", "3")
+    assert other.code == 0, other.err
+    other_id = other.out.split(":")[0].strip()
+    assert _enc(cli, cache, other_id).code == 0
+    shutil.copytree(_encoded(cache, other_id), _encoded(cache, run))
+    shutil.copyfile(cache / "runs" / other_id / "model.pt", cache / "runs" / run / "model.pt")  # same model too
+    line = one_line_error(cli("index", "--run", run, "--dataset", "pairs", "--cache", cache))
+    assert f"was encoded by run {other_id}, not {run}" in line and f"cmh encode --run {run}" in line, line
