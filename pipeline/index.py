@@ -74,8 +74,12 @@ class CodesSource:
                  for s, size in (manifest.get("splits") or {}).items() if size]
         if not parts:
             raise CacheError(f"{self.label} of run {self.run.run_id} holds no codes: nothing to search or index")
-        return {"item_id": np.concatenate([p["item_id"] for p in parts]), "bits": parts[0]["bits"],
-                **{f"{m}_words": np.concatenate([p[f"{m}_words"] for p in parts]) for m in MODALITIES}}
+        out = {"item_id": np.concatenate([p["item_id"] for p in parts]), "bits": parts[0]["bits"],
+               **{f"{m}_words": np.concatenate([p[f"{m}_words"] for p in parts]) for m in MODALITIES}}
+        if len(out["item_id"]) != manifest.get("items"):  # a part lost or replaced after the encoding finished
+            raise CacheError(f"{self.codes_dir} holds codes of {len(out['item_id'])} of the {manifest.get('items')} "
+                             f"items encoded (a part is missing or was replaced): {fix} to restore them")
+        return out
 
 
 def codes_fingerprint(item_id: np.ndarray, words: np.ndarray) -> str:

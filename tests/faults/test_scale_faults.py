@@ -309,3 +309,16 @@ def test_an_encoding_copied_from_another_run_is_refused(cli, built):
     shutil.copyfile(cache / "runs" / other_id / "model.pt", cache / "runs" / run / "model.pt")  # same model too
     line = one_line_error(cli("index", "--run", run, "--dataset", "pairs", "--cache", cache))
     assert f"was encoded by run {other_id}, not {run}" in line and f"cmh encode --run {run}" in line, line
+
+
+def test_a_complete_encoding_missing_a_part_is_refused_not_indexed_short(cli, built):
+    _, cache, run = built
+    assert _enc(cli, cache, run, "pairs", "--chunk-rows", "7").code == 0
+    (_encoded(cache, run) / "codes" / "split=database" / "part-00002.parquet").unlink()  # lost after the encoding
+    for result in (cli("index", "--run", run, "--dataset", "pairs", "--cache", cache),
+                   _query(cli, cache, run, "--dataset", "pairs")):
+        line = one_line_error(result)
+        assert "33 of the 40 items" in line and f"cmh encode --run {run} --dataset pairs" in line, line
+    again = _enc(cli, cache, run, "pairs", "--chunk-rows", "7")  # the rerun the message names repairs it
+    assert again.code == 0 and "4 parts written, 3 reused" in again.out, again.out
+    assert cli("index", "--run", run, "--dataset", "pairs", "--cache", cache).code == 0
