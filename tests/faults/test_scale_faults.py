@@ -264,25 +264,32 @@ def test_a_read_only_run_folder_is_one_line_naming_the_path(cli, built, monkeypa
     assert str(cache / "runs" / run) in line and "permission" in line.lower(), line
 
 
-def test_ctrl_c_mid_encode_leaves_no_torn_part_and_a_rerun_resumes(cli, built, monkeypatch):
+@pytest.mark.parametrize("where", ["coding", "writing"])
+def test_ctrl_c_mid_encode_leaves_no_torn_part_and_a_rerun_resumes(cli, built, monkeypatch, where):
     _, cache, run = built
     import pipeline.encode as encode
+    import pipeline.store.parquet as parquet
 
-    real, calls = encode.encode_chunk, []
+    owner, name = (encode, "encode_chunk") if where == "coding" else (parquet.pq, "write_table")
+    real, calls = getattr(owner, name), []
 
     def interrupted(*a, **k):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 3 and where == "coding":
             raise KeyboardInterrupt
-        return real(*a, **k)
+        result = real(*a, **k)
+        if len(calls) == 3:  # the part is written in full but not yet renamed into place
+            raise KeyboardInterrupt
+        return result
 
-    monkeypatch.setattr(encode, "encode_chunk", interrupted)
+    monkeypatch.setattr(owner, name, interrupted)
     result = _enc(cli, cache, run, "pairs", "--chunk-rows", "7")
     assert result.code != 0 and "Traceback" not in result.err, result.err
     out = _encoded(cache, run)
     assert not json.loads((out / "_encode.json").read_text())["complete"]
     assert not [p for p in out.rglob("*") if p.is_file() and not p.name.endswith((".parquet", ".json"))]
-    monkeypatch.setattr(encode, "encode_chunk", real)
+    assert len(list(out.rglob("*.parquet"))) == 2
+    monkeypatch.setattr(owner, name, real)
     again = _enc(cli, cache, run, "pairs", "--chunk-rows", "7")
     assert again.code == 0 and "5 parts written, 2 reused" in again.out, again.out
 
