@@ -161,11 +161,13 @@ def load_index(source: CodesSource, modality: str, codes: Mapping[str, Any],
     if not isinstance(meta, dict) or any(f not in meta for f in RECORD_FIELDS):
         missing = [f for f in RECORD_FIELDS if f not in meta] if isinstance(meta, dict) else ["(not a JSON object)"]
         raise CacheError(f"{meta_path} is damaged (missing {', '.join(missing)}): {rebuild}")
+    if not isinstance(meta["bits"], int) or not isinstance(meta["params"], dict):
+        raise CacheError(f"{meta_path} is damaged (bits or params of the wrong type): {rebuild}")
     if meta.get("run_id") != run_id:
         raise CacheError(f"the index at {meta_path.parent} was built for run {meta.get('run_id')}, not {run_id}: "
                          f"{rebuild}")
     bits = int(codes["bits"])
-    if int(meta.get("bits", -1)) != bits:
+    if meta["bits"] != bits:
         raise CacheError(f"the index at {meta_path.parent} holds {meta.get('bits')}-bit codes but run {run_id} has "
                          f"{bits}-bit codes: {rebuild}")
     config_hash = source.run.read_config().get("config_hash")

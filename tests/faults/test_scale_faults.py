@@ -197,13 +197,13 @@ def test_index_record_of_the_wrong_shape_is_refused(cli, built, text):
     assert f"cmh index --run {run}" in line, line
 
 
-def test_index_record_missing_a_field_is_refused(cli, built):
+@pytest.mark.parametrize("edit", [{"params": None}, {"bits": "sixteen"}, {"params": {"nflip": "x"}}])
+def test_index_record_with_a_field_missing_or_of_the_wrong_type_is_refused(cli, built, edit):
     _, cache, run = built
     assert cli("index", "--run", run, "--cache", cache, "--kind", "hash").code == 0
     record = cache / "runs" / run / "index" / "image.json"
-    meta = json.loads(record.read_text())
-    del meta["params"]
-    record.write_text(json.dumps(meta))
+    meta = {**json.loads(record.read_text()), **edit}
+    record.write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
     line = one_line_error(_query(cli, cache, run))
     assert f"cmh index --run {run}" in line, line
 
