@@ -125,7 +125,6 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
     ``concurrency`` and ``device`` apply there only): same files, resumable by either engine."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: give one of {', '.join(ENGINES)}")
-    from stages.evaluate.codes import codes_parts, codes_path, write_codes
     from stages.train import methods  # noqa: F401  (registers every method)
     from stages.train.base import load_method
     from pipeline.progress import progress_bar
@@ -166,7 +165,6 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
     paired = config.get("eval_mode") == "paired"
     total = sum(len(splits[s]) for s in present)
     bar = progress_bar(total, f"encode {dataset} with {run_dir.run_id}", "items") if progress else None
-    written = reused = items = dropped = 0
     t0 = time.perf_counter()
     part_meta = {"run_id": run_dir.run_id, "bits": int(config["bits"]), "method": config.get("method"),
                  "dataset": dataset, "encode_key": key}
@@ -175,33 +173,9 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
             written, reused, items, dropped = _encode_on_ray(
                 layout, dataset, splits, present, refs, run_dir.model_path, codes_dir, part_meta, chunk_rows, paired,
                 bar, ray_address=ray_address, concurrency=concurrency, device=device)
-        for split in (present if engine == "local" else []):
-            members = splits[split]
-            n_chunks = -(-len(members) // chunk_rows)
-            done = 0  # parts are written in order: resume at the first one not written with this key
-            while done < n_chunks:
-                meta = _part_meta(codes_path(codes_dir, split, done))
-                if meta.get("encode_key") != key:
-                    break  # missing, damaged or from another encoding: rewritten from here on
-                items += int(meta["rows"])
-                dropped += int(meta["dropped"])
-                done += 1
-            reused += done
-            for stale in codes_parts(codes_dir, split)[done:]:
-                stale.unlink()
-            if bar is not None and done:
-                bar.update(min(done * chunk_rows, len(members)), "resumed")
-            chunks = iter_split_chunks(layout, dataset, split, members, refs["image"], refs["text"], chunk_rows,
-                                       start=done * chunk_rows)
-            for part, chunk in enumerate(chunks, start=done):
-                image, text = encode_chunk(method, chunk, paired=paired)
-                write_codes(codes_dir, split, chunk.item_id, image, text,
-                            {**part_meta, "part": part, "rows": len(chunk), "dropped": chunk.dropped}, part=part)
-                written += 1
-                items += len(chunk)
-                dropped += chunk.dropped
-                if bar is not None:
-                    bar.update(len(chunk) + chunk.dropped)
+        else:
+            written, reused, items, dropped = _encode_locally(
+                layout, dataset, splits, present, refs, method, codes_dir, part_meta, chunk_rows, paired, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -212,6 +186,45 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
                        "data_fingerprint": items_meta(layout, dataset).get("fingerprint"),
                        "environment": environment()}, manifest_path)
     return EncodeResult(run_dir.run_id, dataset, out, items, dropped, written, reused)
+
+
+def _encode_locally(layout: CacheLayout, dataset: str, splits: dict[str, np.ndarray], present: list[str],
+                    refs: dict[str, list[FeatureRef]], method: Any, codes_dir: Path, part_meta: dict[str, Any],
+                    chunk_rows: int, paired: bool, bar: Any) -> tuple[int, int, int, int]:
+    """(parts written, parts reused, items, dropped): parts are written in order, so each split resumes
+    at its first part not written with this encoding and rewrites every part from there on."""
+    from stages.evaluate.codes import codes_parts, codes_path, write_codes
+
+    key = part_meta["encode_key"]
+    written = reused = items = dropped = 0
+    for split in present:
+        members = splits[split]
+        n_chunks = -(-len(members) // chunk_rows)
+        done = 0  # parts are written in order: resume at the first one not written with this key
+        while done < n_chunks:
+            meta = _part_meta(codes_path(codes_dir, split, done))
+            if meta.get("encode_key") != key:
+                break  # missing, damaged or from another encoding: rewritten from here on
+            items += int(meta["rows"])
+            dropped += int(meta["dropped"])
+            done += 1
+        reused += done
+        for stale in codes_parts(codes_dir, split)[done:]:
+            stale.unlink()
+        if bar is not None and done:
+            bar.update(min(done * chunk_rows, len(members)), "resumed")
+        chunks = iter_split_chunks(layout, dataset, split, members, refs["image"], refs["text"], chunk_rows,
+                                   start=done * chunk_rows)
+        for part, chunk in enumerate(chunks, start=done):
+            image, text = encode_chunk(method, chunk, paired=paired)
+            write_codes(codes_dir, split, chunk.item_id, image, text,
+                        {**part_meta, "part": part, "rows": len(chunk), "dropped": chunk.dropped}, part=part)
+            written += 1
+            items += len(chunk)
+            dropped += chunk.dropped
+            if bar is not None:
+                bar.update(len(chunk) + chunk.dropped)
+    return written, reused, items, dropped
 
 
 def _encode_on_ray(layout: CacheLayout, dataset: str, splits: dict[str, np.ndarray], present: list[str],
