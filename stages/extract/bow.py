@@ -1,4 +1,4 @@
-"""Encoder ``bow``: a bag of words over each item's tags or captions (the papers' text input, §1.1–1.2).
+"""Encoder ``bow``: a bag of words over each item's tags or captions (the papers' text input).
 
 The vocabulary, by ``vocabulary`` setting:
 
@@ -55,7 +55,7 @@ BOW_PRESETS: Mapping[str, Mapping[str, Any]] = {}
 @dataclass(frozen=True)
 class BowConfig:
     vocabulary: str = "auto"  # auto | dataset | train (see the module docstring)
-    top_n: int = 2000  # vocabulary size when built from the train split (COCO DAEH BoW is 2000-d, §1.1)
+    top_n: int = 2000  # vocabulary size when built from the train split (COCO DAEH BoW is 2000-d)
     binary: bool = True  # presence (DCMH YAll is binary) rather than counts
     stop_words: bool = True  # drop STOP_WORDS from caption words (never from tags)
 

@@ -1,15 +1,15 @@
-"""Encoder ``clip``: an open_clip model's image tower and text tower (CCAH, UCMFH, CFRH inputs, §1.5).
+"""Encoder ``clip``: an open_clip model's image tower and text tower (CCAH, UCMFH, CFRH inputs).
 
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021;
 code mlfoundations/open_clip (``create_model_and_transforms``, ``get_tokenizer``). Any open_clip model
 name works; the papers use ViT-B/32 (512-d). Images go through the model's
-own inference preprocessing (open_clip's ``preprocess_val``), not ImageNet's (CCAH's bug, §14).
+own inference preprocessing (open_clip's ``preprocess_val``), not ImageNet's (CCAH's code normalises CLIP inputs with ImageNet's statistics, a mismatch).
 
 Weights (``pretrained``): an open_clip tag (downloaded by open_clip on a machine with internet, or
 read from its cache), or a local weights file (also via the ``CLIP_WEIGHTS`` environment variable).
-No CLIP weights ship with any package (offline-weights.md §2), so without internet a file is needed.
+No CLIP weights ship with any package, so without internet a file is needed.
 
-Texts [inferred, UCMFH's text construction is unreleased, §15 #7]:
+Texts [inferred, UCMFH's text construction is unreleased]:
 
 * tags: joined with ", " into ``tag_template`` (default ``"{}"``, i.e. "sunset, beach, sea"),
   truncated to the model's context length by its tokenizer;
@@ -17,7 +17,7 @@ Texts [inferred, UCMFH's text construction is unreleased, §15 #7]:
   embeddings (so the result is not unit-length); ``first`` uses the first caption; ``join`` joins
   them into one string (truncated).
 
-Stored embeddings are the raw tower outputs (UCMFH feeds raw embeddings, §15 #7); ``normalize=True``
+Stored embeddings are the raw tower outputs (UCMFH feeds raw embeddings); ``normalize=True``
 L2-normalises both columns.
 """
 from __future__ import annotations
@@ -58,12 +58,12 @@ CLIP_PRESETS: Mapping[str, Mapping[str, Any]] = {
 
 @dataclass(frozen=True)
 class ClipConfig:
-    model: str = "ViT-B-32"  # open_clip model name; ViT-B/32 as in CCAH's code (§15 #1)
+    model: str = "ViT-B-32"  # open_clip model name; ViT-B/32 as in CCAH's code
     pretrained: str | None = None  # open_clip tag or a weights file; None: $CLIP_WEIGHTS if set, else "openai"
     quick_gelu: bool | None = None  # None: the tag's own setting (openai: True); a local file: False unless set
-    tag_template: str = "{}"  # [inferred] tags joined by ", " then put into this template (§15 #7)
+    tag_template: str = "{}"  # [inferred] tags joined by ", " then put into this template
     caption_mode: str = "mean"  # [inferred] mean | first | join: how several captions become one vector
-    normalize: bool = False  # L2-normalise stored embeddings; raw by default as UCMFH uses them (§15 #7)
+    normalize: bool = False  # L2-normalise stored embeddings; raw by default as UCMFH uses them
 
 
 

@@ -77,7 +77,7 @@ def joint_similarity(s_image: Tensor, s_text: Tensor, *, beta: float, eta: float
 
 
 def similarity_mse(codes_a: Tensor, codes_b: Tensor, target: Tensor) -> Tensor:
-    """``MSE(norm(B_a) norm(B_b)ᵀ, S)``: code-similarity reconstruction (DJSRH §2 loss; DSAH/CCAH L1–L3, L31, L32).
+    """``MSE(norm(B_a) norm(B_b)ᵀ, S)``: code-similarity reconstruction (DJSRH's loss; DSAH/CCAH L1–L3, L31, L32).
 
     codes_a: (m, k) and codes_b: (n, k) relaxed codes (normalised here); target: (m, n). Scalar.
     """

@@ -47,7 +47,7 @@ def test_isqrt_cov_is_the_triu_of_the_covariance_square_root():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64)  # M = 42 > d: full-rank covariance
     sigma = covariance_pool(x)
-    # covariance with the centring matrix Ī = I/M − 11ᵀ/M² of §11 step 1
+    # covariance with the centring matrix Ī = I/M − 11ᵀ/M² (step 1 of iSQRT-COV)
     feats = x.reshape(2, 5, -1)
     m = feats.shape[2]
     i_bar = torch.eye(m, dtype=torch.float64) / m - torch.full((m, m), 1.0 / m**2, dtype=torch.float64)

@@ -7,7 +7,7 @@ is plain batched matmuls, so autograd differentiates it (no custom backward). Th
 in float32 (or float64 when given float64) with autocast disabled, since fp16 breaks the iteration.
 
 Steps for X of shape (B, d, h, w), M = h·w:
-  1. Σ = X Ī Xᵀ with Ī = (1/M) I − (1/M²) 1 1ᵀ                     (§11 step 1, centred, divided by M)
+  1. Σ = X Ī Xᵀ with Ī = (1/M) I − (1/M²) 1 1ᵀ                     (centred, divided by M)
   2. A = Σ / tr(Σ)                                                 (pre-normalisation, step 2)
   3. Newton–Schulz: Y₀ = A, Z₀ = I; T = ½(3I − Z Y), Y ← Y T, Z ← T Z   (step 3, N iterations)
   4. C = sqrt(tr(Σ)) · Y_N ≈ Σ^{1/2}                               (post-compensation, step 4)
@@ -30,7 +30,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def covariance_pool(x: Tensor) -> Tensor:
-    """(B, d, h, w) feature maps -> (B, d, d) spatial covariance Σ = X Ī Xᵀ (§11 step 1)."""
+    """(B, d, h, w) feature maps -> (B, d, d) spatial covariance Σ = X Ī Xᵀ (step 1)."""
     b, d = x.shape[:2]
     feats = x.reshape(b, d, -1).to(_compute_dtype(x))        # (B, d, M)
     centred = feats - feats.mean(dim=2, keepdim=True)        # X Ī up to the 1/M factor
@@ -38,7 +38,7 @@ def covariance_pool(x: Tensor) -> Tensor:
 
 
 def newton_schulz_sqrt(sigma: Tensor, iterations: int = DEFAULT_ITERATIONS) -> Tensor:
-    """(B, d, d) symmetric PSD -> (B, d, d) ≈ Σ^{1/2} by trace-normalised Newton–Schulz (§11 steps 2–4).
+    """(B, d, d) symmetric PSD -> (B, d, d) ≈ Σ^{1/2} by trace-normalised Newton–Schulz (steps 2–4).
 
     Converges for any PSD input because the trace normalisation puts every eigenvalue in [0, 1];
     eigenvalues near 0 need more iterations (each step grows them by about 1.5x), which is the
@@ -64,7 +64,7 @@ def newton_schulz_sqrt(sigma: Tensor, iterations: int = DEFAULT_ITERATIONS) -> T
 
 
 def triu_vector(a: Tensor) -> Tensor:
-    """(B, d, d) -> (B, d(d+1)/2): the upper triangle incl. the diagonal, row-major (§11 step 5)."""
+    """(B, d, d) -> (B, d(d+1)/2): the upper triangle incl. the diagonal, row-major (step 5)."""
     d = a.shape[-1]
     rows, cols = torch.triu_indices(d, d, device=a.device)
     return a[:, rows, cols]
@@ -81,7 +81,7 @@ def isqrt_cov_dim(channels: int) -> int:
 
 
 class ISqrtCov(nn.Module):
-    """iSQRT-COV meta-layer, optionally with the learned 1×1 reduction of §11 step 0.
+    """iSQRT-COV meta-layer, optionally with a learned 1×1 channel reduction before step 1.
 
     ``reduce_to=None`` has no parameters. With ``reduce_to=d_r`` it prepends
     Conv2d(d_in→d_r, 1×1, no bias) → BatchNorm2d → ReLU (kaiming-normal fan_out init, BN weight 1,
@@ -124,7 +124,7 @@ def orthogonal_projection(in_channels: int, out_channels: int, seed: int) -> np.
 class ChannelProjection(nn.Module):
     """Fixed 1×1 channel reduction y = P x with a seeded orthogonal P (no parameters, a buffer).
 
-    A parameter-free stand-in for the learned reduction of §11 step 0 when nothing can be trained:
+    A parameter-free stand-in for that learned 1×1 reduction when nothing can be trained:
     the covariance of P x is P Σ Pᵀ, a random orthogonal sketch of the full d×d covariance.
     ``out_channels == in_channels`` is the identity (no mixing).
     """

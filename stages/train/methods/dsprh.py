@@ -40,7 +40,7 @@ Loss ``L = α L_A + β L_C + γ L_P`` (paper Eq. 19; α = 1, β = 0.03, γ = 1),
 - **S_I comes from the frozen ``pool`` feature** (DSAH's frozen fc7 plays
   that role), and the text code decodes into that same feature space (DSAH's L5 target).
 - **Decoders read the continuous code** (``decode_from="relaxed"``): DSAH decodes
-  ``sign(c)``, which has no gradient, so its reconstruction terms never shape the codes (§14 DSAH 1).
+  ``sign(c)``, which has no gradient, so its reconstruction terms never shape the codes (a flaw of DSAH's code).
   ``decode_from="sign"`` restores DSAH's behaviour.
 - The triplet and likelihood terms are averaged over items/pairs, not summed (scale independent of m).
 """

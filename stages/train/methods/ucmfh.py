@@ -59,7 +59,7 @@ MISSING_TOKENS = ("learned", "zeros")
 
 @dataclass(frozen=True)
 class UCMFHConfig(MethodConfig):
-    eval_mode: str = "single"  # [inferred] "single": each modality coded alone | "paired": the reference (§6.5b)
+    eval_mode: str = "single"  # [inferred] "single": each modality coded alone | "paired": the reference's
     mask_probability: float = 0.5  # [inferred] share of training samples shown as two single-modality inputs
     missing_token: str = "learned"  # [inferred] stand-in for the absent half: "learned" vector | "zeros"
     # [inferred] per-modality Linear to this width before fusion; 0 = features as stored (the reference's CLIP
