@@ -88,15 +88,16 @@ def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
 
 
 def write_splits(layout: CacheLayout, dataset: str, splits: Splits, meta: Mapping[str, Any]) -> None:
-    names, ids, order = [], [], []
-    for name, members in splits.items():
-        names += [name] * len(members)
-        ids.append(np.asarray(members, dtype=np.int64))
-        order.append(np.arange(len(members), dtype=np.int64))
+    ids = [np.asarray(members, dtype=np.int64) for members in splits.values()]
+    # Split names as dictionary indices, cast to plain strings: no Python list of one string per item
+    # (10M items), and the same column as before.
+    which = np.repeat(np.arange(len(ids), dtype=np.int32), [len(v) for v in ids])
+    names = pa.DictionaryArray.from_arrays(pa.array(which, pa.int32()), pa.array(list(splits), pa.string()))
     table = pa.table({
         "item_id": pa.array(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
-        "split": pa.array(names, pa.string()),
-        "position": pa.array(np.concatenate(order) if order else np.zeros(0, np.int64)),
+        "split": names.cast(pa.string()),
+        "position": pa.array(np.concatenate([np.arange(len(v), dtype=np.int64) for v in ids])
+                             if ids else np.zeros(0, np.int64)),
     })
     sizes = {k: int(len(v)) for k, v in splits.items()}
     write_table_atomic(table, layout.splits_path(dataset),
@@ -108,11 +109,21 @@ def read_splits(layout: CacheLayout, dataset: str) -> Splits:
     if not path.exists():
         raise CacheError(f"no split membership for {dataset!r} at {path}: run `cmh extract --dataset {dataset}` first")
     check_schema_version(read_metadata(path, _FIX), path)
-    t = read_table(path, fix=_FIX).to_pydict()
-    out: dict[str, list[tuple[int, int]]] = {}
-    for item, split, pos in zip(t["item_id"], t["split"], t["position"]):
-        out.setdefault(split, []).append((pos, item))
-    return {k: np.array([i for _, i in sorted(v)], dtype=np.int64) for k, v in out.items()}
+    t = read_table(path, fix=_FIX)
+    try:
+        item = t.column("item_id").to_numpy().astype(np.int64, copy=False)
+        pos = t.column("position").to_numpy()
+        split = t.column("split").combine_chunks().dictionary_encode()
+    except (KeyError, pa.ArrowException, TypeError, ValueError) as exc:
+        raise CacheError(f"{path} is not a split table ({exc}): {_FIX}") from None
+    if split.null_count or pa.types.is_null(split.type.value_type):
+        raise CacheError(f"{path} has rows without a split name: {_FIX}")
+    which = split.indices.to_numpy()
+    out: Splits = {}
+    for k, name in enumerate(split.dictionary.to_pylist()):  # in order of first appearance, as written
+        rows = np.flatnonzero(which == k)
+        out[name] = item[rows[np.argsort(pos[rows], kind="stable")]]
+    return out
 
 
 def splits_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:

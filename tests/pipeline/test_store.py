@@ -54,6 +54,30 @@ def test_items_and_splits_round_trip(tmp_path):
     assert sp["train"].tolist() == [105, 103, 108]  # order kept
 
 
+def test_splits_keep_positions_when_rows_are_shuffled_and_refuse_a_damaged_table(tmp_path):
+    import pyarrow as pa
+    layout = CacheLayout(tmp_path)
+    t = _table()
+    write_items(layout, t, {})
+    write_splits(layout, t.dataset, {**_splits(t), "empty": np.zeros(0, np.int64)}, {"params": {}})
+    path = layout.splits_path("toy")
+    table = pq.read_table(path)
+    meta = read_metadata(path, "fix")
+    assert table.column("split").type == pa.string()  # plain strings on disk, one per row
+    shuffled = table.take(pa.array(np.random.default_rng(3).permutation(table.num_rows)))
+    write_table_atomic(shuffled, path, metadata=meta)
+    sp = read_splits(layout, "toy")
+    assert sp["train"].tolist() == [105, 103, 108] and sp["query"].tolist() == [100, 101, 102]
+    assert sp["database"].tolist() == list(range(103, 110)) and sp["train"].dtype == np.int64
+    with_null = table.set_column(1, "split", pa.array([None] + table.column("split").to_pylist()[1:], pa.string()))
+    write_table_atomic(with_null, path, metadata=meta)
+    with pytest.raises(CacheError, match="without a split name.*--overwrite"):
+        read_splits(layout, "toy")
+    write_table_atomic(table.drop_columns(["position"]), path, metadata=meta)
+    with pytest.raises(CacheError, match="not a split table.*--overwrite"):
+        read_splits(layout, "toy")
+
+
 def test_feature_shards_resume_and_gather_train(tmp_path):
     layout = CacheLayout(tmp_path)
     t = _table()
