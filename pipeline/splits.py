@@ -199,7 +199,8 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
             t = max(0, min(std_train, int(SCALED_TRAIN_FRACTION * (n - q - v))))
         if q + t + v > n or t < 1 or n - q - v < 1:
             raise ConfigError(
-                f"splits for {table.dataset!r} ({n} items): query {q} + train {t} + validation {v} do not fit "
+                f"splits for {table.dataset!r} ({n} items): query {q} + train {t} + validation "
+                f"{v if n_validation is not None else '(at least 1)'} do not fit "
                 f"(train and validation are drawn from the {n - q} database items and must be disjoint); "
                 f"ask for a smaller n_query, n_train or n_validation"
             )

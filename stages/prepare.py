@@ -72,8 +72,9 @@ def check_request(req: DatasetRequest) -> None:
     for what, value in (("--n-query", req.n_query), ("--n-train", req.n_train)):
         if value is not None and value < 1:
             raise ConfigError(f"{what} must be >= 1, got {value}; leave it out for the protocol's size")
-    if req.n_validation is not None and req.n_validation < 0:
-        raise ConfigError(f"--validation must be >= 0, got {req.n_validation}")
+    if req.n_validation is not None and req.n_validation < 1:
+        raise ConfigError(f"--validation must be >= 1 (an empty validation split scores nothing), got "
+                          f"{req.n_validation}; leave it out for the query split's size")
     check_dataset_options(req.dataset, req.options)
 
 

@@ -42,7 +42,8 @@ def test_coco_pairs_file_with_a_byte_order_mark_is_read(cli, tmp_path):
 @pytest.mark.parametrize("args, expect", [
     (["--seed", "-1"], "seed -1"),
     (["--name", "../elsewhere"], "not path-safe"),
-    (["--validation", "-3"], "--validation must be >= 0"),
+    (["--validation", "-3"], "--validation must be >= 1"),
+    (["--validation", "0"], "--validation must be >= 1"),
     (["--n-query", "0"], "--n-query must be >= 1"),
     (["-o", "dataset.text_kind=tag"], "text_kind"),
 ])
