@@ -111,6 +111,8 @@ def read_splits(layout: CacheLayout, dataset: str) -> Splits:
     check_schema_version(read_metadata(path, _FIX), path)
     t = read_table(path, fix=_FIX)
     try:
+        if t.column("item_id").null_count or t.column("position").null_count:
+            raise ValueError("an item id or position is missing")
         item = t.column("item_id").to_numpy().astype(np.int64, copy=False)
         pos = t.column("position").to_numpy()
         split = t.column("split").combine_chunks().dictionary_encode()

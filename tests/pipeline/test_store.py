@@ -73,6 +73,10 @@ def test_splits_keep_positions_when_rows_are_shuffled_and_refuse_a_damaged_table
     write_table_atomic(with_null, path, metadata=meta)
     with pytest.raises(CacheError, match="without a split name.*--overwrite"):
         read_splits(layout, "toy")
+    no_pos = table.set_column(2, "position", pa.array([None] + table.column("position").to_pylist()[1:], pa.int64()))
+    write_table_atomic(no_pos, path, metadata=meta)
+    with pytest.raises(CacheError, match="missing.*--overwrite"):
+        read_splits(layout, "toy")
     write_table_atomic(table.drop_columns(["position"]), path, metadata=meta)
     with pytest.raises(CacheError, match="not a split table.*--overwrite"):
         read_splits(layout, "toy")
