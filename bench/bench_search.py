@@ -21,9 +21,9 @@ measured queries are searched once, with that setting.
 
 ``mem_mb``: the index's serialized size (``faiss.serialize_index_binary``) in MB (10^6 bytes): codes,
 ids and tables, which is what the index holds in memory, without allocator overhead. Raw codes are
-N x bits / 8 bytes. Builds use one faiss thread. ``ms_per_1k``: wall milliseconds per 1,000 queries, the faster of one faiss thread
-and all the cores this process may use (tuning searches use one thread, which is steadier on a shared
-machine); the chosen line says which. Peak RSS is printed at the end. Output: one line per kind, exactly
+N x bits / 8 bytes. Builds use one faiss thread. ``ms_per_1k``: wall milliseconds per 1,000 queries,
+the faster of one faiss thread and all the cores this process may use (tuning searches use one
+thread, which is steadier on a shared machine); the chosen line says which. Peak RSS is printed at the end. Output: one line per kind, exactly
 ``kind=<k> n=<N> bits=<b> build_s=<x> mem_mb=<y> ms_per_1k=<z> recall@50=<r>`` (scripts read it);
 other lines never start with ``kind=``.
 """
@@ -122,6 +122,17 @@ def grid(kind: str, n: int, bits: int) -> list[dict[str, int]]:
 BUILD_KEYS = {"ivf": ("nlist", "train_size"), "hash": ("hash_bits",), "multihash": ("nhash", "hash_bits")}
 
 
+def timed_build(db: np.ndarray, ids: np.ndarray, kind: str, params: dict) -> tuple[object, float]:
+    """(index, seconds) built on one faiss thread: faiss' OpenMP k-means collapsed on a shared 2-core
+    machine (IVF at 1M: 88 s with two threads beside one busy core, 2.2 s with one)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    t0 = time.perf_counter()
+    index = binary_index.build_index(db, ids, kind, params)
+    return index, time.perf_counter() - t0
+
+
 def timed_search(index, q: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
     import faiss
 
@@ -162,12 +173,7 @@ def bench_block(db: np.ndarray, q: np.ndarray, tune_q: np.ndarray, bits: int, ki
             key = tuple(params.get(k) for k in BUILD_KEYS.get(kind, ()))
             if key not in built:
                 built.clear()  # one index in memory at a time
-                # builds use one thread: faiss' OpenMP k-means collapsed on a shared 2-core machine
-                # (IVF at 1M: 88 s with two threads beside one busy core, 2.2 s with one)
-                faiss.omp_set_num_threads(1)
-                t1 = time.perf_counter()
-                index = binary_index.build_index(db, ids_all, kind, params)
-                build_s = time.perf_counter() - t1
+                index, build_s = timed_build(db, ids_all, kind, params)
                 built[key] = (index, build_s, len(binary_index.to_bytes(index)) / 1e6)
             index, build_s, mem_mb = built[key]
             binary_index.set_search_params(index, kind, params)
@@ -188,10 +194,8 @@ def bench_block(db: np.ndarray, q: np.ndarray, tune_q: np.ndarray, bits: int, ki
         key = tuple(params.get(k) for k in BUILD_KEYS.get(kind, ()))
         if key not in built:
             built.clear()
-            faiss.omp_set_num_threads(1)
-            t1 = time.perf_counter()
-            built[key] = (binary_index.build_index(db, ids_all, kind, params), 0.0, mem_mb)
-            build_s = time.perf_counter() - t1
+            index, build_s = timed_build(db, ids_all, kind, params)
+            built[key] = (index, build_s, mem_mb)
         index = built[key][0]
         binary_index.set_search_params(index, kind, params)
         ids, dist, sec, threads = best_search(index, q, max_threads)
