@@ -69,12 +69,11 @@ def check_request(req: DatasetRequest) -> None:
                           f"leave it out to take every pair")
     if req.seed < 0:
         raise ConfigError(f"split seed {req.seed}: give a whole number >= 0")
-    for what, value in (("--n-query", req.n_query), ("--n-train", req.n_train)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{what} must be >= 1, got {value}; leave it out for the protocol's size")
-    if req.n_validation is not None and req.n_validation < 1:
-        raise ConfigError(f"--validation must be >= 1 (an empty validation split scores nothing), got "
-                          f"{req.n_validation}; leave it out for the query split's size")
+    for what, value, default in (("--n-query", req.n_query, "the protocol's size"),
+                                 ("--n-train", req.n_train, "the protocol's size"),
+                                 ("--validation", req.n_validation, "the query split's size")):
+        if value is not None and value < 1:  # an empty split, validation included, scores nothing
+            raise ConfigError(f"{what} must be >= 1, got {value}; leave it out for {default}")
     check_dataset_options(req.dataset, req.options)
 
 
