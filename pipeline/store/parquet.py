@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -119,8 +120,20 @@ def unreadable(path: str | os.PathLike, exc: BaseException, fix: str = REBUILD_H
     return CacheError(f"{path} is damaged or not a Parquet file ({detail}): {fix}")
 
 
+def _refuse_special(path: str | os.PathLike, fix: str) -> None:
+    """CacheError for a FIFO, socket or device where a cache file belongs: opening one blocks or reads
+    forever. A directory passes (Arrow reads a partitioned folder, or says why it cannot)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the reader's own error names it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise CacheError(f"{path} is not a regular file (a pipe, socket or device): {fix}")
+
+
 def read_table(path: str | os.PathLike, columns: list[str] | None = None, fix: str = REBUILD_HINT) -> pa.Table:
     """``pq.read_table`` with a CacheError naming the file and the fix instead of an Arrow traceback."""
+    _refuse_special(path, fix)
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -129,6 +142,7 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None, fix: s
 
 def read_metadata(path: str | os.PathLike, fix: str = REBUILD_HINT) -> dict[str, Any]:
     """The provenance blob of one Parquet file ({} when absent)."""
+    _refuse_special(path, fix)
     try:
         meta = pq.read_schema(path).metadata or {}
         raw = meta.get(META_KEY)
@@ -139,6 +153,7 @@ def read_metadata(path: str | os.PathLike, fix: str = REBUILD_HINT) -> dict[str,
 
 def read_json(path: str | os.PathLike, fix: str = REBUILD_HINT) -> Any:
     """A JSON file of the cache (a manifest, a run config), CacheError when it is damaged."""
+    _refuse_special(path, fix)
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:

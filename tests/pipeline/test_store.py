@@ -191,3 +191,31 @@ def test_validate_catches_misalignment():
     t.item_id[1] = t.item_id[0]
     with pytest.raises(DataError, match="duplicate"):
         t.validate()
+
+
+@pytest.mark.parametrize("reader", ["splits", "metadata", "json"])
+def test_a_fifo_in_place_of_a_cache_file_is_refused_without_opening_it(tmp_path, reader):
+    import os
+    import signal
+
+    from pipeline.store.parquet import read_json
+
+    layout = CacheLayout(tmp_path)
+    t = _table()
+    write_items(layout, t, {})
+    path = layout.splits_path("toy")
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    read = {"splits": lambda: read_splits(layout, "toy"), "metadata": lambda: read_metadata(path),
+            "json": lambda: read_json(path)}[reader]
+    def hung(*_):
+        raise TimeoutError("the reader opened the FIFO and blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # a blocked open fails the test instead of hanging the suite
+    signal.alarm(20)
+    try:
+        with pytest.raises(CacheError, match="not a regular file"):
+            read()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
