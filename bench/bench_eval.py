@@ -110,7 +110,7 @@ def main() -> int:
     import faiss
     import numba
 
-    from stages.evaluate.codes import pack_codes
+    from pipeline.ground.store.codes import pack_codes
     from stages.evaluate.hamming import topk
     from stages.evaluate.metrics import map_at_k, ranking_stats
     from stages.evaluate.report import DEFAULT_KS

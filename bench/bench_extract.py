@@ -32,10 +32,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.datasets.base import ItemTable
-from pipeline.datasets.images import load_image
-from pipeline.settings import data_root
-from pipeline.store.layout import CacheLayout
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.images import load_image
+from pipeline.ground.settings import data_root
+from pipeline.ground.store.layout import CacheLayout
 from stages.extract import create_encoder
 from stages.extract.runner import available_cores, resolve_device, run_extraction
 
@@ -45,7 +45,7 @@ MIRFLICKR_ROWS = 20_015
 def real_items(folder: Path, n: int) -> ItemTable | None:
     if not (folder / "pairs.tsv").is_file():
         return None
-    from pipeline.datasets import get_dataset
+    from stages.prepare.datasets import get_dataset
 
     items = get_dataset("mirflickr").builder(folder)
     if n <= len(items):

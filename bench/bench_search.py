@@ -76,7 +76,7 @@ def find_run(cache: Path, bits: int) -> Path | None:
 
 
 def realistic(rng: np.random.Generator, run: Path, n: int, nq: int, bits: int, p: float):
-    from stages.evaluate.codes import read_codes
+    from pipeline.ground.store.codes import read_codes
 
     db = read_codes(run / "codes", "database", unpack=False)
     qs = read_codes(run / "codes", "query", unpack=False)
@@ -232,7 +232,7 @@ def main() -> int:
     n = args.n or (1_000_000 if args.quick else 10_000_000)
     data_kinds = args.data or ("realistic" if args.quick else "realistic,uniform")
     if args.quick and args.data is None and args.run is None:
-        from pipeline.settings import cache_root
+        from pipeline.ground.settings import cache_root
 
         if find_run(cache_root(args.cache), args.bits) is None:
             data_kinds = "uniform"
@@ -248,7 +248,7 @@ def main() -> int:
     for data in [d.strip() for d in data_kinds.split(",") if d.strip()]:
         total_q = args.queries + args.tune_queries
         if data == "realistic":
-            from pipeline.settings import cache_root
+            from pipeline.ground.settings import cache_root
 
             run = args.run or find_run(cache_root(args.cache), args.bits)
             if run is None:

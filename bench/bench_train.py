@@ -43,9 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from pipeline.settings import cache_root
-    from pipeline.store.layout import CacheLayout
-    from pipeline.store.reader import load_split, parse_feature_spec
+    from pipeline.ground.settings import cache_root
+    from pipeline.ground.store.layout import CacheLayout
+    from pipeline.ground.store.reader import load_split, parse_feature_spec
     from stages.train import methods  # noqa: F401
     from stages.train.base import create_method
     from stages.train.loop import fit_method

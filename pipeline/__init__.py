@@ -1,12 +1,12 @@
-"""cmh: cross-modal hashing retrieval, from a Parquet feature cache to binary codes and mAP reports."""
+"""cmh: cross-modal hashing retrieval, from a Parquet feature cache to binary codes and mAP reports.
 
-__version__ = "0.2.0"
+The package is in three layers, one folder each, and imports flow down only (import-linter checks it):
 
-# The code version stored with every published result row (results/). Bump it whenever a change can
-# alter any method's codes for the same seed; rows of another version are then listed as stale by
-# `cmh report --results` instead of being mixed into the table.
-RESULTS_VERSION = "0.2.0"
+- ``pipeline.cli``: the command line; it parses and calls one use case per command.
+- ``pipeline.orchestration``: the use cases (train, grid, extract, report, publish, query, encode, index).
+- ``stages``: prepare | extract | train | evaluate, and ``stages.present`` (tables, figures, pages) above them.
+- ``pipeline.ground``: the cache store, registries, config, errors, settings, provenance, progress.
+"""
+from pipeline.ground.versions import CACHE_SCHEMA_VERSION, RESULTS_VERSION, __version__
 
-# Bumped whenever the on-disk layout of the cache changes; a cache written by another schema
-# version is refused with a clear error instead of being misread.
-CACHE_SCHEMA_VERSION = 1
+__all__ = ["__version__", "RESULTS_VERSION", "CACHE_SCHEMA_VERSION"]

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.errors import CMHError, ConfigError
+from pipeline.ground.errors import CMHError, ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
@@ -24,8 +24,8 @@ CacheOpt = typer.Option(None, "--cache", help="cache root (default: ./cache, or 
 
 
 def _layout(cache: Optional[Path]):
-    from pipeline.settings import cache_root
-    from pipeline.store.layout import CacheLayout
+    from pipeline.ground.settings import cache_root
+    from pipeline.ground.store.layout import CacheLayout
 
     return CacheLayout(cache_root(cache))
 
@@ -60,7 +60,7 @@ def _options_by_prefix(opts: dict, encoder_names: list[str]) -> dict[str, dict]:
     """
     import difflib
 
-    from pipeline.errors import ConfigError
+    from pipeline.ground.errors import ConfigError
     from stages.extract import ENCODERS
 
     kinds = {_encoder_kind(e) for e in encoder_names}
@@ -122,7 +122,7 @@ def extract(
 ) -> None:
     """Read a dataset once and write its items, splits and embeddings into the feature cache."""
     from stages.prepare import DatasetRequest, prepare_dataset
-    from pipeline.store.features import ShardSpec
+    from pipeline.ground.store.features import ShardSpec
     from stages.extract import create_encoder, load_encoders
     from stages.extract.runner import run_extraction
 
@@ -189,7 +189,7 @@ def train(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train a hashing method on cached features, encode query/database, evaluate and write a run directory."""
-    from pipeline.run import TrainRequest, train_runs
+    from pipeline.orchestration.training import TrainRequest, train_runs
 
     req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
@@ -219,7 +219,7 @@ def report(
     top_k: int = typer.Option(10, min=1, help="--html: retrievals shown per gallery query"),
 ) -> None:
     """Print the methods x bits table (validation score in brackets) of the cache's runs, or of results/."""
-    from stages.evaluate.tables import methods_by_bits
+    from stages.present.tables import methods_by_bits
 
     if results is not None:
         _report_results(results, dataset, readme, figure)
@@ -231,15 +231,15 @@ def report(
     typer.echo(table.markdown)
     typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
     if html:
-        from stages.evaluate.html_report import GallerySettings, build_html_report
+        from stages.present.html.report import GallerySettings, build_html_report
 
         page = build_html_report(_layout(cache), table, out_dir=out_dir,
                                  settings=GallerySettings(seed=gallery_seed, per_task=gallery_queries, top_k=top_k))
         missing = f"; {len(page.missing_images)} unreadable image(s) shown as placeholders" if page.missing_images else ""
         typer.echo(f"html report ({page.runs} runs{missing}): {page.page}")
     if published:
-        from stages.evaluate.published import comparison_markdown
-        from stages.evaluate.tables import results_table
+        from stages.present.published import comparison_markdown
+        from stages.present.tables import results_table
 
         typer.echo(comparison_markdown(results_table(_layout(cache).root, table.dataset, "map@50"), table.dataset))
 
@@ -247,9 +247,9 @@ def report(
 def _report_results(results: Path, dataset: Optional[str], readme: Optional[Path], figure: Optional[Path]) -> None:
     import pyarrow.parquet as pq
 
-    from pipeline.settings import PROJECT_ROOT
-    from stages.evaluate.plots import plot_map_vs_bits
-    from stages.evaluate.results import readme_block, scan_results, update_readme
+    from pipeline.ground.settings import PROJECT_ROOT
+    from stages.present.plots import plot_map_vs_bits
+    from stages.present.results import readme_block, scan_results, update_readme
 
     if dataset is None:
         raise typer.BadParameter("--results needs --dataset (the folder name under results/)")
@@ -280,7 +280,7 @@ def publish(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Copy finished runs' report rows (no codes, no models) into results/<dataset>/ to be committed."""
-    from stages.evaluate.results import publish_runs
+    from stages.present.results import publish_runs
 
     import pyarrow.parquet as pq
 
@@ -307,7 +307,7 @@ def query(
     """Encode a new image or text with a trained run and print its Hamming top-k database items.
 
     Uses the index `cmh index` saved for those codes when there is one (and says so), exact search otherwise."""
-    from pipeline.query import query_run
+    from pipeline.orchestration.query import query_run
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give exactly one of --text or --image")
@@ -318,7 +318,7 @@ def query(
     for row in rows:
         typer.echo("\t".join(str(v) for v in row))
     if html is not None:
-        from pipeline.query_page import write_query_page
+        from stages.present.html.query_page import write_query_page
 
         typer.echo(f"html: {write_query_page(_layout(cache), run, rows, html, text=text, image=image)}")
 
@@ -339,7 +339,7 @@ def encode(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Code every item of another cached dataset with a trained run's model, into runs/<run>/encoded/<dataset>/."""
-    from pipeline.encode import ENGINES, encode_dataset
+    from pipeline.orchestration.encoding import ENGINES, encode_dataset
 
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: choose local or ray")
@@ -375,7 +375,7 @@ def index(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Build a faiss binary index of a run's codes, saved with the run, for `cmh query` (evaluation stays exact)."""
-    from pipeline.index import build_indexes
+    from pipeline.orchestration.indexing import build_indexes
 
     overrides = {"nlist": nlist, "nprobe": nprobe, "hash_bits": hash_bits, "nflip": nflip, "nhash": nhash}
     for info in build_indexes(_layout(cache), run, dataset=dataset, kind=kind,
@@ -402,7 +402,7 @@ def grid(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train methods x code lengths x seeds on one dataset and write the combined table (Parquet, Markdown, PNG)."""
-    from pipeline.grid import GridRequest, run_grid
+    from pipeline.orchestration.grid import GridRequest, run_grid
 
     if workers is not None and workers < 1:
         raise typer.BadParameter(f"--workers {workers}: give 1 or more")
@@ -454,7 +454,7 @@ def list_(what: str = typer.Argument(..., help="methods, encoders or datasets"),
 
         load_encoders()
     elif what == "datasets":
-        from pipeline.datasets import DATASETS as reg, _import_sources
+        from stages.prepare.datasets import DATASETS as reg, _import_sources
 
         _import_sources()
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.settings import DEFAULT_DATA_ROOT
+from pipeline.ground.settings import DEFAULT_DATA_ROOT
 
 
 def shared_data_root() -> Path | None:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store.items import read_splits
-from stages.evaluate.gallery import pick_queries
-from stages.evaluate.html_report import build_html_report
-from stages.evaluate.tables import methods_by_bits
+from pipeline.ground.store.items import read_splits
+from stages.present.html.gallery import pick_queries
+from stages.present.html.report import build_html_report
+from stages.present.tables import methods_by_bits
 from tests.chromium import Browser, chromium_binary
-from tests.evaluate.html_fixtures import DATASET, make_dataset, make_run
+from tests.present.html_fixtures import DATASET, make_dataset, make_run
 
 pytestmark = pytest.mark.browser
 

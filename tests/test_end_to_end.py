@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from stages.prepare import DatasetRequest, prepare_dataset
-from pipeline.store.layout import CacheLayout
+from pipeline.ground.store.layout import CacheLayout
 from stages.extract import create_encoder
 from stages.extract.runner import run_extraction
-from pipeline.run import TrainRequest, train_runs
+from pipeline.orchestration.training import TrainRequest, train_runs
 
 
 def _extract(layout, req, encoders=("alexnet", "bow")):
@@ -69,7 +69,7 @@ def test_demo_train_report_sql_and_query(demo_cache):
     assert again[0].skipped and again[0].run_id == results[0].run_id
 
     # retrieval with a new text through the run's own encoders and model
-    from pipeline.query import query_run
+    from pipeline.orchestration.query import query_run
 
     hits = query_run(layout, results[2].run_id, text="sky, sea", top_k=5)  # two of the demo's tags
     assert len(hits) == 5 and [h[0] for h in hits] == [1, 2, 3, 4, 5]
@@ -96,7 +96,7 @@ def test_demo_train_report_sql_and_query(demo_cache):
 
 
 def test_paired_mode_is_refused_for_methods_without_it(demo_cache):
-    from pipeline.errors import ConfigError
+    from pipeline.ground.errors import ConfigError
 
     with pytest.raises(ConfigError, match="paired"):
         train_runs(demo_cache, TrainRequest(dataset="demo", method="baseline", bits=(16,), eval_mode="paired",
@@ -138,8 +138,8 @@ def test_readme_sql_runs_on_real_artifacts(demo_cache):
 
 def test_grid_in_worker_processes_gives_the_sequential_grid(demo_cache, tmp_path):
     """cmh grid --workers 2: every cell once, in cell order, the same codes as one process, then the tables."""
-    from pipeline.grid import GridRequest, run_grid
-    from stages.evaluate.codes import read_codes
+    from pipeline.orchestration.grid import GridRequest, run_grid
+    from pipeline.ground.store.codes import read_codes
 
     req = GridRequest(dataset="demo", methods=["baseline", "djsrh"], bits=(16, 32), seeds=(1,), epochs={"djsrh": 1},
                       workers=2, out_dir=tmp_path / "par")

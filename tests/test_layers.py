@@ -44,8 +44,48 @@ def test_every_module_sits_in_a_layer():
     assert not missing, f"add these to a layer in pyproject.toml [tool.importlinter]: {sorted(missing)}"
 
 
-def test_layer_order_is_orchestration_stages_ground():
-    top, middle, ground = _layers()
-    assert {"pipeline.cli", "pipeline.demo", "pipeline.grid", "pipeline.run", "pipeline.query"} <= set(top)
-    assert set(middle) == {"stages.prepare", "stages.extract", "stages.train", "stages.evaluate"}
-    assert {"pipeline.registry", "pipeline.errors", "pipeline.settings", "pipeline.store"} <= set(ground)
+def test_layer_order_is_cli_orchestration_presentation_stages_ground():
+    cli, orchestration, present, stages, ground = _layers()
+    assert set(cli) == {"pipeline.__main__", "pipeline.cli"}
+    assert orchestration == ["pipeline.orchestration"] and present == ["stages.present"]
+    assert set(stages) == {"stages.prepare", "stages.extract", "stages.train", "stages.evaluate"}
+    assert ground == ["pipeline.ground"]
+
+
+def test_no_import_circle():
+    """No module imports itself through others (imports inside functions count: they are arrows too)."""
+    import grimp
+
+    graph = grimp.build_graph("pipeline", "stages")
+    edges = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(edges):
+        if module not in index:
+            visit(module)
+    assert not circles, f"import circles: {circles}"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import PROJECT_ROOT
-from stages.evaluate.results import readme_block, readme_block_in
+from pipeline.ground.settings import PROJECT_ROOT
+from stages.present.results import readme_block, readme_block_in
 
 README = PROJECT_ROOT / "README.md"
 RESULTS = PROJECT_ROOT / "results"

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.ground.errors import ConfigError, DataError
 
 KINDS = ("flat", "ivf", "hash", "multihash")
 

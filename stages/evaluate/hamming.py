@@ -3,7 +3,7 @@
 Tie rule ("stable"): database items are ordered by Hamming distance, ties by database index (row
 order of the database split). This is the order ``faiss.IndexBinaryFlat`` returns (checked by a
 test; it is an implementation property of faiss, not a documented contract), and the order the SQL
-in ``stages.evaluate.sql`` produces with ``ORDER BY hamming, item_id`` when item ids ascend with row order.
+in ``stages.present.sql`` produces with ``ORDER BY hamming, item_id`` when item ids ascend with row order.
 
 Backends for :func:`topk`:
 
@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.ground.errors import ConfigError, DataError
 
 BACKENDS = ("numpy", "numba", "faiss")
 

@@ -37,8 +37,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from pipeline.errors import ConfigError, DataError
-from stages.evaluate.codes import check_codes, pack_codes, pack_labels
+from pipeline.ground.errors import ConfigError, DataError
+from pipeline.ground.store.codes import check_codes, pack_codes, pack_labels
 
 TIE_RULES = {
     "stable": "stable: equal Hamming distances ordered by database index (= faiss IndexBinaryFlat order)",

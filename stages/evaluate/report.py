@@ -22,10 +22,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import CacheError, ConfigError, DataError
-from pipeline.store.parquet import read_table, write_table_atomic
-from pipeline.store.runs import CURVES_FILE, REPORT_FILE  # noqa: F401  (the run directory owns the names)
-from stages.evaluate.codes import CODE_CONVENTIONS
+from pipeline.ground.errors import CacheError, ConfigError, DataError
+from pipeline.ground.store.parquet import read_table, write_table_atomic
+from pipeline.ground.store.runs import CURVES_FILE, REPORT_FILE  # noqa: F401  (the run directory owns the names)
+from pipeline.ground.store.codes import CODE_CONVENTIONS
 from stages.evaluate.metrics import (
     TIE_RULES,
     map_from_stats,
@@ -56,7 +56,7 @@ REQUIRED_META: dict[str, pa.DataType] = {
 }
 #: Always present (NULL when not given) so cross-run SQL can group on them: the training length, the
 #: hash of the resolved method config (seeds of one configuration share it), the paper's epochs (a
-#: shorter run is marked as a budget run), the code version (``pipeline.RESULTS_VERSION``) and whether
+#: shorter run is marked as a budget run), the code version (``pipeline.ground.versions.RESULTS_VERSION``) and whether
 #: the method read training labels (marked in tables: not comparable with the unsupervised rows).
 OPTIONAL_META: dict[str, pa.DataType] = {"epochs": pa.int64(), "config_hash": pa.string(),
                                          "paper_epochs": pa.int64(), "code_version": pa.string(),

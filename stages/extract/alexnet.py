@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError, WeightsError
-from pipeline.store.features import ColumnSpec
-from pipeline.provenance import file_sha256
+from pipeline.ground.errors import ConfigError, WeightsError
+from pipeline.ground.store.features import ColumnSpec
+from pipeline.ground.provenance import file_sha256
 from stages.extract.base import Encoder, column_array, register_encoder, safe_id
 from stages.extract.layers import ChannelProjection, FixedStripPoolingGate, isqrt_cov, isqrt_cov_dim
 

@@ -35,7 +35,7 @@ Adding an encoder is adding a file. A sentence-transformers text encoder, for ex
         def encode(self, images, texts, item_ids):
             return {"text": self.model.encode([", ".join(t) for t in texts])}
 
-plus one line ``from stages.extract import sbert`` in ``load_encoders``; nothing else changes.
+plus one line ``from stages.extract import sbert`` in ``factory.load_encoders``; nothing else changes.
 """
 from __future__ import annotations
 
@@ -45,11 +45,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.datasets.base import ItemTable
-from pipeline.config import merge_config
-from pipeline.errors import ConfigError
-from pipeline.registry import Entry, Registry, check_path_safe, normalise_name
-from pipeline.store.features import ColumnSpec
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.registry import Registry, check_path_safe, normalise_name
+from pipeline.ground.store.features import ColumnSpec
 
 
 class Encoder:
@@ -124,46 +122,3 @@ def safe_id(text: str) -> str:
     """A free-form name (an open_clip model or tag) as a path-safe id part: ``ViT-B/32`` -> ``vit-b-32``."""
     out = re.sub(r"[^a-z0-9.\-]+", "-", normalise_name(text)).strip("-.")
     return check_path_safe(out or "x")
-
-
-def _load_kinds() -> None:
-    from stages.extract import load_encoders
-
-    load_encoders()
-
-
-def _find(name: str) -> tuple[Entry, Mapping[str, Any]]:
-    """(kind entry, preset options) for a kind name, alias or preset id."""
-    _load_kinds()
-    key = normalise_name(name)
-    for entry in ENCODERS.entries():
-        if key in entry.variants:
-            return entry, entry.variants[key]
-    try:
-        return ENCODERS.get(name), {}
-    except KeyError as exc:
-        ids = list_encoders()
-        raise ConfigError(f"{exc.args[0]}; encoder ids: {', '.join(ids)}") from None
-
-
-def list_encoders(pattern: str = "*") -> list[str]:
-    """Kind names and preset ids, naturally sorted."""
-    import fnmatch
-
-    from pipeline.registry import _natural_key
-
-    _load_kinds()
-    names = set(ENCODERS.names())
-    for entry in ENCODERS.entries():
-        names.update(entry.variants)
-    return sorted((n for n in names if fnmatch.fnmatch(n, pattern)), key=_natural_key)
-
-
-def create_encoder(name: str, **options: Any) -> Encoder:
-    """Build an encoder from a kind (``clip``), alias or preset id (``clip-vit-b-32.openai``).
-
-    Resolution order: config dataclass defaults < variant < ``options`` (``None`` values dropped).
-    """
-    entry, variant = _find(name)
-    cfg = merge_config(f"encoder {entry.name!r}", entry.config, (f"variant {name}", variant), ("option", options))
-    return entry.builder(cfg)

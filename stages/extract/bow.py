@@ -26,9 +26,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.datasets.base import ItemTable
-from pipeline.errors import ConfigError, DataError
-from pipeline.store.features import ColumnSpec
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.errors import ConfigError, DataError
+from pipeline.ground.store.features import ColumnSpec
 from stages.extract.base import Encoder, register_encoder
 
 log = logging.getLogger(__name__)

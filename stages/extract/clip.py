@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.datasets.base import ItemTable
-from pipeline.errors import ConfigError, WeightsError
-from pipeline.store.features import ColumnSpec
-from pipeline.provenance import file_sha256
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.errors import ConfigError, WeightsError
+from pipeline.ground.store.features import ColumnSpec
+from pipeline.ground.provenance import file_sha256
 from stages.extract.base import Encoder, column_array, register_encoder, safe_id
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-import pipeline
-from pipeline.datasets.base import ItemTable
-from pipeline.errors import DataError
-from pipeline.provenance import package_versions
-from pipeline.store.features import FeatureWriter, Shard, ShardSpec, read_manifest
-from pipeline.store.layout import PHYSICAL_SPLITS, CacheLayout
+from pipeline.ground import versions
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.errors import DataError
+from pipeline.ground.provenance import package_versions
+from pipeline.ground.store.features import FeatureWriter, Shard, ShardSpec, read_manifest
+from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from stages.extract.base import Encoder
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def provenance(encoder: Encoder, items: ItemTable, engine: str) -> dict[str, Any
     """The encoder's own provenance (weights, preprocessing, ...) plus what the runner knows."""
     run = {"encoder_id": encoder.id, "encoder_config": encoder.config(), "packages": package_versions(EXTRACT_PACKAGES),
            "dataset_fingerprint": items.fingerprint(), "dataset_source": items.source,
-           "text_kind": items.text_kind, "code_version": pipeline.__version__, "engine": engine}
+           "text_kind": items.text_kind, "code_version": versions.__version__, "engine": engine}
     own = encoder.provenance()
     clash = sorted(set(own) & set(run))
     if clash:
@@ -116,7 +116,7 @@ def plan_extraction(layout: CacheLayout, items: ItemTable, splits: dict[str, np.
     writer = FeatureWriter(
         layout, items.dataset, encoder.id, encoder_config=encoder.config(), columns=encoder.columns,
         default_columns=encoder.default_columns, dataset_fingerprint=items.fingerprint(), splits=splits,
-        shard_size=shard_size, code_version=pipeline.__version__, provenance=provenance(encoder, items, engine),
+        shard_size=shard_size, code_version=versions.__version__, provenance=provenance(encoder, items, engine),
     )
     writer.check_or_create_manifest(overwrite)
     todo = writer.pending(shard)

@@ -30,11 +30,11 @@ import pyarrow as pa
 import ray
 import torch
 
-from pipeline.datasets.base import ItemTable
-from pipeline.errors import ConfigError
-from pipeline.progress import progress_bar
-from pipeline.store.features import FeatureWriter, Shard, ShardSpec
-from pipeline.store.layout import CacheLayout
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.errors import ConfigError
+from pipeline.ground.progress import progress_bar
+from pipeline.ground.store.features import FeatureWriter, Shard, ShardSpec
+from pipeline.ground.store.layout import CacheLayout
 from stages.extract.base import Encoder
 from stages.extract.plan import ExtractSummary, finish_extraction, plan_extraction, write_shard_batches
 from stages.extract.runner import available_cores, decode_image, shard_batches

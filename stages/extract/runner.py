@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.datasets.base import ItemTable
-from pipeline.datasets.images import load_image
-from pipeline.progress import progress_bar
-from pipeline.errors import ConfigError, DataError
-from pipeline.store.features import ShardSpec
-from pipeline.store.layout import CacheLayout
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.images import load_image
+from pipeline.ground.progress import progress_bar
+from pipeline.ground.errors import ConfigError, DataError
+from pipeline.ground.store.features import ShardSpec
+from pipeline.ground.store.layout import CacheLayout
 from stages.extract.base import Encoder
 from stages.extract.plan import ExtractSummary, finish_extraction, plan_extraction, write_shard_batches
 

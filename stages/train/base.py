@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import merge_config
-from pipeline.errors import CacheError, ConfigError
-from pipeline.registry import Registry
-from pipeline.store.reader import SplitFeatures
+from pipeline.ground.config import merge_config
+from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.registry import Registry
+from pipeline.ground.store.reader import SplitFeatures
 
 log = logging.getLogger(__name__)
 

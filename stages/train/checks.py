@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 
 #: Longest code accepted. The papers evaluate 16-128 bits (a few go to 256); 4,096 bits (64 uint64
 #: words per code) is 32 times the longest published length, and already 10 MB per modality for a

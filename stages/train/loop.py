@@ -107,7 +107,7 @@ def fit_method(
 
     bar = None
     if progress:
-        from pipeline.progress import progress_bar
+        from pipeline.ground.progress import progress_bar
 
         bar = progress_bar(total=n_epochs, description=f"train {method.name} {method.bits}b", unit="epoch")
     try:

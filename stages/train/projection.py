@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch, FeatureDims, HashingMethod
 
 

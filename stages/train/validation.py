@@ -1,6 +1,6 @@
 """Validation scores while a method trains: the only data any choice of ``cmh`` may read.
 
-The validation split (``pipeline.splits``) is drawn from the database minus train. Its items are the
+The validation split (``stages.prepare.splits``) is drawn from the database minus train. Its items are the
 queries; the training split is the retrieval set (disjoint from them, and already in memory), so a
 score costs one encoding of validation + train and one ranking. The score is mAP@50 per task
 (image→text, text→image), the papers' headline metric, computed by the evaluation stage's metric,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import CacheError, DataError
-from stages.evaluate.codes import (
+from pipeline.ground.errors import CacheError, DataError
+from pipeline.ground.store.codes import (
     BIT_ORDER, binarize, n_words, pack_codes, pack_labels, read_codes, unpack_codes, write_codes,
 )
 from tests.evaluate.helpers import random_codes

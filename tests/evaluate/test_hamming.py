@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError, DataError
-from stages.evaluate.codes import pack_codes
+from pipeline.ground.errors import ConfigError, DataError
+from pipeline.ground.store.codes import pack_codes
 from stages.evaluate.hamming import hamming_matrix, iter_hamming, topk
 from tests.evaluate.helpers import brute_distances, brute_order, correlated, random_codes
 

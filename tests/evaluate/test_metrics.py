@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.ground.errors import ConfigError, DataError
 from stages.evaluate.metrics import (
     map_at_k, pr_curve, precision_at_k, precision_within_radius, ranking_stats,
 )

@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.ground.errors import ConfigError, DataError
 from stages.evaluate.metrics import map_at_k, precision_within_radius
 from stages.evaluate.report import evaluate_codes, evaluate_codes_and_curves, read_rows, write_report
-from tests.evaluate.conftest import run_meta
+from tests.evaluate.helpers import run_meta
 from tests.evaluate.helpers import correlated
 
 

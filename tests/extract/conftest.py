@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.datasets.base import ItemTable
+from pipeline.ground.item_table import ItemTable
 
 TINY_CLIP = "cmh-tiny-clip"
 TINY_CLIP_CFG = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.errors import ConfigError, WeightsError
+from pipeline.ground.errors import ConfigError, WeightsError
 from stages.extract import create_encoder
 from stages.extract import alexnet as alex
 from stages.extract.layers import covariance_pool
@@ -119,7 +119,7 @@ def test_uint8_transform_plus_batched_normalise_equals_the_float_transform(encod
     from PIL import Image
     from torchvision import transforms
 
-    from pipeline.datasets.images import load_image
+    from pipeline.ground.images import load_image
 
     items = make_items(2, size=100)
     reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),

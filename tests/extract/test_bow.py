@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import scipy.io
 
-from pipeline.datasets import get_dataset
-from pipeline.datasets.base import ItemTable
-from pipeline.errors import ConfigError
-from pipeline.store.features import read_split_raw
-from pipeline.store.layout import CacheLayout
+from stages.prepare.datasets import get_dataset
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.errors import ConfigError
+from pipeline.ground.store.features import read_split_raw
+from pipeline.ground.store.layout import CacheLayout
 from stages.extract import create_encoder
 from stages.extract.bow import terms, top_terms, vocabulary_index
 from stages.extract.runner import run_extraction

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets.images import load_image
-from pipeline.errors import ConfigError, WeightsError
+from pipeline.ground.images import load_image
+from pipeline.ground.errors import ConfigError, WeightsError
 from stages.extract import create_encoder, list_encoders
-from stages.extract.base import _find, safe_id
+from stages.extract.base import safe_id
+from stages.extract.factory import _find
 from tests.extract.conftest import TINY_CLIP
 
 

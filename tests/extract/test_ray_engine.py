@@ -14,9 +14,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipeline.errors import ConfigError  # noqa: E402
-from pipeline.store.features import read_manifest, read_split_raw  # noqa: E402
-from pipeline.store.layout import CacheLayout  # noqa: E402
+from pipeline.ground.errors import ConfigError  # noqa: E402
+from pipeline.ground.store.features import read_manifest, read_split_raw  # noqa: E402
+from pipeline.ground.store.layout import CacheLayout  # noqa: E402
 from stages.extract import create_encoder  # noqa: E402
 from stages.extract import ray_engine  # noqa: E402
 from stages.extract.ray_engine import ray_session, run_extraction_ray  # noqa: E402

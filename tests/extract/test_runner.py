@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.datasets.images import load_image
-from pipeline.errors import CacheError, ConfigError, DataError
-from pipeline.store.features import ShardSpec, read_manifest, read_split_raw
-from pipeline.store.items import write_items, write_splits
-from pipeline.store.layout import CacheLayout
-from pipeline.store.reader import load_split, parse_feature_spec
+from pipeline.ground.images import load_image
+from pipeline.ground.errors import CacheError, ConfigError, DataError
+from pipeline.ground.store.features import ShardSpec, read_manifest, read_split_raw
+from pipeline.ground.store.items import write_items, write_splits
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.reader import load_split, parse_feature_spec
 from stages.extract import create_encoder
 from stages.extract.runner import resolve_device, run_extraction
 from tests.extract.conftest import TINY_CLIP, toy_splits

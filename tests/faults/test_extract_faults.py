@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store.layout import CacheLayout
-from pipeline.store.parquet import read_metadata
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.parquet import read_metadata
 from tests.faults.conftest import cli_subprocess, one_line_error, write_pairs
 
 BOW = "bow"

@@ -249,7 +249,7 @@ def test_a_garbage_model_is_one_line(cli, built):
 @pytest.mark.parametrize("command", ["encode", "index"])
 def test_a_read_only_run_folder_is_one_line_naming_the_path(cli, built, monkeypatch, command):
     _, cache, run = built
-    import pipeline.store.parquet as parquet
+    import pipeline.ground.store.parquet as parquet
 
     real = parquet.os.replace
 
@@ -267,8 +267,8 @@ def test_a_read_only_run_folder_is_one_line_naming_the_path(cli, built, monkeypa
 @pytest.mark.parametrize("where", ["coding", "writing"])
 def test_ctrl_c_mid_encode_leaves_no_torn_part_and_a_rerun_resumes(cli, built, monkeypatch, where):
     _, cache, run = built
-    import pipeline.encode as encode
-    import pipeline.store.parquet as parquet
+    import pipeline.orchestration.encoding as encode
+    import pipeline.ground.store.parquet as parquet
 
     owner, name = (encode, "encode_chunk") if where == "coding" else (parquet.pq, "write_table")
     real, calls = getattr(owner, name), []

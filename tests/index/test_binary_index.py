@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.evaluate import binary_index as bi
-from stages.evaluate.codes import pack_codes
+from pipeline.ground.store.codes import pack_codes
 from stages.evaluate.hamming import topk
 
 K = 20
@@ -81,7 +81,7 @@ def test_parameter_rules_and_refusals():
 
 
 def test_stream_locates_rows_and_misses():
-    from pipeline.store.stream import _locate
+    from pipeline.ground.store.stream import _locate
 
     rows, found = _locate(np.array([30, 10, 20]), np.array([10, 25, 30, 5]))
     assert found.tolist() == [True, False, True, False]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.faults.conftest import one_line_error
-from stages.evaluate.codes import read_codes, write_codes
+from pipeline.ground.store.codes import read_codes, write_codes
 
 
 def _extract(cli, data, cache, name, *extra):

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import stages.train.methods  # noqa: F401  (registers every method)
-from pipeline.settings import data_root
+from pipeline.ground.settings import data_root
 from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, create_method
 from stages.train.loop import TrainHistory, encode_split, fit_method
 from stages.train.losses import sign_plus

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from tests.train.helpers import (assert_batch_independent, assert_binary_codes, build, codes, random_batch,
                                  random_dims, real_mirflickr_features, train)
 

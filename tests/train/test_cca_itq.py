@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch
 from stages.train.loop import encode_split, fit_method
 from stages.train.validation import Validator

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import stages.train.methods  # noqa: F401  (registers every method)
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import resolve_config
 from stages.train.loop import fit_method
 from stages.train.methods.cfrh import cross_affinity, reconstruction_error

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import resolve_config
 from tests.train.helpers import build, random_batch, random_dims
 

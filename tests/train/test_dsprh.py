@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import stages.train.methods  # noqa: F401  (registers every method)
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train import losses
 from stages.train.base import FeatureBatch, FeatureDims, resolve_config
 from stages.train.loop import fit_method

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import stages.train.methods  # noqa: F401  (registers every method)
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch, resolve_config
 from stages.train.loop import encode_split, fit_method
 from stages.train.methods.fjsph import cluster_divergence, label_similarity

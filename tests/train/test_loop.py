@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, METHODS, register_method, \
     resolve_config
 from stages.train.loop import NonFiniteLoss, encode_split, fit_method

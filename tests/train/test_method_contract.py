@@ -16,7 +16,7 @@ from typing import Any, Mapping, NamedTuple
 import pytest
 import torch
 
-from pipeline.errors import CacheError
+from pipeline.ground.errors import CacheError
 from stages.train.base import METHODS, FeatureBatch, FeatureDims, load_method, save_method
 from tests.train.helpers import (with_branches, assert_all_terms_finite, assert_batch_independent, assert_binary_codes,
                                  assert_loss_falls, build, codes, random_batch, random_dims,

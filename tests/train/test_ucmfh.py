@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch, resolve_config
 from stages.train.loop import encode_split
 from tests.train.helpers import (assert_all_terms_finite, assert_batch_independent, assert_binary_codes,

@@ -40,7 +40,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch, FeatureDims, MethodConfig, register_method
 from stages.train.projection import ProjectionHash
 

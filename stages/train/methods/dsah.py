@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train import losses
 from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, register_method
 from stages.train.layers import HashHead, mlp, tanh_slope

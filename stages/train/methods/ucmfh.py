@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError
+from pipeline.ground.errors import ConfigError
 from stages.train import losses
 from stages.train.base import FeatureBatch, FeatureDims, HashingMethod, MethodConfig, Modality, register_method
 from stages.train.layers import FusionTransformer, NormalisedHashMLP

@@ -1,0 +1,97 @@
+"""Opening an image reference from the item table.
+
+A reference is either a file path, or ``<path.mat>#<index>`` for the DCMH HDF5 image stacks
+(``IAll`` of shape (N, 3, 224, 224) as h5py reads it). Failures raise DataError naming the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from pipeline.ground.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Side (pixels) a JPEG is decoded at when only checking that it decodes (libjpeg scales by 1/2..1/8 for free).
+CHECK_DRAFT_SIDE = 64
+
+
+@lru_cache(maxsize=8)
+def _h5(path: str):  # one handle per process (DataLoader workers each get their own)
+    import h5py
+
+    return h5py.File(path, "r")
+
+
+def load_image(ref: str) -> Image.Image:
+    """The RGB image behind ``ref``; raises DataError when it cannot be read or decoded."""
+    require_regular_file(ref.split("#", 1)[0] if _is_stack(ref) else ref)
+    try:
+        if _is_stack(ref):
+            path, index = ref.split("#", 1)
+            arr = np.asarray(_h5(path)["IAll"][int(index)])  # (3, W, H) as stored by MATLAB
+            return Image.fromarray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))).astype(np.uint8)).convert("RGB")
+        with Image.open(ref) as im:
+            im.load()
+            return im.convert("RGB")
+    except DataError:
+        raise
+    except Exception as exc:  # PIL/h5py raise many types; all mean "this image is unusable"
+        raise DataError(f"cannot read image {ref}: {type(exc).__name__}: {exc}") from exc
+
+
+def _is_stack(ref: str) -> bool:
+    return "#" in ref and ref.split("#", 1)[0].endswith(".mat")
+
+
+def require_regular_file(path: str) -> None:
+    """DataError unless ``path`` is a regular file: opening a FIFO or a device blocks for ever, a folder fails late."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        raise DataError(f"cannot read image {path}: it is {kind}")
+
+
+def check_image(ref: str) -> str | None:
+    """None when ``ref`` decodes, else the reason. JPEGs decode at reduced size (``draft``), so this costs
+    a fraction of a full decode; truncated and foreign files still fail. HDF5 stack rows are not checked
+    here (reading them is the expensive part); extraction records those that fail."""
+    if _is_stack(ref):
+        return None
+    try:
+        require_regular_file(ref)
+        with Image.open(ref) as im:
+            im.draft("RGB", (CHECK_DRAFT_SIDE, CHECK_DRAFT_SIDE))
+            im.load()
+    except DataError as exc:
+        return str(exc)
+    except Exception as exc:  # PIL raises many types; all mean "this image is unusable"
+        return f"cannot read image {ref}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def unreadable_images(refs: list[str], workers: int | None = None) -> dict[int, str]:
+    """Row -> reason for every reference that does not decode; threads, since PIL decodes without the GIL."""
+    from pipeline.ground.progress import progress_bar
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    bar = progress_bar(len(refs), "checking images", unit="images")
+    bad: dict[int, str] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for row, reason in enumerate(pool.map(check_image, refs, chunksize=64)):
+                bar.update(1)
+                if reason is not None:
+                    bad[row] = reason
+    finally:
+        bar.close()
+    return bad

@@ -1,0 +1,133 @@
+"""The dataset's item table and its split membership, written once into the cache.
+
+Later stages read these instead of the raw dataset, so every method sees the same items and splits.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.ground.versions import CACHE_SCHEMA_VERSION
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.errors import CacheError
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.parquet import arrow_to_vectors, read_metadata, read_table, vectors_to_arrow, write_table_atomic
+
+#: How a damaged items/splits file is repaired.
+_FIX = "re-run `cmh extract` for this dataset with --overwrite"
+
+Splits = dict[str, np.ndarray]  # split name -> item ids, in split order
+
+
+def write_items(layout: CacheLayout, table: ItemTable, meta: Mapping[str, Any]) -> None:
+    cols: dict[str, Any] = {
+        "item_id": pa.array(table.item_id, pa.int64()),
+        "image": pa.array(table.image, pa.string()),
+        "texts": pa.array(table.texts, pa.list_(pa.string())),
+        "labels": vectors_to_arrow(table.labels.astype(np.uint8)),
+    }
+    if table.bow is not None:
+        cols["bow"] = vectors_to_arrow(np.asarray(table.bow, dtype=np.uint8))
+    full_meta = {
+        "schema_version": CACHE_SCHEMA_VERSION,
+        "dataset": table.dataset,
+        "label_names": table.label_names,
+        "text_kind": table.text_kind,
+        "source": table.source,
+        "vocabulary": table.vocabulary,
+        "fingerprint": table.fingerprint(),
+        "skipped": [[str(i), r] for i, r in table.skipped],
+        "notes": list(getattr(table, "notes", [])),
+        **meta,
+    }
+    write_table_atomic(pa.table(cols), layout.items_path(table.dataset), metadata=full_meta,
+                       vector_columns=["labels", "bow"])
+
+
+def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
+    path = layout.items_path(dataset)
+    if not path.exists():
+        raise CacheError(
+            f"no cached dataset {dataset!r} under {layout.root}: run `cmh extract --dataset ...` "
+            f"(or `make extract DATASET=...`) first, or point CACHE= at the cache that holds it"
+        )
+    meta = read_metadata(path, _FIX)
+    check_schema_version(meta, path)
+    return meta
+
+
+def check_schema_version(meta: Mapping[str, Any], path: Any) -> None:
+    found = meta.get("schema_version")
+    if found != CACHE_SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} was written with cache schema version {found}, this code reads version "
+            f"{CACHE_SCHEMA_VERSION}: re-run `cmh extract` into a new CACHE= directory (or delete the old one)"
+        )
+
+
+def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
+    meta = items_meta(layout, dataset)
+    t = read_table(layout.items_path(dataset), fix=_FIX)
+    return ItemTable(
+        dataset=meta["dataset"],
+        item_id=t.column("item_id").to_numpy(),
+        image=t.column("image").to_pylist(),
+        texts=t.column("texts").to_pylist(),
+        labels=arrow_to_vectors(t.column("labels")),
+        label_names=list(meta["label_names"]),
+        text_kind=meta["text_kind"],
+        source=meta["source"],
+        vocabulary=meta.get("vocabulary"),
+        bow=arrow_to_vectors(t.column("bow")) if "bow" in t.column_names else None,
+        skipped=[tuple(s) for s in meta.get("skipped", [])],
+        notes=list(meta.get("notes", [])),
+        origin_fingerprint=meta.get("fingerprint"),
+    )
+
+
+def write_splits(layout: CacheLayout, dataset: str, splits: Splits, meta: Mapping[str, Any]) -> None:
+    ids = [np.asarray(members, dtype=np.int64) for members in splits.values()]
+    # Split names as dictionary indices, cast to plain strings: no Python list of one string per item
+    # (10M items), and the same column as before.
+    which = np.repeat(np.arange(len(ids), dtype=np.int32), [len(v) for v in ids])
+    names = pa.DictionaryArray.from_arrays(pa.array(which, pa.int32()), pa.array(list(splits), pa.string()))
+    table = pa.table({
+        "item_id": pa.array(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
+        "split": names.cast(pa.string()),
+        "position": pa.array(np.concatenate([np.arange(len(v), dtype=np.int64) for v in ids])
+                             if ids else np.zeros(0, np.int64)),
+    })
+    sizes = {k: int(len(v)) for k, v in splits.items()}
+    write_table_atomic(table, layout.splits_path(dataset),
+                       metadata={"schema_version": CACHE_SCHEMA_VERSION, "sizes": sizes, **meta})
+
+
+def read_splits(layout: CacheLayout, dataset: str) -> Splits:
+    path = layout.splits_path(dataset)
+    if not path.exists():
+        raise CacheError(f"no split membership for {dataset!r} at {path}: run `cmh extract --dataset {dataset}` first")
+    check_schema_version(read_metadata(path, _FIX), path)
+    t = read_table(path, fix=_FIX)
+    try:
+        if t.column("item_id").null_count or t.column("position").null_count:
+            raise ValueError("an item id or position is missing")
+        item = t.column("item_id").to_numpy().astype(np.int64, copy=False)
+        pos = t.column("position").to_numpy()
+        split = t.column("split").combine_chunks().dictionary_encode()
+    except (KeyError, pa.ArrowException, TypeError, ValueError) as exc:
+        raise CacheError(f"{path} is not a split table ({exc}): {_FIX}") from None
+    if split.null_count or pa.types.is_null(split.type.value_type):
+        raise CacheError(f"{path} has rows without a split name: {_FIX}")
+    which = split.indices.to_numpy()
+    out: Splits = {}
+    for k, name in enumerate(split.dictionary.to_pylist()):  # in order of first appearance, as written
+        rows = np.flatnonzero(which == k)
+        out[name] = item[rows[np.argsort(pos[rows], kind="stable")]]
+    return out
+
+
+def splits_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
+    return read_metadata(layout.splits_path(dataset), _FIX)
+

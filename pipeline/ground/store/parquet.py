@@ -1,0 +1,160 @@
+"""Parquet helpers: vector columns as FixedSizeList, provenance in schema metadata, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.ground.errors import CacheError
+
+#: Key of the JSON provenance blob in every file's schema metadata.
+META_KEY = b"cmh"
+
+
+def vectors_to_arrow(x: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, d) array -> FixedSizeList<dtype>[d], a zero-copy wrap of the contiguous buffer."""
+    x = np.ascontiguousarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array of vectors, got shape {x.shape}")
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def arrow_to_vectors(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """FixedSizeList column -> (n, d) numpy array (one copy at most, when there are several chunks)."""
+    if isinstance(col, pa.ChunkedArray):
+        chunks = [c for c in col.chunks if len(c)]
+        if not chunks:
+            width = col.type.list_size
+            return np.zeros((0, width), dtype=col.type.value_type.to_pandas_dtype())
+        parts = [arrow_to_vectors(c) for c in chunks]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    width = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
+def write_table_atomic(
+    table: pa.Table,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    vector_columns: Iterable[str] = (),
+) -> Path:
+    """Write to ``<dir>/*.parquet.partial``, fsync, then rename, so readers never see half a file.
+
+    The ``.partial`` suffix never matches the ``*.parquet`` globs readers use.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata is not None:
+        existing = dict(table.schema.metadata or {})
+        existing[META_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(existing)
+    vectors = [c for c in vector_columns if c in table.column_names]
+    float_vectors = [c for c in vectors if pa.types.is_floating(table.schema.field(c).type.value_type)]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    os.close(fd)
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            compression_level=3,
+            use_dictionary=[c for c in table.column_names if c not in vectors],
+            use_byte_stream_split=float_vectors or False,
+            write_statistics=[c for c in table.column_names if c not in vectors],
+            row_group_size=8192,
+        )
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to a ``.partial`` sibling, fsync, then rename (pages, thumbnails, figures)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; pages and images are meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+#: What the cache's files are rebuilt with, for the message when one of them is unreadable.
+REBUILD_HINT = "delete it and re-run the command that wrote it (`cmh extract --overwrite`, `cmh train --force`)"
+
+
+def unreadable(path: str | os.PathLike, exc: BaseException, fix: str = REBUILD_HINT) -> CacheError:
+    """The one-line error for a truncated or foreign file in the cache."""
+    detail = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).split(". ")[0][-120:]
+    return CacheError(f"{path} is damaged or not a Parquet file ({detail}): {fix}")
+
+
+def _refuse_special(path: str | os.PathLike, fix: str) -> None:
+    """CacheError for a FIFO, socket or device where a cache file belongs: opening one blocks or reads
+    forever. A directory passes (Arrow reads a partitioned folder, or says why it cannot)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the reader's own error names it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise CacheError(f"{path} is not a regular file (a pipe, socket or device): {fix}")
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None, fix: str = REBUILD_HINT) -> pa.Table:
+    """``pq.read_table`` with a CacheError naming the file and the fix instead of an Arrow traceback."""
+    _refuse_special(path, fix)
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise unreadable(path, exc, fix) from None
+
+
+def read_metadata(path: str | os.PathLike, fix: str = REBUILD_HINT) -> dict[str, Any]:
+    """The provenance blob of one Parquet file ({} when absent)."""
+    _refuse_special(path, fix)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        raw = meta.get(META_KEY)
+        return json.loads(raw) if raw else {}
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise unreadable(path, exc, fix) from None
+
+
+def read_json(path: str | os.PathLike, fix: str = REBUILD_HINT) -> Any:
+    """A JSON file of the cache (a manifest, a run config), CacheError when it is damaged."""
+    _refuse_special(path, fix)
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{path} is damaged ({exc}): {fix}") from None

@@ -1,0 +1,174 @@
+"""A run directory: its layout, its atomic writes and whether it is complete.
+
+A run is written in this order, so a killed training leaves a directory that says how far it got:
+``config.json`` (before training) -> ``model.pt`` and ``history.json`` (after training) -> ``codes/``
+(query and database codes) -> ``report.parquet`` and ``curves.parquet`` -> ``plots/``. A run is
+*trained* once its model and database codes exist and *complete* once its report exists; a rerun
+of the same request skips only complete runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.ground.errors import CacheError
+from pipeline.ground.registry import check_path_safe
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.parquet import write_json_atomic
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.json"
+CODES_DIR = "codes"
+REPORT_FILE = "report.parquet"
+CURVES_FILE = "curves.parquet"
+PLOTS_DIR = "plots"
+ENCODED_DIR = "encoded"  # encoded/<dataset>/: another cached dataset coded with this run's model (cmh encode)
+INDEX_DIR = "index"  # index/ beside a codes/ folder: its search index (cmh index)
+
+RETRAIN_HINT = "train the run again with `cmh train ... --force`"
+
+_RUN_ID = re.compile(r"^(?P<stem>.+)-(?P<bits>\d+)b-s(?P<seed>\d+)-(?P<key>[0-9a-f]+)$")
+
+
+@dataclass(frozen=True)
+class RunId:
+    """``<dataset>-<method>-<bits>b-s<seed>-<key>``: what a run is, readable in a folder listing.
+
+    ``key`` is the first 8 hex digits of the hash of the run's resolved config, so two requests that
+    resolve to the same config share a folder. Dataset and method names may themselves contain "-", so
+    a parsed id gives their joined ``stem``; the run's ``config.json`` holds them apart.
+    """
+
+    stem: str  # "<dataset>-<method>"
+    bits: int
+    seed: int
+    key: str
+
+    @classmethod
+    def of(cls, dataset: str, method: str, bits: int, seed: int, config_key: str) -> "RunId":
+        return cls(f"{dataset}-{method}", int(bits), int(seed), config_key[:8])
+
+    @classmethod
+    def parse(cls, run_id: str) -> "RunId":
+        match = _RUN_ID.match(run_id)
+        if match is None:
+            raise CacheError(f"{run_id!r} is not a run id (<dataset>-<method>-<bits>b-s<seed>-<hash>)")
+        return cls(match["stem"], int(match["bits"]), int(match["seed"]), match["key"])
+
+    def __str__(self) -> str:
+        return f"{self.stem}-{self.bits}b-s{self.seed}-{self.key}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def of(cls, layout: CacheLayout, run_id: str) -> "RunDir":
+        return cls(layout.run_dir(run_id))
+
+    @classmethod
+    def find(cls, layout: CacheLayout, run: str) -> "RunDir":
+        """A run named by its id (under the cache's runs/) or by its directory; CacheError listing the runs."""
+        path = Path(run)
+        if not (path / CONFIG_FILE).exists():
+            path = layout.runs_dir() / run
+        if not (path / CONFIG_FILE).exists():
+            have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / REPORT_FILE).exists())[:20]
+            raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
+                             f"(train one with `make train`)")
+        return cls(path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_hash(self) -> str:
+        """The key part of the run id: the first 8 hex digits of the resolved config's hash."""
+        return RunId.parse(self.run_id).key
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset the run was trained on (its config.json), or None when that is unreadable."""
+        try:
+            return self.read_config().get("dataset")
+        except (CacheError, OSError, AttributeError):
+            return None
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def codes_dir(self) -> Path:
+        return self.path / CODES_DIR
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def curves_path(self) -> Path:
+        return self.path / CURVES_FILE
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS_DIR
+
+    def encoded_dir(self, dataset: str) -> Path:
+        """``encoded/<dataset>/``: ``codes/`` and ``index/`` of another dataset coded with this run."""
+        return self.path / ENCODED_DIR / check_path_safe(dataset)
+
+    def is_complete(self) -> bool:
+        return self.report_path.exists()
+
+    def is_trained(self) -> bool:
+        return self.model_path.exists() and (self.codes_dir / "split=database").exists()
+
+    def require_trained(self) -> None:
+        """CacheError when the run was killed before its model and database codes were written."""
+        missing = [f for f in (MODEL_FILE, f"{CODES_DIR}/split=database") if not (self.path / f).exists()]
+        if missing:
+            raise CacheError(f"run {self.run_id} is incomplete ({', '.join(missing)} missing): its training was "
+                             f"interrupted; run the same `cmh train` command again to finish it")
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return write_json_atomic(config, self.config_path)
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{self.config_path} is unreadable ({exc}); {RETRAIN_HINT}") from None
+
+    def write_history(self, history: dict[str, Any]) -> Path:
+        return write_json_atomic(history, self.history_path)
+
+    def write_model(self, save: Callable[[Path], None]) -> Path:
+        """``save(tmp)`` writes the model file; it is renamed into place only when complete."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=MODEL_FILE + ".", suffix=".partial")
+        os.close(fd)
+        try:
+            save(Path(tmp))
+            os.replace(tmp, self.model_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return self.model_path

@@ -1,0 +1,214 @@
+"""Dataset source: a user's own image–text collection in a documented JSONL or CSV file (docs/pairs-format.md).
+
+JSONL, one object per line::
+
+    {"image": "photos/0001.jpg", "text": "A dog runs on the beach", "labels": ["dog", "beach"]}
+    {"image": "photos/0002.jpg", "text": ["cat", "sofa", "indoor"], "labels": ["cat"], "id": 7}
+
+CSV with a header ``image,text,labels[,id]``; several texts or labels in one cell are separated by
+``|`` (options ``text_sep``, ``label_sep``). Image paths are relative to the file's folder (or
+absolute). ``labels`` is required on every row (the evaluation's relevance is label overlap); a row
+with an empty label list is dropped and recorded in ``skipped`` unless ``keep_unlabelled=True``.
+``item_id`` is the ``id`` column when every row has one, else the 0-based record number.
+Label columns follow ``label_names`` when given, else the sorted set of names seen.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from stages.prepare.datasets.base import ItemTable, TextKind, drop_unusable, register_dataset, report_skipped
+from stages.prepare.datasets.text import clean_texts, open_text, read_lines
+from pipeline.ground.errors import ConfigError, DataError
+
+FILE_NAMES = ("pairs.jsonl", "pairs.csv")
+_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
+@register_dataset("pairs", aliases=("jsonl", "csv", "custom"), default_dir=None, default_root="data")
+def pairs(
+    data_dir: Path,
+    *,
+    file: str | Path | None = None,
+    text_kind: TextKind = "captions",
+    label_names: Sequence[str] | str | Path | None = None,
+    text_sep: str = "|",
+    label_sep: str = "|",
+    keep_unlabelled: bool = False,
+) -> ItemTable:
+    """Your own image–text pairs with labels, from a JSONL or CSV file (format: docs/pairs-format.md).
+
+    ``data_dir`` is the file itself or the folder holding ``pairs.jsonl`` / ``pairs.csv`` (``file``
+    names another file in it). ``text_kind`` says whether texts are ``captions`` or ``tags``;
+    ``label_names`` (a list, or a file with one name per line) fixes the label column order.
+    """
+    path = find_pairs_file(Path(data_dir), file)
+    names = _label_names_option(label_names)
+    return read_pairs_file(path, dataset="pairs", text_kind=text_kind, label_names=names, text_sep=text_sep,
+                           label_sep=label_sep, keep_unlabelled=keep_unlabelled)
+
+
+def find_pairs_file(data_dir: Path, file: str | Path | None = None) -> Path:
+    """The pairs file: ``data_dir`` itself, ``data_dir/file``, or the one ``pairs.jsonl``/``pairs.csv`` in it."""
+    data_dir = data_dir.expanduser()
+    if data_dir.is_file() and file is None:
+        return data_dir.resolve()
+    if not data_dir.is_dir():
+        raise DataError(f"dataset 'pairs': {data_dir} does not exist; pass DATA_DIR=<your pairs.jsonl or "
+                        f"pairs.csv, or the folder holding it> (CLI: --data-dir); format: docs/pairs-format.md")
+    if file is not None:
+        path = Path(file) if Path(file).is_absolute() else data_dir / file
+        if not path.is_file():
+            raise DataError(f"dataset 'pairs': file {path} does not exist")
+        return path.resolve()
+    found = [data_dir / n for n in FILE_NAMES if (data_dir / n).is_file()]
+    if not found:
+        raise DataError(f"dataset 'pairs': no {' or '.join(FILE_NAMES)} in {data_dir}; write one "
+                        f"(docs/pairs-format.md) or name the file with the option file=<name>")
+    if len(found) > 1:
+        raise DataError(f"dataset 'pairs': both {found[0].name} and {found[1].name} are in {data_dir}; "
+                        f"choose one with the option file=<name>")
+    return found[0].resolve()
+
+
+def read_pairs_file(
+    path: Path,
+    *,
+    dataset: str,
+    text_kind: TextKind = "captions",
+    label_names: list[str] | None = None,
+    text_sep: str = "|",
+    label_sep: str = "|",
+    keep_unlabelled: bool = False,
+) -> ItemTable:
+    """Parse a pairs file into an ItemTable (also used by the demo source, which writes one)."""
+    if text_kind not in ("captions", "tags"):
+        raise ConfigError(f"pairs option text_kind={text_kind!r}: use 'captions' or 'tags'")
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown pairs file type {path.suffix!r}; use .jsonl or .csv (docs/pairs-format.md)")
+    rows = _read_jsonl(path) if kind == "jsonl" else _read_csv(path, text_sep, label_sep)
+    if not rows:
+        raise DataError(f"{path} has no pairs")
+
+    has_id = [r["id"] is not None for r in rows]
+    if any(has_id) and not all(has_id):
+        where = rows[has_id.index(False)]["where"]
+        raise DataError(f"{where}: has no id, but other rows do; give an id on every row or on none")
+    ids = []
+    for k, r in enumerate(rows):
+        try:
+            ids.append(int(r["id"]) if r["id"] is not None else k)
+        except (TypeError, ValueError):
+            raise DataError(f"{r['where']}: id {r['id']!r} is not an integer") from None
+    uniq, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{path}: duplicate ids {uniq[counts > 1][:5].tolist()}; every row needs its own id")
+
+    seen = sorted({name for r in rows for name in r["labels"]})
+    names = list(label_names) if label_names is not None else seen
+    column = {name: j for j, name in enumerate(names)}
+    if len(column) != len(names):
+        raise ConfigError(f"label_names for {path} repeat a name: {names}")
+    labels = np.zeros((len(rows), len(names)), dtype=np.uint8)  # (n, L)
+    keep: list[int] = []
+    skipped: list[tuple[Any, str]] = []
+    for k, r in enumerate(rows):
+        for name in r["labels"]:
+            if name not in column:
+                raise DataError(f"{r['where']}: label {name!r} is not in label_names ({len(names)} names)")
+            labels[k, column[name]] = 1
+        if labels[k].any() or keep_unlabelled:
+            keep.append(k)
+        else:
+            skipped.append((ids[k], "no labels"))
+    if skipped:
+        report_skipped(dataset, skipped, path)
+    base = path.parent
+    refs = [str(Path(r["image"]) if Path(r["image"]).is_absolute() else base / r["image"]) for r in rows]
+    sel = np.asarray(keep, dtype=np.int64)
+    table = ItemTable(
+        dataset=dataset,
+        item_id=np.asarray(ids, dtype=np.int64)[sel],
+        image=[refs[k] for k in sel],
+        texts=[rows[k]["texts"] for k in sel],
+        labels=labels[sel],
+        label_names=names,
+        text_kind=text_kind,
+        source=str(path),
+        skipped=skipped,
+    )
+    return drop_unusable(table).validate()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_no}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where} is not valid JSON: {exc}") from exc
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: expected a JSON object with image, text, labels")
+            rows.append(_row(obj, where, split_text=None, split_labels=None))
+    return rows
+
+
+def _read_csv(path: Path, text_sep: str, label_sep: str) -> list[dict[str, Any]]:
+    rows = []
+    with open_text(path) as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise DataError(f"{path} is empty; expected a header line image,text,labels[,id]")
+        for obj in reader:
+            where = f"{path} line {reader.line_num}"
+            if None in obj:
+                raise DataError(f"{where}: more cells than header columns {reader.fieldnames}; quote cells "
+                                f"that contain commas")
+            rows.append(_row(obj, where, split_text=text_sep, split_labels=label_sep))
+    return rows
+
+
+def _row(obj: dict[str, Any], where: str, *, split_text: str | None, split_labels: str | None) -> dict[str, Any]:
+    """Validate one record; ``split_*`` set for CSV cells, which hold ``sep``-joined lists."""
+    missing = [k for k in ("image", "text", "labels") if k not in obj or obj[k] is None]
+    if missing:
+        hint = " (labels are required: see docs/pairs-format.md)" if "labels" in missing else ""
+        raise DataError(f"{where}: missing field(s) {missing}{hint}")
+    text, labels = obj["text"], obj["labels"]
+    if split_text is not None:
+        text = text.split(split_text)
+    if split_labels is not None:
+        labels = labels.split(split_labels) if labels.strip() else []
+    if isinstance(text, str):
+        text = [text]
+    if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+        raise DataError(f"{where}: text must be a string or a list of strings")
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"{where}: labels must be a list of label names (strings)")
+    if not isinstance(obj["image"], str) or not obj["image"].strip():
+        raise DataError(f"{where}: image must be a non-empty path")
+    ident = obj.get("id")
+    if isinstance(ident, str) and not ident.strip():
+        ident = None
+    return {"image": obj["image"].strip(), "texts": clean_texts(text), "labels": clean_texts(labels),
+            "id": ident, "where": where}
+
+
+def _label_names_option(value: Sequence[str] | str | Path | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"pairs option label_names={value!r}: give a list of names or a file with one per line")
+        return read_lines(path)
+    return [str(x) for x in value]

@@ -1,0 +1,37 @@
+"""``cmh query --html out.html``: one ad-hoc query's gallery as a single self-contained file.
+
+The thumbnails come from the dataset's shared thumbnail store and are inlined as ``data:`` URIs, so the
+file can be moved or mailed on its own. A new query has no labels, so relevance is shown as unknown.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.ground.store.items import read_items
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.parquet import write_bytes_atomic
+from stages.present.html.gallery import Items, adhoc_gallery, render_gallery
+from stages.present.html.page import esc, legend_html, page_html
+from pipeline.ground.store.runs import RunDir
+from stages.present.html.thumbnails import Thumb, ThumbnailStore
+
+
+def write_query_page(layout: CacheLayout, run: str, rows: Sequence[tuple], out: Path, *,
+                     text: str | None = None, image: Path | None = None) -> Path:
+    """Write the gallery of one query (``rows`` from ``query_run``) to ``out``; returns the path."""
+    run = RunDir.find(layout, run)
+    run_dir, config = run.path, run.read_config()
+    dataset = config["dataset"]
+    items = Items(read_items(layout, dataset))
+    thumbs = ThumbnailStore(layout.root / "reports", dataset)
+
+    def src(thumb: Thumb) -> str | None:
+        return None if thumb.path is None else thumb.data_uri()
+
+    gallery = adhoc_gallery(run_dir.name, rows, text=text, image=image)
+    what = f"image {image}" if image is not None else f"text {text!r}"
+    body = [f"<h1>cmh query · {esc(config.get('method'))} · {esc(config.get('bits'))} bits</h1>",
+            f"<p>run <code>{esc(run_dir.name)}</code> · dataset {esc(dataset)} · query {esc(what)}</p>",
+            legend_html(), render_gallery(gallery, items, thumbs.get, src)]
+    return write_bytes_atomic(page_html(f"cmh query · {run_dir.name}", body).encode("utf-8"), Path(out))

@@ -1,0 +1,202 @@
+"""``cmh report --html``: one offline page per dataset with the results table, figures and retrieval galleries.
+
+``<reports>/<dataset>.html`` holds the methods × bits table, the mAP-vs-bits figure and, per run, a
+collapsed section with its precision–recall and P@K curves, its validation curve when the run recorded
+one, and its gallery. Images are relative links (thumbnails under ``<reports>/<dataset>/thumbs``, run
+figures under ``<cache>/runs``), so the page opens from disk without a network. Beside the page,
+``<dataset>.report.json`` records the settings, the chosen queries, the software versions, the data
+fingerprint and every image that could not be shown.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.ground.errors import CacheError
+from pipeline.ground.provenance import environment
+from pipeline.ground.store.items import items_meta, read_items, read_splits
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.parquet import write_bytes_atomic, write_json_atomic
+from stages.present.html.gallery import Items, pick_queries, render_gallery, run_gallery
+from stages.present.html.page import esc, legend_html, methods_table_html, page_html, rel_url
+from stages.present.plots import PLOTS_DIR, plot_map_vs_bits, plot_run, plot_validation
+from stages.evaluate.report import CURVES_FILE
+from stages.present.tables import MethodsTable, report_glob
+from stages.present.html.thumbnails import ThumbnailStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GallerySettings:
+    """Which queries every run's gallery shows: ``per_task`` i2t and t2i queries drawn with ``seed``."""
+
+    seed: int = 0
+    per_task: int = 4
+    top_k: int = 10
+
+
+@dataclass
+class RunEntry:
+    run_id: str
+    run_dir: Path
+    method: str
+    bits: int
+    seed: int
+    image_features: str | None
+    text_features: str | None
+    epochs: int | None
+    scores: dict[str, float] = field(default_factory=dict)  # task -> the table's metric
+
+
+@dataclass
+class HtmlReport:
+    page: Path
+    sidecar: Path
+    runs: int
+    missing_images: dict[str, str]
+
+
+def list_runs(cache_root: Path, dataset: str, metric: str) -> list[RunEntry]:
+    """Every run of ``dataset`` with a report, with its ``metric`` per task, ordered by method, bits, seed."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            "SELECT filename, run_id, method, bits, seed, image_features, text_features, epochs, task, value "
+            "FROM read_parquet($glob, union_by_name = true, filename = true) "
+            "WHERE dataset = $dataset AND metric = $metric",
+            {"glob": report_glob(cache_root), "dataset": dataset, "metric": metric}).fetchall()
+    except duckdb.IOException as err:
+        raise CacheError(f"no run reports under {Path(cache_root) / 'runs'} ({err}); train a run first") from None
+    finally:
+        con.close()
+    runs: dict[str, RunEntry] = {}
+    for filename, run_id, method, bits, seed, image, text, epochs, task, value in rows:
+        entry = runs.setdefault(run_id, RunEntry(run_id, Path(filename).parent, method, int(bits), int(seed),
+                                                 image, text, None if epochs is None else int(epochs)))
+        entry.scores[task] = float(value)
+    return sorted(runs.values(), key=lambda r: (r.method, r.bits, r.seed, r.run_id))
+
+
+def validation_points(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The validation curve a run recorded in ``history.json``, and a problem note when it is unreadable.
+
+    Expected shape: ``{"validation": [{"epoch": int, "i2t": float, "t2i": float}, ...]}`` (mAP@50 on the
+    validation split). A run without the key has no curve; that is not a problem.
+    """
+    path = Path(run_dir) / "history.json"
+    if not path.exists():
+        return [], None
+    try:
+        history = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError) as err:
+        return [], f"{path} is unreadable ({err}); no validation curve"
+    points = history.get("validation") if isinstance(history, dict) else None
+    if not points:
+        return [], None
+    if not isinstance(points, list) or not all(isinstance(p, dict) and "epoch" in p for p in points):
+        return [], f"{path}: 'validation' is not a list of {{epoch, i2t, t2i}} points; no validation curve"
+    return sorted(points, key=lambda p: p["epoch"]), None
+
+
+def _run_figures(run: RunEntry, figures_dir: Path) -> tuple[list[Path], list[str]]:
+    """PR and P@K figures (drawn now when the run has curves but no figures) and the validation curve."""
+    notes = []
+    plots = sorted((run.run_dir / PLOTS_DIR).glob("p[rk]_*.png"))
+    if not plots and (run.run_dir / CURVES_FILE).exists():
+        log.info("run %s has curves but no figures: drawing them", run.run_id)
+        plots = sorted(plot_run(run.run_dir))
+    elif not plots:
+        notes.append(f"no curves recorded ({run.run_dir / CURVES_FILE} is absent)")
+    points, problem = validation_points(run.run_dir)
+    if problem:
+        notes.append(problem)
+    if points:
+        out = figures_dir / f"validation_{run.run_id}.png"
+        history = run.run_dir / "history.json"
+        if not out.exists() or out.stat().st_mtime < history.stat().st_mtime:
+            plot_validation(points, out, f"{run.method} · {run.bits} bits · seed {run.seed}")
+        plots.append(out)
+    return plots, notes
+
+
+def _summary_html(run: RunEntry, metric: str) -> str:
+    scores = " · ".join(f"{task} {value:.4f}" for task, value in sorted(run.scores.items()))
+    return (f"<summary><b>{esc(run.method)}</b> · {run.bits} bits · seed {run.seed} · {esc(metric)} {esc(scores)} "
+            f'<code class="rid">{esc(run.run_id)}</code></summary>')
+
+
+def build_html_report(layout: CacheLayout, table: MethodsTable, *, out_dir: Path | None = None,
+                      settings: GallerySettings = GallerySettings(), progress: bool = True) -> HtmlReport:
+    """Write ``<out_dir>/<dataset>.html`` (default ``<cache>/reports``) for every run of ``table.dataset``."""
+    from pipeline.ground.progress import progress_bar
+
+    dataset, metric = table.dataset, table.metric
+    out_dir = Path(out_dir) if out_dir is not None else layout.root / "reports"
+    page = out_dir / f"{dataset}.html"
+    figures_dir = out_dir / dataset / "figures"
+    runs = list_runs(layout.root, dataset, metric)
+    if not runs:
+        raise CacheError(f"no runs of dataset {dataset!r} with metric {metric!r} under {layout.runs_dir()}")
+    map_png = plot_map_vs_bits(report_glob(layout.root), out_dir / f"{dataset}_map_vs_bits.png", dataset, metric)
+
+    items = Items(read_items(layout, dataset))
+    splits = read_splits(layout, dataset)
+    if "query" not in splits:
+        raise CacheError(f"dataset {dataset!r} has no query split in {layout.splits_path(dataset)}; re-run cmh extract")
+    queries = pick_queries(splits["query"], settings.per_task, settings.seed)
+    thumbs = ThumbnailStore(out_dir, dataset)
+
+    def src(thumb) -> str | None:
+        return None if thumb.path is None else rel_url(thumb.path, out_dir)
+
+    sections = []
+    bar = progress_bar(len(runs), "report: runs", "runs") if progress else None
+    for run in runs:
+        figures, notes = _run_figures(run, figures_dir)
+        gallery = run_gallery(run.run_id, run.run_dir, items, queries, settings.top_k)
+        body = [f"<p>features {esc(run.image_features)} / {esc(run.text_features)} · epochs "
+                f"{esc('closed form' if run.epochs is None else run.epochs)} · "
+                f'<a href="{esc(rel_url(run.run_dir / "config.json", out_dir))}">config.json</a></p>']
+        body += [f'<p class="note">{esc(n)}</p>' for n in notes]
+        body.append('<div class="plots">' + "".join(
+            f'<img src="{esc(rel_url(p, out_dir))}" alt="{esc(p.stem)}" loading="lazy">' for p in figures) + "</div>")
+        body.append(f"<h4>Gallery: top {settings.top_k}</h4>"
+                    + render_gallery(gallery, items, thumbs.get, src))
+        sections.append(f'<details class="run" id="run-{esc(run.run_id)}">{_summary_html(run, metric)}'
+                        + "".join(body) + "</details>")
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+
+    env = environment()
+    fingerprint = items_meta(layout, dataset).get("fingerprint")
+    body = [f"<h1>cmh · {esc(dataset)}: {len(runs)} run{'s' if len(runs) != 1 else ''}</h1>",
+            "<h2>Methods × code length</h2>", methods_table_html(table),
+            f'<p><img class="figure" src="{esc(rel_url(map_png, out_dir))}" alt="{esc(metric)} against code length"></p>',
+            "<h2>Runs</h2>",
+            f"<p>Each run folds out to its curves and its gallery. The gallery queries are the same for every run: "
+            f"{settings.per_task} image→text and {settings.per_task} text→image query items drawn from the query "
+            f"split with seed {settings.seed}.</p>", legend_html(), *sections]
+    if thumbs.missing:
+        body.append(f'<p class="note">{len(thumbs.missing)} image(s) could not be read and show a placeholder; '
+                    f"the list is in {esc(page.with_suffix('.report.json').name)}.</p>")
+    footer = (f"cmh {esc(env.get('cmh'))} · git {esc(env.get('git'))} · python {esc(env.get('python'))} · "
+              f"dataset fingerprint {esc(fingerprint)} · written {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}")
+    write_bytes_atomic(page_html(f"cmh report · {dataset}", body, footer).encode("utf-8"), page)
+    sidecar = write_json_atomic({
+        "page": page.name, "dataset": dataset, "metric": metric, "gallery": asdict(settings),
+        "queries": queries, "runs": [r.run_id for r in runs], "dataset_fingerprint": fingerprint,
+        "thumbnails": {"dir": str(thumbs.dir), "made": thumbs.made, "reused": thumbs.reused},
+        "missing_images": thumbs.missing, "environment": env,
+    }, page.with_suffix(".report.json"))
+    log.info("report page %s: %d runs, thumbnails made %d, reused %d, unreadable %d", page, len(runs),
+             thumbs.made, thumbs.reused, len(thumbs.missing))
+    return HtmlReport(page, sidecar, len(runs), dict(thumbs.missing))

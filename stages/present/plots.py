@@ -1,0 +1,172 @@
+"""Figures: per-run precision–recall and P@K curves, and mAP against code length across runs.
+
+Drawn with matplotlib's object API on the Agg canvas (``Figure`` + ``savefig``), so nothing touches
+pyplot's global state or needs a display.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.ground.errors import CacheError, DataError
+from pipeline.ground.store.runs import PLOTS_DIR
+from stages.evaluate.report import CURVES_FILE, read_rows
+
+log = logging.getLogger(__name__)
+
+TASK_TITLES = {"i2t": "image → text", "t2i": "text → image", "i2i": "image → image", "t2t": "text → text"}
+
+
+def _figure(width: float = 5.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    from pipeline.ground.store.parquet import write_bytes_atomic
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")  # bbox keeps a legend placed outside the axes
+    return write_bytes_atomic(buf.getvalue(), path)  # a page never links a half-written figure
+
+
+def _run_title(rows: Sequence[Mapping[str, Any]]) -> str:
+    first = rows[0]
+    return f"{first.get('method')} · {first.get('dataset')} · {first.get('bits')} bits · seed {first.get('seed')}"
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """``<run_dir>/plots/pr_<task>.png`` and ``pk_<task>.png`` from ``curves.parquet``; returns the paths."""
+    run_dir = Path(run_dir)
+    curves = read_rows(run_dir / CURVES_FILE)
+    if not curves:
+        raise CacheError(f"{run_dir / CURVES_FILE} is empty; re-evaluate the run")
+    title = _run_title(curves)
+    paths = []
+    for task in sorted({c["task"] for c in curves}):
+        pr = sorted((c for c in curves if c["task"] == task and c["curve"] == "pr"), key=lambda c: c["x"])
+        pr = [c for c in pr if c["precision"] is not None]
+        if pr:
+            fig = _figure()
+            ax = fig.add_subplot()
+            recall = [c["recall"] for c in pr]
+            precision = [c["precision"] for c in pr]
+            ax.plot(recall, precision, marker="o", markersize=3)
+            last = None
+            for c in pr:  # label radii, skipping points crowded onto the previous label
+                here = np.array([c["recall"], c["precision"]])
+                if last is None or np.abs(here - last).max() > 0.08:
+                    ax.annotate(f"r={c['x']}", tuple(here), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                    last = here
+            ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
+                   title=f"PR by Hamming radius, {TASK_TITLES.get(task, task)}")
+            ax.grid(alpha=0.3)
+            fig.suptitle(title, fontsize=8)
+            paths.append(_save(fig, run_dir / PLOTS_DIR / f"pr_{task}.png"))
+        pk = sorted((c for c in curves if c["task"] == task and c["curve"] == "p@k"), key=lambda c: c["x"])
+        if pk:
+            fig = _figure()
+            ax = fig.add_subplot()
+            ax.plot([c["x"] for c in pk], [c["precision"] for c in pk], marker="o", markersize=3)
+            ax.set(xlabel="K (top-K retrieved)", ylabel="precision@K", ylim=(0, 1.02),
+                   title=f"P@K, {TASK_TITLES.get(task, task)}")
+            ax.grid(alpha=0.3)
+            fig.suptitle(title, fontsize=8)
+            paths.append(_save(fig, run_dir / PLOTS_DIR / f"pk_{task}.png"))
+    if not paths:
+        raise DataError(f"{run_dir / CURVES_FILE} holds no PR or P@K curve rows")
+    return paths
+
+
+def _report_rows(source: Iterable[Mapping[str, Any]] | str | Path, dataset: str | None,
+                 metric: str) -> list[dict[str, Any]]:
+    if isinstance(source, (str, Path)):
+        import duckdb
+
+        pattern = str(source)
+        con = duckdb.connect()
+        try:
+            cur = con.execute(
+                "SELECT method, dataset, image_features, text_features, bits, seed, task, value "
+                "FROM read_parquet($glob, union_by_name = true) WHERE metric = $metric "
+                "AND ($dataset IS NULL OR dataset = $dataset)",
+                {"glob": pattern, "metric": metric, "dataset": dataset})
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        except duckdb.IOException as err:
+            raise CacheError(f"no report files match {pattern}: {err}; train a run first") from None
+        finally:
+            con.close()
+        return rows
+    return [dict(r) for r in source if r.get("metric") == metric and (dataset is None or r.get("dataset") == dataset)]
+
+
+def method_label(row: Mapping[str, Any], ambiguous: bool) -> str:
+    """The method name, with its feature inputs when one method appears with several."""
+    if not ambiguous:
+        return str(row["method"])
+    return f"{row['method']} [{row.get('image_features')}/{row.get('text_features')}]"
+
+
+def plot_map_vs_bits(report_rows_or_glob: Iterable[Mapping[str, Any]] | str | Path, out_png: Path,
+                     dataset: str | None, metric: str = "map@50") -> Path:
+    """One panel per task: ``metric`` against code length, mean ± std over seeds, one line per method."""
+    rows = _report_rows(report_rows_or_glob, dataset, metric)
+    if not rows:
+        raise DataError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else ""))
+    features = defaultdict(set)
+    for r in rows:
+        features[r["method"]].add((r.get("image_features"), r.get("text_features")))
+    groups: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        label = method_label(r, len(features[r["method"]]) > 1)
+        groups[(r["task"], label)][int(r["bits"])].append(float(r["value"]))
+    tasks = sorted({task for task, _ in groups}, key=lambda t: list(TASK_TITLES).index(t) if t in TASK_TITLES else 99)
+    fig = _figure(4.2 * len(tasks), 3.8)
+    all_bits = sorted({b for series in groups.values() for b in series})
+    for n, task in enumerate(tasks, start=1):
+        ax = fig.add_subplot(1, len(tasks), n)
+        for (t, label), series in sorted(groups.items()):
+            if t != task:
+                continue
+            bits = sorted(series)
+            mean = [float(np.mean(series[b])) for b in bits]
+            std = [float(np.std(series[b], ddof=1)) if len(series[b]) > 1 else 0.0 for b in bits]
+            ax.errorbar(bits, mean, yerr=std, marker="o", markersize=4, capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_bits, [str(b) for b in all_bits])
+        ax.set(xlabel="bits", ylabel=metric, title=TASK_TITLES.get(task, task))
+        ax.grid(alpha=0.3)
+        if n == len(tasks):  # one legend, outside the last panel, so it never hides a line
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.suptitle(f"{metric} vs code length" + (f" · {dataset}" if dataset else "") + " (mean ± std over seeds)",
+                 fontsize=9)
+    return _save(fig, Path(out_png))
+
+
+def plot_validation(points: Sequence[Mapping[str, Any]], out_png: Path, title: str, metric: str = "val mAP@50") -> Path:
+    """Validation score per epoch, one line per task; ``points`` are ``{"epoch": int, "<task>": float, ...}``."""
+    if not points:
+        raise DataError("plot_validation: no validation points")
+    fig = _figure(5.0, 3.4)
+    ax = fig.add_subplot()
+    epochs = [int(p["epoch"]) for p in points]
+    for task in [t for t in TASK_TITLES if any(t in p for p in points)]:
+        ax.plot(epochs, [p.get(task, float("nan")) for p in points], marker="o", markersize=3,
+                label=TASK_TITLES[task])
+    ax.set(xlabel="epoch", ylabel=metric, title="validation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    return _save(fig, Path(out_png))

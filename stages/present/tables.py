@@ -1,0 +1,230 @@
+"""Cross-run result tables from ``<cache>/runs/*/report.parquet`` via DuckDB.
+
+``results_table`` gives long rows (one per dataset × method × features × task × bits, mean ± std over
+seeds); ``methods_by_bits`` lays one metric out as the papers do (method rows × (task, bits) columns)
+and writes it as Markdown, Parquet and PNG (for ``cmh grid`` / ``cmh report``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.store.parquet import write_table_atomic
+from stages.evaluate.report import REPORT_FILE
+from stages.present.sql import RESULTS_SQL
+
+TASK_ORDER = ("i2t", "t2i", "i2i", "t2t")
+#: What makes two runs the same configuration (seeds of one configuration are averaged).
+IDENTITY = ("method", "image_features", "text_features", "eval_mode", "tie_rule", "epochs", "config_hash")
+
+
+def report_glob(cache_root: Path) -> str:
+    return str(Path(cache_root) / "runs" / "*" / REPORT_FILE)
+
+
+def results_table(cache_root: Path, dataset: str | None = None, metric: str = "map@50",
+                  run_ids: list[str] | None = None, files: list[str] | None = None) -> list[dict[str, Any]]:
+    """Mean, std (sample, NULL for one seed) and seed count of ``metric`` per configuration, task and bits.
+
+    Reads every run report under ``cache_root``, or exactly ``files`` (report rows published under
+    ``results/``) when given.
+    """
+    import duckdb
+
+    if files is None and not list(Path(cache_root).glob(f"runs/*/{REPORT_FILE}")):
+        raise CacheError(f"no run reports under {Path(cache_root) / 'runs'}; train a run first (cmh train)")
+    if files is not None and not files:
+        raise CacheError("no result files to tabulate; publish runs first (cmh publish)")
+    con = duckdb.connect()
+    try:
+        source = [str(f) for f in files] if files is not None else report_glob(cache_root)
+        cur = con.execute(RESULTS_SQL, {"glob": source, "metric": metric, "dataset": dataset, "run_ids": run_ids})
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+    except duckdb.Error as exc:
+        raise _damaged_reports(cache_root) or CacheError(
+            f"cannot read the run reports under {Path(cache_root) / 'runs'}: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def _damaged_reports(cache_root: Path) -> CacheError | None:
+    """The error naming every unreadable report.parquet (a run killed while writing it, a copied stub)."""
+    from pipeline.ground.store.parquet import read_metadata
+
+    bad = []
+    for path in sorted(Path(cache_root).glob(f"runs/*/{REPORT_FILE}")):
+        try:
+            read_metadata(path)
+        except CacheError:
+            bad.append(path)
+    if not bad:
+        return None
+    return CacheError(f"{len(bad)} run report(s) are damaged: {', '.join(map(str, bad[:5]))}; train those runs "
+                      f"again with `cmh train ... --force`, or delete their run folders")
+
+
+@dataclass
+class MethodsTable:
+    """One metric in the papers' layout. ``cells[label][(task, bits)] = (mean, std or None, n_seeds)``."""
+
+    dataset: str
+    metric: str
+    columns: list[tuple[str, int]]
+    labels: list[str]
+    cells: dict[str, dict[tuple[str, int], tuple[float, float | None, int]]]
+    identity: dict[str, dict[str, Any]]
+    markdown: str = ""
+    beside: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)  # label -> cell -> 2nd metric
+    beside_metric: str | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _labels(rows: list[dict[str, Any]]) -> dict[tuple, str]:
+    """Row label per configuration: the method, plus whatever distinguishes configurations that share it."""
+    keys = sorted({tuple(r[c] for c in IDENTITY) for r in rows}, key=lambda k: tuple(str(v) for v in k))
+    by_method: dict[Any, list[tuple]] = {}
+    for key in keys:
+        by_method.setdefault(key[0], []).append(key)
+    labels = {}
+    for method, group in by_method.items():
+        for key in group:
+            extra = [f"{name}={key[i]}" for i, name in enumerate(IDENTITY) if i and len({g[i] for g in group}) > 1]
+            labels[key] = f"{method} ({', '.join(extra)})" if extra else str(method)
+    return labels
+
+
+def cell_text(cell: tuple[float, float | None, int] | None, show_n: bool) -> str:
+    """``mean ± std`` (the mean alone for one seed), with ``(n=…)`` when seed counts differ across cells."""
+    if cell is None:
+        return "–"
+    mean, std, n = cell
+    text = f"{mean:.4f}" if std is None or math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+    return f"{text} (n={n})" if show_n else text
+
+
+def best_by_column(table: MethodsTable) -> dict[tuple[str, int], float | None]:
+    """The highest mean in each (task, bits) column (None for an empty column)."""
+    best = {}
+    for col in table.columns:
+        means = [table.cells[lab][col][0] for lab in table.labels if col in table.cells[lab]]
+        best[col] = max(means) if means else None
+    return best
+
+
+def _markdown(table: MethodsTable) -> str:
+    ns = {c[2] for cells in table.cells.values() for c in cells.values()}
+    show_n = len(ns) > 1
+    best = best_by_column(table)
+    head = "| method | " + " | ".join(f"{t} {b}" for t, b in table.columns) + " |"
+    rule = "|---|" + "---:|" * len(table.columns)
+    extra = f"; in brackets: {table.beside_metric}" if table.beside_metric else ""
+    lines = [f"**{table.metric}** on **{table.dataset}** (mean ± sample std over seeds"
+             + ("" if show_n else f", n={next(iter(ns))}") + f"; best per column in bold{extra})", "", head, rule]
+    for lab in table.labels:
+        cells = []
+        for col in table.columns:
+            cell = table.cells[lab].get(col)
+            text = cell_text(cell, show_n)
+            text = f"**{text}**" if cell is not None and cell[0] == best[col] else text
+            second = table.beside.get(lab, {}).get(col)
+            cells.append(text if second is None else f"{text} ({second:.4f})")
+        lines.append(f"| {_row_label(lab, table.identity.get(lab, {}))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _row_label(label: str, identity: dict[str, Any]) -> str:
+    """Mark a supervised method (it read training labels) and a configuration trained for fewer epochs than
+    its paper's schedule (a budget run, not the method)."""
+    epochs, paper = identity.get("epochs"), identity.get("paper_epochs")
+    notes = ["**supervised**"] if identity.get("supervised") else []
+    if epochs is not None and paper is not None and int(epochs) < int(paper):
+        notes.append(f"budget: {int(epochs)} of {int(paper)} epochs")
+    return f"{label} ({'; '.join(notes)})" if notes else label
+
+
+def _png(table: MethodsTable, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    text = [[cell_text(table.cells[lab].get(col), False) for col in table.columns] for lab in table.labels]
+    width = 1.8 + 1.25 * len(table.columns)
+    fig = Figure(figsize=(width, 0.9 + 0.32 * (len(table.labels) + 1)), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.axis("off")
+    grid = ax.table(cellText=text, rowLabels=table.labels, colLabels=[f"{t} {b}" for t, b in table.columns],
+                    loc="center", cellLoc="center")
+    grid.auto_set_font_size(False)
+    grid.set_fontsize(7)
+    grid.scale(1.0, 1.3)
+    ax.set_title(f"{table.metric} · {table.dataset} (mean ± std over seeds)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def methods_by_bits(cache_root: Path, dataset: str | None = None, metric: str = "map@50",
+                    out_dir: Path | None = None, write: bool = True,
+                    run_ids: list[str] | None = None, files: list[str] | None = None,
+                    beside: str | None = None) -> MethodsTable:
+    """Method rows × (task, bits) columns of ``metric``; writes ``<out_dir>/<dataset>_<metric>.{md,parquet,png}``.
+
+    ``out_dir`` defaults to ``<cache_root>/reports``. ``dataset`` may be omitted when the runs cover one dataset.
+    ``files`` tabulates exactly those report files (``results/``). ``beside`` names a second metric
+    shown in brackets in each Markdown cell, e.g. the validation score beside the test score.
+    """
+    rows = results_table(cache_root, dataset, metric, run_ids, files)
+    if not rows:
+        raise CacheError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else "")
+                         + f" under {Path(cache_root) / 'runs'}")
+    datasets = sorted({r["dataset"] for r in rows})
+    if len(datasets) > 1:
+        raise ConfigError(f"runs cover several datasets ({', '.join(datasets)}); pass dataset=<one of them>")
+    dataset = datasets[0]
+    labels = _labels(rows)
+    columns = sorted({(r["task"], int(r["bits"])) for r in rows},
+                     key=lambda c: (TASK_ORDER.index(c[0]) if c[0] in TASK_ORDER else 99, c[0], c[1]))
+    cells: dict[str, dict] = {}
+    identity: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        key = tuple(r[c] for c in IDENTITY)
+        lab = labels[key]
+        identity[lab] = {**dict(zip(IDENTITY, key)), "paper_epochs": r.get("paper_epochs"),
+                         "supervised": r.get("supervised")}
+        std = r["std"]
+        cells.setdefault(lab, {})[(r["task"], int(r["bits"]))] = (float(r["mean"]), None if std is None else float(std),
+                                                                  int(r["n_seeds"]))
+    table = MethodsTable(dataset=dataset, metric=metric, columns=columns, labels=sorted(cells), cells=cells,
+                         identity=identity)
+    if beside:
+        for r in results_table(cache_root, dataset, beside, run_ids, files):
+            lab = labels.get(tuple(r[c] for c in IDENTITY))
+            if lab in cells:
+                table.beside.setdefault(lab, {})[(r["task"], int(r["bits"]))] = float(r["mean"])
+        table.beside_metric = beside
+    table.markdown = _markdown(table)
+    if write:
+        out_dir = Path(out_dir) if out_dir is not None else Path(cache_root) / "reports"
+        stem = f"{dataset}_{metric.replace('@', '_at_')}"
+        md = out_dir / f"{stem}.md"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        md.write_text(table.markdown)
+        arrays: dict[str, pa.Array] = {"label": pa.array(table.labels, pa.string())}
+        for name in IDENTITY:
+            values = [identity[lab][name] for lab in table.labels]
+            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+        for task, bits in columns:
+            got = [cells[lab].get((task, bits)) for lab in table.labels]
+            arrays[f"{task}@{bits}"] = pa.array([c[0] if c else None for c in got], pa.float64())
+            arrays[f"{task}@{bits}_std"] = pa.array([c[1] if c else None for c in got], pa.float64())
+            arrays[f"{task}@{bits}_n"] = pa.array([c[2] if c else None for c in got], pa.int64())
+        parquet = write_table_atomic(pa.table(arrays), out_dir / f"{stem}.parquet",
+                                     metadata={"dataset": dataset, "metric": metric, "layout": "method x (task, bits)"})
+        table.paths = {"markdown": md, "parquet": parquet, "png": _png(table, out_dir / f"{stem}.png")}
+    return table

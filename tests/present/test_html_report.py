@@ -1,0 +1,186 @@
+"""The HTML report page and galleries on a small cached dataset with real image files (no browser)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.ground.store.items import read_items
+from pipeline.ground.store.parquet import write_json_atomic
+from stages.present.html.gallery import Items, adhoc_gallery, pick_queries, render_gallery, run_gallery
+from stages.present.html.report import GallerySettings, build_html_report, validation_points
+from stages.present.html.query_page import write_query_page
+from stages.present.tables import methods_by_bits
+from stages.present.html.thumbnails import ThumbnailStore
+from tests.present.html_fixtures import DATASET, N_QUERY, make_dataset, make_run
+
+VALIDATION = [{"epoch": 1, "i2t": 0.5, "t2i": 0.52}, {"epoch": 2, "i2t": 0.6, "t2i": 0.58}]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("html")
+    layout, table = make_dataset(root)
+    first = make_run(layout, table, "toy-alpha-16b-s1-aaaaaaaa", "alpha", 16, 1, validation=VALIDATION)
+    make_run(layout, table, "toy-alpha-16b-s2-aaaaaaaa", "alpha", 16, 2, plots_from=first / "plots")
+    make_run(layout, table, "toy-beta-16b-s1-bbbbbbbb", "beta", 16, 1, noise=4.0, plots_from=first / "plots")
+    return layout, table
+
+
+def _sections(page: str) -> dict[str, str]:
+    parts = re.split(r'<details class="run" id="run-([^"]+)">', page)[1:]
+    return dict(zip(parts[0::2], parts[1::2]))
+
+
+def test_page_has_table_figures_and_the_same_gallery_queries_for_every_run(toy):
+    layout, _ = toy
+    table = methods_by_bits(layout.root, DATASET)
+    report = build_html_report(layout, table, progress=False)
+    page = report.page.read_text()
+    assert report.page == layout.root / "reports" / "toy.html" and report.runs == 3
+    # the table: one best cell per column, holding the column's highest mean
+    best = re.findall(r'<td class="best">([0-9.]+)', page)
+    assert len(best) == len(table.columns)
+    for (task, bits), text in zip(table.columns, best):
+        assert float(text) == pytest.approx(max(c[(task, bits)][0] for c in table.cells.values()), abs=5e-5)
+    assert 'src="toy_map_vs_bits.png"' in page and (layout.root / "reports" / "toy_map_vs_bits.png").exists()
+    sections = _sections(page)
+    assert set(sections) == {"toy-alpha-16b-s1-aaaaaaaa", "toy-alpha-16b-s2-aaaaaaaa", "toy-beta-16b-s1-bbbbbbbb"}
+    queries = {rid: re.findall(r"<b>(image → text|text → image)</b> · query item (\d+)", body)
+               for rid, body in sections.items()}
+    first = next(iter(queries.values()))
+    assert len(first) == 8 and [t for t, _ in first] == ["image → text"] * 4 + ["text → image"] * 4
+    assert all(q == first for q in queries.values())  # side by side: the same queries in every run
+    for body in sections.values():
+        assert len(re.findall(r'class="cell (?:rel|irr)"', body)) == 80  # 8 queries x top 10, relevance marked
+        assert "pr_i2t.png" in body and "pk_t2i.png" in body
+    # the validation curve only where the run recorded one
+    assert "validation_toy-alpha-16b-s1-aaaaaaaa.png" in sections["toy-alpha-16b-s1-aaaaaaaa"]
+    assert "validation_" not in sections["toy-beta-16b-s1-bbbbbbbb"]
+    # every linked file exists relative to the page
+    for src in re.findall(r'src="([^"]+)"', page):
+        assert (report.page.parent / src).resolve().exists(), src
+    side = json.loads(report.sidecar.read_text())
+    assert side["gallery"] == {"seed": 0, "per_task": 4, "top_k": 10} and side["dataset_fingerprint"]
+    assert side["environment"]["packages"] and side["missing_images"] == {}
+
+
+def test_gallery_ranks_and_relevance_match_the_codes(toy):
+    layout, table = toy
+    items = Items(read_items(layout, DATASET))
+    queries = pick_queries(np.arange(N_QUERY), 4, seed=3)
+    gallery = run_gallery("r", layout.run_dir("toy-alpha-16b-s1-aaaaaaaa"), items, queries, top_k=10)
+    from pipeline.ground.store.codes import read_codes
+
+    codes = read_codes(layout.run_dir("toy-alpha-16b-s1-aaaaaaaa") / "codes", "database")
+    qcodes = read_codes(layout.run_dir("toy-alpha-16b-s1-aaaaaaaa") / "codes", "query")
+    for entry in gallery.queries:
+        q_mod, d_mod = ("image", "text") if entry.task == "i2t" else ("text", "image")
+        q = qcodes[q_mod][list(qcodes["item_id"]).index(entry.item_id)]
+        dist = (codes[d_mod] != q).sum(axis=1)
+        order = np.lexsort((np.arange(len(dist)), dist))[:10]  # by distance, ties by database order
+        assert [h.item_id for h in entry.hits] == codes["item_id"][order].tolist()
+        assert [h.hamming for h in entry.hits] == dist[order].tolist()
+        q_labels = table.labels[entry.item_id].astype(bool)
+        assert [h.relevant for h in entry.hits] == [bool((table.labels[h.item_id].astype(bool) & q_labels).any())
+                                                    for h in entry.hits]
+
+
+def test_pick_queries_is_seeded_and_distinct():
+    ids = np.arange(100, 140)
+    a, b = pick_queries(ids, 4, seed=7), pick_queries(ids, 4, seed=7)
+    assert a == b and len(set(a["i2t"] + a["t2i"])) == 8 and set(a["i2t"] + a["t2i"]) <= set(ids.tolist())
+    assert pick_queries(ids, 4, seed=8) != a
+
+
+def test_html_in_texts_is_escaped(toy, tmp_path):
+    layout, _ = toy
+    report = build_html_report(layout, methods_by_bits(layout.root, DATASET), out_dir=tmp_path,
+                               settings=GallerySettings(per_task=N_QUERY), progress=False)  # every query in both tasks
+    page = report.page.read_text()
+    assert "<script" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;document.title=&quot;pwned&quot;&lt;/script&gt;" in page
+    assert "&amp; &quot;quoted&quot; caption" in page
+
+
+def test_missing_images_show_a_placeholder_naming_the_path_and_the_page_is_still_written(tmp_path):
+    layout, table = make_dataset(tmp_path)
+    make_run(layout, table, "toy-alpha-16b-s1-aaaaaaaa", "alpha", 16, 1)
+    moved = [table.image[i] for i in range(len(table))][::2]
+    for path in moved:
+        Path(path).unlink()
+    report = build_html_report(layout, methods_by_bits(layout.root, DATASET), progress=False)
+    page = report.page.read_text()
+    shown_missing = re.findall(r"<code>image missing: ([^<]+)</code>", page)
+    assert shown_missing and set(shown_missing) <= set(moved)
+    assert set(report.missing_images) == set(shown_missing)
+    assert json.loads(report.sidecar.read_text())["missing_images"] == report.missing_images
+    assert all((report.page.parent / s).exists() for s in re.findall(r'src="([^"]+)"', page))  # no broken <img>
+
+
+def test_thumbnails_are_made_once_per_dataset(toy, tmp_path):
+    layout, _ = toy
+    store = ThumbnailStore(tmp_path, DATASET)
+    items = read_items(layout, DATASET)
+    first = store.get(3, items.image[3])
+    again = ThumbnailStore(tmp_path, DATASET).get(3, items.image[3])
+    assert first.path == again.path and store.made == 1
+    from PIL import Image
+
+    with Image.open(first.path) as im:
+        assert im.format == "JPEG" and max(im.size) <= 100
+    # a page built twice reuses every thumbnail of the first build
+    table = methods_by_bits(layout.root, DATASET)
+    build_html_report(layout, table, out_dir=tmp_path / "r", progress=False)
+    side = json.loads(build_html_report(layout, table, out_dir=tmp_path / "r", progress=False).sidecar.read_text())
+    assert side["thumbnails"]["made"] == 0 and side["thumbnails"]["reused"] > 0
+
+
+def test_validation_points_absent_present_and_malformed(tmp_path):
+    assert validation_points(tmp_path) == ([], None)
+    write_json_atomic({"epochs": [], "validation": VALIDATION[::-1]}, tmp_path / "history.json")
+    assert validation_points(tmp_path) == (VALIDATION, None)
+    write_json_atomic({"validation": [{"i2t": 0.3}]}, tmp_path / "history.json")
+    points, problem = validation_points(tmp_path)
+    assert points == [] and "not a list of" in problem
+    (tmp_path / "history.json").write_text("{broken")
+    assert "unreadable" in validation_points(tmp_path)[1]
+
+
+def test_run_without_codes_says_so(toy, tmp_path):
+    layout, _ = toy
+    items = Items(read_items(layout, DATASET))
+    gallery = run_gallery("r", tmp_path, items, {"i2t": [1]})
+    html = render_gallery(gallery, items, ThumbnailStore(tmp_path, DATASET).get, lambda t: None)
+    assert gallery.problem and "No gallery" in html and "cmh train" in html
+
+
+def test_query_page_is_one_self_contained_file(toy, tmp_path):
+    layout, _ = toy
+    rows = [(1, 20, 3, "x", "y"), (2, 0, 4, "x", "y")]  # (rank, item_id, hamming, ...) as query_run gives
+    out = write_query_page(layout, "toy-alpha-16b-s1-aaaaaaaa", rows, tmp_path / "q.html", text="<i>dog</i>")
+    page = out.read_text()
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert len(srcs) == 2 and all(s.startswith("data:image/jpeg;base64,") for s in srcs)
+    assert "&lt;i&gt;dog&lt;/i&gt;" in page and "<i>dog" not in page
+    assert page.count('class="cell unk"') == 2  # an ad-hoc query has no labels: relevance unknown
+    gallery = adhoc_gallery("r", rows, text=None, image=Path("/nowhere/x.jpg"))
+    html = render_gallery(gallery, None, ThumbnailStore(tmp_path, DATASET).get, lambda t: None)
+    assert "image missing: /nowhere/x.jpg" in html
+
+
+def test_cli_report_html_and_query_html_option_check(toy, tmp_path):
+    from pipeline.cli import app
+
+    layout, _ = toy
+    out = CliRunner().invoke(app, ["report", "--dataset", DATASET, "--html", "--cache", str(layout.root),
+                                   "--out-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "| alpha |" in out.output and f"html report (3 runs): {tmp_path / 'toy.html'}" in out.output
+    bad = CliRunner().invoke(app, ["query", "--run", "x", "--text", "dog", "--html", str(tmp_path),
+                                   "--cache", str(layout.root)])
+    assert bad.exit_code != 0 and "ending in .html" in bad.output

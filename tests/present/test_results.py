@@ -1,0 +1,96 @@
+"""The results registry: publishing report rows, stale code versions, the generated README block."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.ground.versions import RESULTS_VERSION
+from pipeline.ground.errors import CacheError, DataError
+from stages.evaluate.report import REPORT_FILE
+from stages.present.results import (README_END, README_START, publish_runs, readme_block, readme_block_in,
+                                     scan_results, update_readme, within_noise)
+from tests.evaluate.helpers import make_run
+
+
+def _provenance(version: str = RESULTS_VERSION, epochs: int = 10, paper: int = 10) -> dict:
+    return {"config_hash": "abcd1234", "epochs": epochs, "paper_epochs": paper,
+            "split_protocol": "random seed 1: query 30, database 300, train 100, validation 30",
+            "hardware": "test CPU (1 torch threads)", "code_version": version, "git": "deadbee"}
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Path:
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    runs = []
+    for method, noise in (("alpha", 0.5), ("beta", 3.0)):
+        for seed in (1, 2, 3):
+            runs.append(make_run(cache, f"toy-{method}-16b-s{seed}", method, 16, seed, noise, **_provenance()))
+    publish_runs(runs, results)
+    return results
+
+
+def test_publish_copies_report_rows_with_provenance(published: Path, tmp_path: Path):
+    files = sorted((published / "toy").glob("*.parquet"))
+    assert [f.name for f in files][:2] == ["toy-alpha-16b-s1.parquet", "toy-alpha-16b-s2.parquet"]
+    original = pq.read_table(tmp_path / "cache" / "runs" / "toy-alpha-16b-s1" / REPORT_FILE)
+    copy = pq.read_table(files[0])
+    assert copy.equals(original)  # the rows themselves, nothing recomputed or dropped
+    assert {"hardware", "code_version", "split_protocol", "config_hash", "train_s"} <= set(copy.column_names)
+
+
+def test_a_report_without_provenance_is_refused(tmp_path: Path):
+    run = make_run(tmp_path / "cache", "old-run", "alpha", 16, 1, 1.0)  # an older report: no provenance
+    with pytest.raises(DataError, match="provenance column"):
+        publish_runs([run], tmp_path / "results")
+    with pytest.raises(CacheError, match="did not finish"):
+        publish_runs([tmp_path / "cache" / "runs" / "missing"], tmp_path / "results")
+
+
+def test_stale_rows_are_listed_and_kept_out_of_the_table(published: Path, tmp_path: Path):
+    old = make_run(tmp_path / "cache", "toy-gamma-16b-s1", "gamma", 16, 1, 0.1, **_provenance(version="0.0.1"))
+    publish_runs([old], published)
+    scan = scan_results(published, "toy")
+    assert [p.name for p, _ in scan.stale] == ["toy-gamma-16b-s1.parquet"] and scan.stale[0][1] == "0.0.1"
+    block = readme_block(published, "toy")
+    assert "gamma" not in block.split("Stale")[0]  # not in the table
+    assert "toy-gamma-16b-s1.parquet (0.0.1)" in block
+
+
+def test_block_has_mean_std_and_the_spread_reading(published: Path):
+    block = readme_block(published, "toy")
+    assert "| alpha |" in block and "| beta |" in block and " ± " in block
+    assert "6 runs, seeds 1, 2, 3" in block
+    lines = within_noise(published, "toy", scan_results(published, "toy").current)
+    assert len(lines) == 2 and all(line.startswith(("i2t 16: best", "t2i 16: best")) for line in lines)
+
+
+def test_budget_runs_are_marked_with_their_epochs(tmp_path: Path):
+    run = make_run(tmp_path / "cache", "toy-delta-16b-s1", "delta", 16, 1, 1.0, **_provenance(epochs=3, paper=80))
+    publish_runs([run], tmp_path / "results")
+    assert "| delta (budget: 3 of 80 epochs) |" in readme_block(tmp_path / "results", "toy")
+
+
+def test_update_readme_rewrites_only_its_block(published: Path, tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START.format(dataset='toy')}\nold\n{README_END.format(dataset='toy')}\nrest\n")
+    block = readme_block(published, "toy")
+    assert update_readme(readme, "toy", block) is True
+    assert readme_block_in(readme, "toy") == block
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n")
+    assert update_readme(readme, "toy", block) is False  # idempotent
+    with pytest.raises(DataError, match="no generated block"):
+        update_readme(readme, "other", block)
+
+
+def test_single_seed_cells_are_compared_with_the_other_side_spread(published: Path, tmp_path: Path):
+    runs = [make_run(tmp_path / "cache", f"toy-{m}-16b-s1", m, 16, 1, noise, **_provenance())
+            for m, noise in (("gamma", 4.0), ("delta", 5.0))]
+    publish_runs(runs, published)
+    lines = within_noise(published, "toy", scan_results(published, "toy").current)
+    best_alpha = [line for line in lines if line.startswith("i2t 16: best alpha")]
+    assert best_alpha, lines
+    # gamma and delta (one seed each) are judged against alpha's std; none lacks a spread on both sides
+    assert "one seed on both sides" not in best_alpha[0]
