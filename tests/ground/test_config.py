@@ -47,6 +47,7 @@ def test_a_value_json_cannot_hold_is_refused():
 
 def test_every_registry_resolves_through_merge_config():
     from stages.extract import create_encoder
+    from stages.train import methods  # noqa: F401  (registers every method: the test must not rely on others)
     from stages.train.base import resolve_config
 
     with pytest.raises(ConfigError, match="lr='fast': expected a number"):
