@@ -35,7 +35,7 @@ import torch
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.images import load_image
 from pipeline.ground.settings import data_root
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from stages.extract import create_encoder
 from stages.extract.runner import available_cores, resolve_device, run_extraction
 
@@ -91,7 +91,7 @@ def bare_throughput(encoder, items: ItemTable, batch_size: int, device: torch.de
     return len(items) / seconds
 
 
-def cache_bytes_per_row(layout: CacheLayout, dataset: str, encoder: str) -> float:
+def cache_bytes_per_row(layout: Cache, dataset: str, encoder: str) -> float:
     size = rows = 0
     for split in ("query", "database"):
         for f in layout.split_dir(dataset, encoder, split).glob("part-*.parquet"):
@@ -120,7 +120,7 @@ def ray_throughput(items: ItemTable, splits: dict, cache: Path, args: argparse.N
     start = time.perf_counter()
     with ray_session(num_cpus=available_cores()):
         started = time.perf_counter() - start
-        summary = run_extraction_ray(CacheLayout(cache), items, splits, create_encoder(args.encoder, **options),
+        summary = run_extraction_ray(Cache(cache), items, splits, create_encoder(args.encoder, **options),
                                      device=args.device, batch_size=args.batch_size, concurrency=args.concurrency,
                                      shard_size=args.shard_size, progress=False)
     return summary, started
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         ids = items.item_id
         cut = max(1, len(ids) // 10)
         splits = {"query": ids[:cut], "database": ids[cut:]}
-        layout = CacheLayout(Path(tmp) / "cache")
+        layout = Cache(Path(tmp) / "cache")
         summary = run_extraction(layout, items, splits, create_encoder(args.encoder, **options), device=args.device,
                                  batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
                                  progress=False, threads=args.threads)

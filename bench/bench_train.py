@@ -44,14 +44,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from pipeline.ground.settings import cache_root
-    from pipeline.ground.store.layout import CacheLayout
-    from pipeline.ground.store.reader import load_split, parse_feature_spec
+    from pipeline.ground.store.cache import Cache
     from stages.train import methods  # noqa: F401
     from stages.train.base import create_method
     from stages.train.loop import fit_method
     from stages.train.base import FeatureBatch, FeatureDims
 
-    layout = CacheLayout(cache_root(args.cache))
+    layout = Cache(cache_root(args.cache))
     dataset = args.dataset
     if args.quick or not layout.items_path(dataset).exists():
         from stages.prepare import DatasetRequest, prepare_dataset
@@ -75,9 +74,9 @@ def main() -> None:
         builder = METHODS.get(name).builder
         spec = (builder.default_image_features, builder.default_text_features)
         if spec not in loaded:
-            train = load_split(layout, dataset, "train", parse_feature_spec(layout, dataset, spec[0], "image"),
-                               parse_feature_spec(layout, dataset, spec[1], "text"))
-            loaded[spec] = (FeatureDims.from_split(train), FeatureBatch.from_split(train), {})
+            ds = layout.dataset(dataset)
+            train = ds.features("train", ds.feature_refs(spec[0], "image"), ds.feature_refs(spec[1], "text"))
+            loaded[spec] = (FeatureDims.from_features(train), FeatureBatch.from_features(train), {})
         dims, batch, mlp = loaded[spec]
         torch.manual_seed(0)
         method = create_method(name, dims=dims, bits=args.bits, dataset=dataset)

@@ -23,11 +23,10 @@ log = logging.getLogger("cmh")
 CacheOpt = typer.Option(None, "--cache", help="cache root (default: ./cache, or $CMH_CACHE)")
 
 
-def _layout(cache: Optional[Path]):
-    from pipeline.ground.settings import cache_root
-    from pipeline.ground.store.layout import CacheLayout
+def _cache(cache: Optional[Path]):
+    from pipeline.ground.store.cache import Cache
 
-    return CacheLayout(cache_root(cache))
+    return Cache.at(cache)
 
 
 def _ints(text: str) -> list[int]:
@@ -140,7 +139,7 @@ def extract(
         from stages.extract.ray_engine import check_reachable
 
         check_reachable(ray_address)  # before the dataset is read: a wrong address fails in seconds
-    layout = _layout(cache)
+    layout = _cache(cache)
     load_encoders()
     names = [e.strip() for e in encoders.split(",") if e.strip()]
     if not names:
@@ -194,7 +193,7 @@ def train(
     req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
                        force=force)
-    for r in train_runs(_layout(cache), req):
+    for r in train_runs(_cache(cache), req):
         s = r.summary
         state = "cached" if r.skipped else f"trained in {s.get('train_s', 0):.1f}s"
         val = (f"; validation i2t {s['i2t_val_map@50']:.4f} t2i {s['t2i_val_map@50']:.4f}"
@@ -226,14 +225,16 @@ def report(
         return
     if readme is not None or figure is not None:
         raise typer.BadParameter("--readme and --figure go with --results")
-    table = methods_by_bits(_layout(cache).root, dataset=dataset, metric=metric, out_dir=out_dir,
+    cached = _cache(cache)
+    rows = cached.report_rows(dataset)
+    table = methods_by_bits(rows, dataset=dataset, metric=metric, out_dir=out_dir or cached.reports_dir,
                             beside=f"val_{metric}")
     typer.echo(table.markdown)
     typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
     if html:
         from stages.present.html.report import GallerySettings, build_html_report
 
-        page = build_html_report(_layout(cache), table, out_dir=out_dir,
+        page = build_html_report(_cache(cache), table, out_dir=out_dir,
                                  settings=GallerySettings(seed=gallery_seed, per_task=gallery_queries, top_k=top_k))
         missing = f"; {len(page.missing_images)} unreadable image(s) shown as placeholders" if page.missing_images else ""
         typer.echo(f"html report ({page.runs} runs{missing}): {page.page}")
@@ -241,7 +242,7 @@ def report(
         from stages.present.published import comparison_markdown
         from stages.present.tables import results_table
 
-        typer.echo(comparison_markdown(results_table(_layout(cache).root, table.dataset, "map@50"), table.dataset))
+        typer.echo(comparison_markdown(results_table(rows, table.dataset, "map@50"), table.dataset))
 
 
 def _report_results(results: Path, dataset: Optional[str], readme: Optional[Path], figure: Optional[Path]) -> None:
@@ -282,15 +283,11 @@ def publish(
     """Copy finished runs' report rows (no codes, no models) into results/<dataset>/ to be committed."""
     from stages.present.results import publish_runs
 
-    import pyarrow.parquet as pq
-
-    layout = _layout(cache)
-    run_dirs = [layout.run_dir(r) for r in run] if run else sorted(
-        p.parent for p in layout.runs_dir().glob(f"{dataset}-*/report.parquet")
-        if pq.read_table(p, columns=["dataset"]).column(0)[0].as_py() == dataset)  # not mirflickr-n100's
-    if not run_dirs:
-        raise typer.BadParameter(f"no finished runs of {dataset!r} under {layout.runs_dir()}")
-    for path in publish_runs(run_dirs, results):
+    cached = _cache(cache)
+    runs = [cached.run(r) for r in run] if run else cached.runs(dataset)
+    if not runs:
+        raise typer.BadParameter(f"no finished runs of {dataset!r} under {cached.runs_dir()}")
+    for path in publish_runs(runs, results):
         typer.echo(f"published {path}")
 
 
@@ -313,14 +310,14 @@ def query(
         raise typer.BadParameter("give exactly one of --text or --image")
     if html is not None and (html.is_dir() or html.suffix.lower() not in (".html", ".htm")):
         raise typer.BadParameter(f"--html expects a file name ending in .html, got {str(html)!r}")
-    rows = query_run(_layout(cache), run, text=text, image=image, top_k=top_k, dataset=dataset,
+    rows = query_run(_cache(cache), run, text=text, image=image, top_k=top_k, dataset=dataset,
                      say=lambda line: typer.echo(line, err=True))
     for row in rows:
         typer.echo("\t".join(str(v) for v in row))
     if html is not None:
         from stages.present.html.query_page import write_query_page
 
-        typer.echo(f"html: {write_query_page(_layout(cache), run, rows, html, text=text, image=image)}")
+        typer.echo(f"html: {write_query_page(_cache(cache), run, rows, html, text=text, image=image)}")
 
 
 @app.command()
@@ -354,7 +351,7 @@ def encode(
         from stages.extract.ray_engine import check_reachable
 
         check_reachable(ray_address)  # before anything is read: a wrong address fails in seconds
-    r = encode_dataset(_layout(cache), run, dataset, chunk_rows=chunk_rows, say=lambda line: typer.echo(line, err=True),
+    r = encode_dataset(_cache(cache), run, dataset, chunk_rows=chunk_rows, say=lambda line: typer.echo(line, err=True),
                        engine=engine, ray_address=ray_address if engine == "ray" else None, concurrency=concurrency,
                        device=device)
     dropped = f", {r.dropped} missing from some encoder" if r.dropped else ""
@@ -378,7 +375,7 @@ def index(
     from pipeline.orchestration.indexing import build_indexes
 
     overrides = {"nlist": nlist, "nprobe": nprobe, "hash_bits": hash_bits, "nflip": nflip, "nhash": nhash}
-    for info in build_indexes(_layout(cache), run, dataset=dataset, kind=kind,
+    for info in build_indexes(_cache(cache), run, dataset=dataset, kind=kind,
                               overrides={k: v for k, v in overrides.items() if v is not None},
                               say=lambda line: typer.echo(line, err=True)):
         m = info.meta
@@ -410,7 +407,7 @@ def grid(
     req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), image=image,
                       text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
                       out_dir=out_dir)
-    result = run_grid(_layout(cache).root, req, echo=typer.echo)
+    result = run_grid(_cache(cache), req, echo=typer.echo)
     for table in result.tables.values():
         typer.echo(table.markdown)
         typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))

@@ -38,7 +38,7 @@ def test_page_renders_without_errors_and_every_image_loads(chromium, tmp_path):
     make_run(layout, table, "toy-beta-32b-s1-bbbbbbbb", "beta", 32, 1, noise=3.0)
     gone = table.image[pick_queries(read_splits(layout, DATASET)["query"], 4, seed=0)["i2t"][0]]
     Path(gone).unlink()  # a gallery query image no longer where it was recorded
-    report = build_html_report(layout, methods_by_bits(layout.root, DATASET), progress=False)
+    report = build_html_report(layout, methods_by_bits(layout.report_rows(DATASET), DATASET), progress=False)
     with Browser(chromium) as browser:
         browser.load(report.page.as_uri())
         assert browser.evaluate("document.querySelectorAll('details.run').length") == 2
@@ -74,7 +74,7 @@ def test_a_hundred_runs_load_within_two_seconds(chromium, tmp_path):
     for n in range(1, MANY_RUNS):
         make_run(layout, table, f"toy-m{n % 10:02d}-{16 * (1 + n % 4)}b-s{n}-{n:08d}", f"m{n % 10:02d}",
                  16 * (1 + n % 4), n, plots_from=first / "plots")  # the figures' content does not matter here
-    report = build_html_report(layout, methods_by_bits(layout.root, DATASET), progress=False)
+    report = build_html_report(layout, methods_by_bits(layout.report_rows(DATASET), DATASET), progress=False)
     page = report.page.read_text()
     assert len(re.findall(r'<details class="run"', page)) == MANY_RUNS
     with Browser(chromium) as browser:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stages.prepare import DatasetRequest, prepare_dataset
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from stages.extract import create_encoder
 from stages.extract.runner import run_extraction
 from pipeline.orchestration.training import TrainRequest, train_runs
@@ -25,7 +25,7 @@ def _extract(layout, req, encoders=("alexnet", "bow")):
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    layout = CacheLayout(root)
+    layout = Cache(root)
     req = DatasetRequest(dataset="demo", data_dir=root / "demo-data", options={"n_items": 160, "size": 64})
     _extract(layout, req)
     return layout
@@ -106,7 +106,7 @@ def test_paired_mode_is_refused_for_methods_without_it(demo_cache):
 @pytest.mark.realdata
 def test_real_mirflickr_end_to_end(shared_data, tmp_path):
     """200 real MIRFlickr pairs: real images through AlexNet, real tags through the DCMH vocabulary."""
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     req = DatasetRequest(dataset="mirflickr", data_dir=shared_data / "mirflickr25k_real20015", limit=200)
     items, splits = _extract(layout, req)
     assert len(items) == 200 and set(splits["train"]) <= set(splits["database"])
@@ -143,7 +143,7 @@ def test_grid_in_worker_processes_gives_the_sequential_grid(demo_cache, tmp_path
 
     req = GridRequest(dataset="demo", methods=["baseline", "djsrh"], bits=(16, 32), seeds=(1,), epochs={"djsrh": 1},
                       workers=2, out_dir=tmp_path / "par")
-    parallel = run_grid(demo_cache.root, req, echo=lambda line: None)
+    parallel = run_grid(demo_cache, req, echo=lambda line: None)
     assert [rid.split("-")[1:3] for rid in parallel.run_ids] == [["baseline", "16b"], ["baseline", "32b"],
                                                                  ["djsrh", "16b"], ["djsrh", "32b"]]
     codes = {rid: read_codes(demo_cache.run_dir(rid) / "codes", "query") for rid in parallel.run_ids}
@@ -151,7 +151,7 @@ def test_grid_in_worker_processes_gives_the_sequential_grid(demo_cache, tmp_path
         import shutil
 
         shutil.rmtree(demo_cache.run_dir(rid))
-    sequential = run_grid(demo_cache.root, GridRequest(**{**req.__dict__, "workers": 1, "out_dir": tmp_path / "seq"}),
+    sequential = run_grid(demo_cache, GridRequest(**{**req.__dict__, "workers": 1, "out_dir": tmp_path / "seq"}),
                           echo=lambda line: None)
     assert sequential.run_ids == parallel.run_ids
     for rid in parallel.run_ids:

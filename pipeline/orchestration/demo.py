@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from stages.prepare import DatasetRequest, prepare_dataset
     from pipeline.ground.settings import cache_root
-    from pipeline.ground.store.layout import CacheLayout
+    from pipeline.ground.store.cache import Cache
     from pipeline.orchestration.grid import GridRequest, run_grid
     from stages.extract import create_encoder, load_encoders
     from stages.extract.runner import run_extraction
 
     start = time.perf_counter()
-    layout = CacheLayout(cache_root(args.cache))
+    layout = Cache(cache_root(args.cache))
     req = DatasetRequest(dataset="demo", data_dir=layout.root / "demo-data")
     items, splits = prepare_dataset(layout, req)
     print(f"demo dataset: {len(items)} items, " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("alexnet", "bow"):
         summary = run_extraction(layout, items, splits, create_encoder(name), progress=False)
         print(summary.describe())
-    result = run_grid(layout.root, GridRequest(dataset="demo", methods=[m.strip() for m in args.methods.split(",")
+    result = run_grid(layout, GridRequest(dataset="demo", methods=[m.strip() for m in args.methods.split(",")
                                                                        if m.strip()],
                                                bits=DEMO_BITS, epochs=dict(DEMO_EPOCHS), workers=1,
                                                skip_config_errors=True))

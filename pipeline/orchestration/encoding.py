@@ -9,8 +9,7 @@ not by the collection. ``_encode.json`` beside them records the provenance (run 
 model fingerprint, the dataset's feature fingerprints) and whether the encoding is complete; a rerun
 with the same provenance resumes at the first missing part, and one with other provenance starts over.
 
-:func:`stages.train.coding.encode_chunk` is a plain function of the model and one chunk of features, so
-an engine that maps batches over workers can call it as it is.
+Both engines code a chunk with :func:`stages.train.coding.codes`, the one path from features to codes.
 """
 from __future__ import annotations
 
@@ -27,19 +26,16 @@ import torch
 
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.provenance import environment
-from pipeline.ground.store.features import config_hash, read_manifest
-from pipeline.ground.store.items import items_meta, read_splits
-from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
+from pipeline.ground.store.cache import Cache, DatasetCache
+from pipeline.ground.store.features import config_hash
+from pipeline.ground.store.layout import PHYSICAL_SPLITS
 from pipeline.ground.store.parquet import read_json, read_metadata, write_json_atomic
-from pipeline.ground.store.reader import FeatureRef, parse_feature_spec
+from pipeline.ground.store.aligned import FeatureRef
 from pipeline.ground.store.runs import RunDir
-from pipeline.ground.store.stream import iter_split_chunks
-from stages.train.coding import encode_chunk
+from stages.train import coding
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "_encode.json"
-CODES = "codes"
 #: Feature rows per chunk (and per codes part): the extraction's shard size, so a chunk reads about one shard.
 CHUNK_ROWS = 1024
 ENGINES = ("local", "ray")
@@ -65,13 +61,13 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _refs_for(layout: CacheLayout, run: RunDir, config: dict[str, Any], dims: Any, dataset: str,
+def _refs_for(ds: DatasetCache, run: RunDir, config: dict[str, Any], dims: Any, dataset: str,
               modality: str) -> list[FeatureRef]:
     """The run's feature columns of ``modality`` in ``dataset``; CacheError when missing or different."""
     spec = config[f"{modality}_features"]
     where = f"cannot encode {dataset!r} with run {run.run_id}"
     try:
-        refs = parse_feature_spec(layout, dataset, spec, modality)
+        refs = ds.feature_refs(spec, modality)
     except CacheError as exc:
         raise CacheError(f"{where}: it lacks the run's {modality} features {spec!r} ({exc})") from None
     want = dict(dims.image_parts if modality == "image" else dims.text_parts)
@@ -80,7 +76,7 @@ def _refs_for(layout: CacheLayout, run: RunDir, config: dict[str, Any], dims: An
                          f"read {list(want)}; extract {dataset!r} with the same encoders (`cmh extract --encoders`)")
     recorded = config.get("features", {})
     for ref in refs:
-        manifest = read_manifest(layout, dataset, ref.encoder)
+        manifest = ds.manifest(ref.encoder)
         if not manifest.get("complete"):  # refused here, before anything under the run is written
             raise CacheError(f"{where}: its {ref.encoder} features are incomplete (an interrupted extraction): "
                              f"re-run `cmh extract --dataset {dataset} --encoders {ref.encoder.split('.')[0]}` to "
@@ -98,7 +94,7 @@ def _refs_for(layout: CacheLayout, run: RunDir, config: dict[str, Any], dims: An
     return refs
 
 
-def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: int = CHUNK_ROWS,
+def encode_dataset(cache: Cache, run: str, dataset: str, *, chunk_rows: int = CHUNK_ROWS,
                    progress: bool = True, say: Callable[[str], None] = log.info, engine: str = "local",
                    ray_address: str | None = None, concurrency: int | None = None,
                    device: str | None = None) -> EncodeResult:
@@ -114,13 +110,14 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
 
     if chunk_rows < 1:
         raise CacheError(f"--chunk-rows {chunk_rows}: give 1 or more")
-    run_dir = RunDir.find(layout, run)
+    run_dir = cache.find_run(run)
+    ds = cache.dataset(dataset)
     run_dir.require_trained()
     config = run_dir.read_config()
     method = load_method(run_dir.model_path)
-    refs = {m: _refs_for(layout, run_dir, config, method.dims, dataset, m) for m in ("image", "text")}
+    refs = {m: _refs_for(ds, run_dir, config, method.dims, dataset, m) for m in ("image", "text")}
     encoders = sorted({r.encoder for rs in refs.values() for r in rs})
-    features = _feature_fingerprints(layout, dataset, encoders)
+    features = _feature_fingerprints(ds, encoders)
     provenance = {"run_id": run_dir.run_id, "config_hash": config.get("config_hash"),
                   "model_fingerprint": file_fingerprint(run_dir.model_path), "bits": int(config["bits"]),
                   "method": config.get("method"), "eval_mode": config.get("eval_mode", "single"),
@@ -128,7 +125,7 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
                   "image_features": config["image_features"], "text_features": config["text_features"]}
     key = config_hash(provenance)
     out = run_dir.encoded_dir(dataset)
-    manifest_path = out / MANIFEST
+    manifest_path = run_dir.encode_record_path(dataset)
     if manifest_path.exists():
         try:
             old = read_json(manifest_path)
@@ -140,11 +137,11 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
         elif old.get("encode_key") != key:
             say(f"{out} was encoded from another model or other features; encoding {dataset!r} again")
             shutil.rmtree(out)
-    splits = read_splits(layout, dataset)
+    splits = ds.splits
     present = [s for s in PHYSICAL_SPLITS if s in splits]
     write_json_atomic({**provenance, "encode_key": key, "complete": False,
-                       "data_fingerprint": items_meta(layout, dataset).get("fingerprint")}, manifest_path)
-    codes_dir = out / CODES
+                       "data_fingerprint": ds.items_meta.get("fingerprint")}, manifest_path)
+    codes_dir = run_dir.encoded_codes_dir(dataset)
     paired = config.get("eval_mode") == "paired"
     total = sum(len(splits[s]) for s in present)
     bar = progress_bar(total, f"encode {dataset} with {run_dir.run_id}", "items") if progress else None
@@ -154,11 +151,11 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
     try:
         if engine == "ray":
             written, reused, items, dropped = _encode_on_ray(
-                layout, dataset, splits, present, refs, run_dir.model_path, codes_dir, part_meta, chunk_rows, paired,
+                cache, dataset, splits, present, refs, run_dir.model_path, codes_dir, part_meta, chunk_rows, paired,
                 bar, ray_address=ray_address, concurrency=concurrency, device=device)
         else:
             written, reused, items, dropped = _encode_locally(
-                layout, dataset, splits, present, refs, method, codes_dir, part_meta, chunk_rows, paired, bar)
+                ds, splits, present, refs, method, codes_dir, part_meta, chunk_rows, paired, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -166,12 +163,12 @@ def encode_dataset(layout: CacheLayout, run: str, dataset: str, *, chunk_rows: i
         log.warning("%d item(s) of %s missing from some encoder (see errors.parquet) were not encoded", dropped, dataset)
     write_json_atomic({**provenance, "encode_key": key, "complete": True, "items": items, "dropped": dropped,
                        "splits": {s: len(splits[s]) for s in present}, "seconds": time.perf_counter() - t0,
-                       "data_fingerprint": items_meta(layout, dataset).get("fingerprint"),
+                       "data_fingerprint": ds.items_meta.get("fingerprint"),
                        "environment": environment()}, manifest_path)
     return EncodeResult(run_dir.run_id, dataset, out, items, dropped, written, reused)
 
 
-def _encode_locally(layout: CacheLayout, dataset: str, splits: dict[str, np.ndarray], present: list[str],
+def _encode_locally(ds: DatasetCache, splits: dict[str, np.ndarray], present: list[str],
                     refs: dict[str, list[FeatureRef]], method: Any, codes_dir: Path, part_meta: dict[str, Any],
                     chunk_rows: int, paired: bool, bar: Any) -> tuple[int, int, int, int]:
     """(parts written, parts reused, items, dropped): parts are written in order, so each split resumes
@@ -196,21 +193,20 @@ def _encode_locally(layout: CacheLayout, dataset: str, splits: dict[str, np.ndar
             stale.unlink()
         if bar is not None and done:
             bar.update(min(done * chunk_rows, len(members)), "resumed")
-        chunks = iter_split_chunks(layout, dataset, split, members, refs["image"], refs["text"], chunk_rows,
-                                   start=done * chunk_rows)
+        chunks = ds.chunks(split, refs["image"], refs["text"], chunk_rows=chunk_rows, start=done * chunk_rows)
         for part, chunk in enumerate(chunks, start=done):
-            image, text = encode_chunk(method, chunk, paired=paired)
-            write_codes(codes_dir, split, chunk.item_id, image, text,
-                        {**part_meta, "part": part, "rows": len(chunk), "dropped": chunk.dropped}, part=part)
+            coded = coding.codes(method, chunk, paired=paired)
+            write_codes(codes_dir, split, chunk.item_id, coded["image"], coded["text"],
+                        {**part_meta, "part": part, "rows": len(chunk), "dropped": len(chunk.dropped)}, part=part)
             written += 1
             items += len(chunk)
-            dropped += chunk.dropped
+            dropped += len(chunk.dropped)
             if bar is not None:
-                bar.update(len(chunk) + chunk.dropped)
+                bar.update(len(chunk) + len(chunk.dropped))
     return written, reused, items, dropped
 
 
-def _encode_on_ray(layout: CacheLayout, dataset: str, splits: dict[str, np.ndarray], present: list[str],
+def _encode_on_ray(cache: Cache, dataset: str, splits: dict[str, np.ndarray], present: list[str],
                    refs: dict[str, list[FeatureRef]], model_path: Path, codes_dir: Path, part_meta: dict[str, Any],
                    chunk_rows: int, paired: bool, bar: Any, *, ray_address: str | None, concurrency: int | None,
                    device: str | None) -> tuple[int, int, int, int]:
@@ -239,7 +235,7 @@ def _encode_on_ray(layout: CacheLayout, dataset: str, splits: dict[str, np.ndarr
             stale.unlink()
     if todo:
         with ray_session(ray_address):
-            for _, _, rows, lost in code_parts_ray(layout, dataset, model_path, codes_dir, refs["image"], refs["text"],
+            for _, _, rows, lost in code_parts_ray(cache, dataset, model_path, codes_dir, refs["image"], refs["text"],
                                                    todo, chunk_rows=chunk_rows, paired=paired, meta=part_meta,
                                                    concurrency=concurrency, device=device):
                 written += 1
@@ -261,20 +257,20 @@ def _part_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _feature_fingerprints(layout: CacheLayout, dataset: str, encoders: list[str]) -> dict[str, dict[str, Any]]:
-    """What identifies each encoder's features of ``dataset`` now (a re-extraction with other settings changes it)."""
-    return {e: {k: read_manifest(layout, dataset, e).get(k)
+def _feature_fingerprints(ds: DatasetCache, encoders: list[str]) -> dict[str, dict[str, Any]]:
+    """What identifies each encoder's features of the dataset now (a re-extraction with other settings changes it)."""
+    return {e: {k: ds.manifest(e).get(k)
                 for k in ("config_hash", "dataset_fingerprint", "splits_fingerprint", "code_version")}
             for e in encoders}
 
 
-def read_encode_manifest(run_dir: RunDir, dataset: str, layout: CacheLayout | None = None) -> dict[str, Any]:
+def read_encode_manifest(run_dir: RunDir, dataset: str, cache: Cache | None = None) -> dict[str, Any]:
     """The complete ``_encode.json`` of an encoded dataset; CacheError naming ``cmh encode`` otherwise.
 
-    With ``layout`` the codes are also checked to be current: the run's model file and the dataset's
+    With ``cache`` the codes are also checked to be current: the run's model file and the dataset's
     items and features must be the ones they were encoded from (a retrained run or a re-extracted
     dataset would otherwise be searched with codes of the old model or the old features)."""
-    path = run_dir.encoded_dir(dataset) / MANIFEST
+    path = run_dir.encode_record_path(dataset)
     fix = f"run `cmh encode --run {run_dir.run_id} --dataset {dataset}`"
     if not path.exists():
         raise CacheError(f"run {run_dir.run_id} has not encoded {dataset!r} ({path} missing): {fix}")
@@ -285,25 +281,25 @@ def read_encode_manifest(run_dir: RunDir, dataset: str, layout: CacheLayout | No
         raise CacheError(f"the encoding of {dataset!r} with run {run_dir.run_id} is incomplete: {fix} to resume it")
     if manifest.get("run_id") != run_dir.run_id:  # an encoded/ folder copied from another run
         raise CacheError(f"{path.parent} was encoded by run {manifest.get('run_id')}, not {run_dir.run_id}: {fix}")
-    if layout is not None:
-        stale = _stale_reason(layout, run_dir, dataset, manifest)
+    if cache is not None:
+        stale = _stale_reason(cache.dataset(dataset), run_dir, manifest)
         if stale:
             raise CacheError(f"the codes of {dataset!r} are stale: {stale} since they were encoded; re-encode: {fix}")
     return manifest
 
 
-def _stale_reason(layout: CacheLayout, run_dir: RunDir, dataset: str, manifest: dict[str, Any]) -> str | None:
+def _stale_reason(ds: DatasetCache, run_dir: RunDir, manifest: dict[str, Any]) -> str | None:
     """Why an encoding no longer matches its run and dataset, or None when it does."""
     if manifest.get("model_fingerprint") != file_fingerprint(run_dir.model_path):
         return f"run {run_dir.run_id}'s model.pt changed (retrained)"
     recorded = manifest.get("features")
     try:
-        now = _feature_fingerprints(layout, dataset, sorted(recorded or {}))
-        data = items_meta(layout, dataset).get("fingerprint")
+        now = _feature_fingerprints(ds, sorted(recorded or {}))
+        data = ds.items_meta.get("fingerprint")
     except CacheError as exc:
-        return f"{dataset!r}'s features cannot be read ({exc})"
+        return f"{ds.name!r}'s features cannot be read ({exc})"
     if not recorded or now != recorded:
-        return f"{dataset!r} was extracted again with other settings"
+        return f"{ds.name!r} was extracted again with other settings"
     if data != manifest.get("data_fingerprint"):
-        return f"{dataset!r}'s items changed"
+        return f"{ds.name!r}'s items changed"
     return None

@@ -14,8 +14,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.reader import FeatureRef
+from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.aligned import FeatureRef
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +32,32 @@ class _PartCoder:
         from stages.train.base import load_method
 
         torch.set_num_threads(1)  # one core per actor; the actors are the parallelism
-        self.layout, self.dataset = CacheLayout(Path(root)), dataset
+        self.dataset = Cache(Path(root)).dataset(dataset)  # items and splits read once per actor
         self.method = load_method(Path(model_path))
         if use_gpu:
             self.method.to(torch.device("cuda"))
         self.codes_dir, self.image, self.text = Path(codes_dir), list(image), list(text)
         self.chunk_rows, self.paired, self.meta = chunk_rows, paired, meta
-        self._members: dict[str, np.ndarray] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from stages.train.coding import encode_chunk
-        from pipeline.ground.store.items import read_splits
-        from pipeline.ground.store.stream import iter_split_chunks
         from pipeline.ground.store.codes import write_codes
+        from stages.train import coding
 
         rows, dropped = [], []
         for split, part in zip(batch["split"].tolist(), batch["part"].tolist()):
-            if split not in self._members:
-                self._members[split] = read_splits(self.layout, self.dataset)[split]
-            chunks = iter_split_chunks(self.layout, self.dataset, split, self._members[split], self.image,
-                                       self.text, self.chunk_rows, start=int(part) * self.chunk_rows)
-            chunk = next(chunks)
-            image, text = encode_chunk(self.method, chunk, paired=self.paired)
-            write_codes(self.codes_dir, split, chunk.item_id, image, text,
-                        {**self.meta, "part": int(part), "rows": len(chunk), "dropped": chunk.dropped}, part=int(part))
+            chunk = next(self.dataset.chunks(split, self.image, self.text, chunk_rows=self.chunk_rows,
+                                             start=int(part) * self.chunk_rows))
+            coded = coding.codes(self.method, chunk, paired=self.paired)
+            write_codes(self.codes_dir, split, chunk.item_id, coded["image"], coded["text"],
+                        {**self.meta, "part": int(part), "rows": len(chunk), "dropped": len(chunk.dropped)},
+                        part=int(part))
             rows.append(len(chunk))
-            dropped.append(chunk.dropped)
+            dropped.append(len(chunk.dropped))
         return {"split": batch["split"], "part": batch["part"], "rows": np.asarray(rows, np.int64),
                 "dropped": np.asarray(dropped, np.int64)}
 
 
-def code_parts_ray(layout: CacheLayout, dataset: str, model_path: Path, codes_dir: Path,
+def code_parts_ray(cache: Cache, dataset: str, model_path: Path, codes_dir: Path,
                    image: Sequence[FeatureRef], text: Sequence[FeatureRef], todo: Sequence[tuple[str, int]], *,
                    chunk_rows: int, paired: bool, meta: dict[str, Any], concurrency: int | None = None,
                    device: str | None = None) -> Iterator[tuple[str, int, int, int]]:
@@ -81,7 +76,7 @@ def code_parts_ray(layout: CacheLayout, dataset: str, model_path: Path, codes_di
     ds = ds.map_batches(_PartCoder, batch_size=1, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=n_actors),
                         num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
-                        fn_constructor_kwargs={"root": str(layout.root), "dataset": dataset,
+                        fn_constructor_kwargs={"root": str(cache.root), "dataset": dataset,
                                                "model_path": str(model_path), "codes_dir": str(codes_dir),
                                                "image": list(image), "text": list(text), "chunk_rows": chunk_rows,
                                                "paired": paired, "meta": meta, "use_gpu": use_gpu})

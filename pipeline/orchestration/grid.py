@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.ground.errors import ConfigError
+from pipeline.ground.store.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,17 @@ def _cells(req: GridRequest):
                                    device=req.device, progress=False)
 
 
-def _train_cell(cache_root: Path, train_req, threads: int | None, skip_config_errors: bool) -> list[tuple[str, str]]:
+def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors: bool) -> list[tuple[str, str]]:
     """Runs in a worker (or in-process): (run_id or "", line) per run."""
     import torch
 
     from pipeline.ground.errors import ConfigError
-    from pipeline.ground.store.layout import CacheLayout
     from pipeline.orchestration.training import train_runs
 
     if threads:
         torch.set_num_threads(threads)
     try:
-        results = train_runs(CacheLayout(cache_root), train_req)
+        results = train_runs(cache, train_req)
     except ConfigError as exc:
         if not skip_config_errors:
             raise
@@ -87,14 +87,12 @@ def _train_cell(cache_root: Path, train_req, threads: int | None, skip_config_er
                        + (" (cached)" if r.skipped else "")) for r in results]
 
 
-def run_grid(cache_root: Path, req: GridRequest, echo: Callable[[str], None] = print) -> GridResult:
+def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print) -> GridResult:
     """Train every cell (reusing finished runs), then write the tables and the mAP-vs-bits figure."""
     import os
 
     from stages.present.plots import plot_map_vs_bits
     from stages.present.published import comparison_markdown
-    from pipeline.ground.store.layout import CacheLayout
-    from stages.evaluate.report import REPORT_FILE, read_rows
     from stages.present.tables import methods_by_bits, results_table
     from stages.train.base import METHODS
     from stages.train import methods  # noqa: F401  (registers every method; unknown names fail now)
@@ -111,7 +109,7 @@ def run_grid(cache_root: Path, req: GridRequest, echo: Callable[[str], None] = p
     pairs: list[tuple[str, str]] = []
     if workers <= 1 or len(cells) == 1:
         for cell in cells:
-            for pair in _train_cell(cache_root, cell, None, req.skip_config_errors):
+            for pair in _train_cell(cache, cell, None, req.skip_config_errors):
                 pairs.append(pair)
                 echo(pair[1])
     else:
@@ -119,7 +117,7 @@ def run_grid(cache_root: Path, req: GridRequest, echo: Callable[[str], None] = p
         log.info("grid: %d cells on %d worker processes (%d CPU threads each)", len(cells), workers, threads)
         # spawn: CUDA cannot be re-initialised in a forked child
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_cell, cache_root, cell, threads, req.skip_config_errors): i
+            futures = {pool.submit(_train_cell, cache, cell, threads, req.skip_config_errors): i
                        for i, cell in enumerate(cells)}
             done: dict[int, list[tuple[str, str]]] = {}
             for future in as_completed(futures):
@@ -131,12 +129,12 @@ def run_grid(cache_root: Path, req: GridRequest, echo: Callable[[str], None] = p
     lines = [line for _, line in pairs]
     if not run_ids:
         return GridResult([], lines, {}, None, "")
-    tables = {metric: methods_by_bits(Path(cache_root), dataset=req.dataset, metric=metric, out_dir=req.out_dir,
-                                      run_ids=run_ids, beside=f"val_{metric}" if metric == "map@50" else None)
+    rows = cache.report_rows(req.dataset, run_ids)
+    out_dir = req.out_dir if req.out_dir is not None else cache.reports_dir
+    tables = {metric: methods_by_bits(rows, dataset=req.dataset, metric=metric, out_dir=out_dir,
+                                      beside=f"val_{metric}" if metric == "map@50" else None)
               for metric in ("map@50", "map")}
-    comparison = comparison_markdown(results_table(Path(cache_root), req.dataset, "map@50", run_ids), req.dataset)
+    comparison = comparison_markdown(results_table(rows, req.dataset, "map@50"), req.dataset)
     png = tables["map@50"].paths["markdown"].parent / f"{req.dataset}_map_vs_bits.png"
-    layout = CacheLayout(Path(cache_root))
-    rows = [r for rid in run_ids for r in read_rows(layout.run_dir(rid) / REPORT_FILE)]
     figure = plot_map_vs_bits(rows, png, dataset=req.dataset)
     return GridResult(run_ids, lines, tables, figure, comparison)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pipeline.ground.errors import CacheError
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.parquet import read_json, write_bytes_atomic, write_json_atomic
-from pipeline.ground.store.runs import INDEX_DIR, RunDir
+from pipeline.ground.store.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class CodesSource:
 
     run: RunDir
     dataset: str | None = None
-    #: With a layout, an encoded dataset's codes are checked to be current (see ``read_encode_manifest``).
-    layout: CacheLayout | None = None
+    #: With the cache, an encoded dataset's codes are checked to be current (see ``read_encode_manifest``).
+    cache: Cache | None = None
 
     @property
     def label(self) -> str:
@@ -48,13 +48,11 @@ class CodesSource:
 
     @property
     def codes_dir(self) -> Path:
-        from pipeline.orchestration.encoding import CODES
-
-        return self.run.codes_dir if self.dataset is None else self.run.encoded_dir(self.dataset) / CODES
+        return self.run.codes_dir if self.dataset is None else self.run.encoded_codes_dir(self.dataset)
 
     @property
     def index_dir(self) -> Path:
-        return (self.run.path if self.dataset is None else self.run.encoded_dir(self.dataset)) / INDEX_DIR
+        return self.run.index_dir(self.dataset)
 
     def index_paths(self, modality: str) -> tuple[Path, Path]:
         return self.index_dir / f"{modality}.faissindex", self.index_dir / f"{modality}.json"
@@ -68,7 +66,7 @@ class CodesSource:
             return read_codes(self.codes_dir, "database", unpack=False)
         from pipeline.orchestration.encoding import read_encode_manifest
 
-        manifest = read_encode_manifest(self.run, self.dataset, self.layout)
+        manifest = read_encode_manifest(self.run, self.dataset, self.cache)
         fix = f"run `cmh encode --run {self.run.run_id} --dataset {self.dataset}` again"
         parts = [read_codes(self.codes_dir, s, unpack=False, fix=fix)
                  for s, size in (manifest.get("splits") or {}).items() if size]
@@ -95,14 +93,14 @@ class IndexInfo:
     meta: dict[str, Any]
 
 
-def build_indexes(layout: CacheLayout, run: str, *, dataset: str | None = None, kind: str = "flat",
+def build_indexes(cache: Cache, run: str, *, dataset: str | None = None, kind: str = "flat",
                   overrides: Mapping[str, Any] | None = None,
                   say: Callable[[str], None] = log.info) -> list[IndexInfo]:
     """Build and save the index of each modality's codes (replacing an earlier one of any kind)."""
     from stages.evaluate import binary_index
 
     binary_index.check_kind(kind)
-    source = CodesSource(RunDir.find(layout, run), dataset, layout)
+    source = CodesSource(cache.find_run(run), dataset, cache)
     config = source.run.read_config()
     codes = source.read()
     n, bits = len(codes["item_id"]), int(codes["bits"])

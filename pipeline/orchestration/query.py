@@ -11,27 +11,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from pipeline.ground.images import load_image
 from pipeline.ground.errors import ConfigError, WeightsError
-from pipeline.ground.store.features import read_manifest
-from pipeline.ground.store.items import read_items, read_splits
-from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.reader import FeatureRef, parse_feature_spec
-from pipeline.ground.store.runs import RunDir
+from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef
+from pipeline.ground.store.cache import Cache, DatasetCache
+from pipeline.ground.store.codes import pack_codes
 from pipeline.orchestration.indexing import CodesSource, load_index
-from pipeline.ground.store.codes import binarize, pack_codes
 from stages.evaluate.hamming import topk
 
 log = logging.getLogger(__name__)
 
 
-def _encoder_for(layout: CacheLayout, dataset: str, encoder_id: str):
+def _encoder_for(ds: DatasetCache, encoder_id: str):
     from stages.extract import ENCODERS, create_encoder, load_encoders
 
     load_encoders()  # a fresh process (the CLI) has registered none yet
-    manifest = read_manifest(layout, dataset, encoder_id)
+    manifest = ds.manifest(encoder_id)
     config = dict(manifest["encoder_config"])
     entry = ENCODERS.get(config.get("kind", encoder_id.split(".")[0]))
     fields = {f.name for f in dataclasses.fields(entry.config)}
@@ -45,7 +41,7 @@ def _encoder_for(layout: CacheLayout, dataset: str, encoder_id: str):
         options["pretrained"] = path
     encoder = create_encoder(entry.name, **options)
     if hasattr(encoder, "prepare"):
-        encoder.prepare(read_items(layout, dataset), read_splits(layout, dataset))
+        encoder.prepare(ds.items, ds.splits)
     return encoder
 
 
@@ -69,26 +65,27 @@ def _query_texts(encoder: Any, text: str, say: Callable[[str], None]) -> list[st
     return known
 
 
-def _features(layout: CacheLayout, dataset: str, refs: list[FeatureRef], image: Path | None,
-              text: str | None, say: Callable[[str], None] = log.info) -> torch.Tensor:
-    parts = []
+def _features(ds: DatasetCache, refs: list[FeatureRef], image: Path | None, text: str | None,
+              say: Callable[[str], None] = log.info) -> AlignedFeatures:
+    """The query's features, one item of one modality, from the run's own encoders."""
     by_encoder: dict[str, list[str]] = {}
     for ref in refs:
         by_encoder.setdefault(ref.encoder, []).append(ref.column)
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for encoder_id in by_encoder:
-        encoder = _encoder_for(layout, dataset, encoder_id)
+        encoder = _encoder_for(ds, encoder_id)
         if image is not None:
             pixels = encoder.image_transform()(load_image(str(image))).unsqueeze(0)
             outputs[encoder_id] = encoder.encode(pixels, None, np.array([-1]))
         else:
             outputs[encoder_id] = encoder.encode(None, [_query_texts(encoder, text, say)], np.array([-1]))
-    for ref in refs:
-        parts.append(torch.from_numpy(np.asarray(outputs[ref.encoder][ref.column], dtype=np.float32)))
-    return torch.cat(parts, dim=1)
+    parts = {ref.key: np.asarray(outputs[ref.encoder][ref.column], dtype=np.float32) for ref in refs}
+    modality = "image" if image is not None else "text"
+    return AlignedFeatures("query", np.array([-1]), parts if modality == "image" else {},
+                           parts if modality == "text" else {}, np.zeros((1, 0), np.uint8))
 
 
-def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: Path | None = None,
+def query_run(cache: Cache, run: str, *, text: str | None = None, image: Path | None = None,
               top_k: int = 10, dataset: str | None = None,
               say: Callable[[str], None] = log.info) -> list[tuple[Any, ...]]:
     """Rows (rank, item_id, hamming, texts, image) of the top-k database items for one new query.
@@ -98,42 +95,26 @@ def query_run(layout: CacheLayout, run: str, *, text: str | None = None, image: 
     search used: a saved index or exact)."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    from stages.train import coding
     from stages.train import methods  # noqa: F401  (registers every method)
-    from stages.train.base import FeatureBatch, load_method
+    from stages.train.base import load_method
 
-    run_dir = RunDir.find(layout, run)
+    run_dir = cache.find_run(run)
     run_dir.require_trained()
     config = run_dir.read_config()
     searched = dataset  # None: the run's own database
-    dataset = config["dataset"]  # the query is encoded with the encoders of the run's dataset
+    ds = cache.dataset(config["dataset"])  # the query is encoded with the encoders of the run's dataset
     if searched is not None:
         from pipeline.orchestration.encoding import read_encode_manifest
 
-        read_encode_manifest(run_dir, searched, layout)  # refuse before the encoders load
+        read_encode_manifest(run_dir, searched, cache)  # refuse before the encoders load
     modality = "image" if image is not None else "text"
-    spec = config["image_features"] if modality == "image" else config["text_features"]
-    refs = parse_feature_spec(layout, dataset, spec, modality)
+    refs = ds.feature_refs(config[f"{modality}_features"], modality)
     method = load_method(run_dir.model_path)
-    feats = _features(layout, dataset, refs, image, text, say)
-    dims = method.dims
-    blank_image = torch.zeros(1, dims.image)
-    blank_text = torch.zeros(1, dims.text)
-    parts = {}  # split the concatenated features back into their branches
-    offset = 0
-    for ref in refs:
-        width = (dims.image_parts if modality == "image" else dims.text_parts)[ref.key]
-        parts[ref.key] = feats[:, offset:offset + width]
-        offset += width
-    batch = FeatureBatch(image=feats if modality == "image" else blank_image,
-                         text=feats if modality == "text" else blank_text,
-                         labels=torch.zeros(1, dims.labels), index=torch.zeros(1, dtype=torch.long),
-                         image_parts=parts if modality == "image" else {},
-                         text_parts=parts if modality == "text" else {})
-    with torch.no_grad():
-        code = binarize(method.encode(batch, modality))
+    code = coding.codes(method, _features(ds, refs, image, text, say), (modality,))[modality]
     target = "text" if modality == "image" else "image"
-    found = _search(CodesSource(run_dir, searched, layout), target, pack_codes(code), top_k, say)
-    items = read_items(layout, searched or dataset)
+    found = _search(CodesSource(run_dir, searched, cache), target, pack_codes(code), top_k, say)
+    items = (cache.dataset(searched) if searched else ds).items
     row_of = {int(i): r for r, i in enumerate(items.item_id)}
     rows = []
     for rank, (item, d) in enumerate(found, start=1):

@@ -1,6 +1,7 @@
-"""The train stage: cached features -> trained method -> codes -> report, one run directory per code length.
+"""Training, the use case: cached features -> fit -> codes -> evaluate -> a run folder, per code length.
 
-Reads only the feature cache (never images). A run directory ``runs/<run_id>/`` holds the resolved
+``train_runs`` reads as that sequence; each step is a small function below it. It reads only the
+feature cache (never images). A run directory ``runs/<run_id>/`` holds the resolved
 config, environment and data fingerprints, the trained weights, codes per split, the report and plots.
 A run whose report already exists with the same resolved config is not trained again (``force`` redoes it).
 """
@@ -19,15 +20,18 @@ import numpy as np
 import torch
 
 from pipeline.ground.errors import ConfigError
-from pipeline.ground.versions import RESULTS_VERSION
 from pipeline.ground.provenance import environment, git_revision, hardware
-from pipeline.ground.store.features import config_hash, read_manifest
-from pipeline.ground.store.items import items_meta, splits_meta
-from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.runs import RunDir
-from pipeline.ground.store.reader import load_split, parse_feature_spec
-from stages.train.base import FeatureBatch, FeatureDims, METHODS, create_method, resolve_config, save_method
-from stages.train.loop import encode_split, fit_method
+from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef
+from pipeline.ground.store.cache import Cache, DatasetCache
+from pipeline.ground.store.codes import binarize
+from pipeline.ground.store.features import config_hash
+from pipeline.ground.store.runs import RunDir, RunId
+from pipeline.ground.versions import RESULTS_VERSION
+from stages.train import coding
+from stages.train import methods  # noqa: F401  (registers every method)
+from stages.train.base import (METHODS, FeatureBatch, FeatureDims, HashingMethod, create_method, resolve_config,
+                               save_method)
+from stages.train.loop import TrainHistory, encode_split, fit_method
 from stages.train.validation import K as VALIDATION_K, Validator, default_every
 
 log = logging.getLogger(__name__)
@@ -65,8 +69,8 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 
 def run_id_for(req: TrainRequest, bits: int, resolved: Mapping[str, Any]) -> str:
     key = config_hash({"image": req.image, "text": req.text, "eval_mode": req.eval_mode, "tie": req.tie,
-                       "config": resolved})[:8]
-    return f"{req.dataset}-{METHODS.resolve(req.method)}-{bits}b-s{req.seed}-{key}"
+                       "config": resolved})
+    return str(RunId.of(req.dataset, METHODS.resolve(req.method), bits, req.seed, key))
 
 
 def check_request(req: TrainRequest) -> str:
@@ -74,7 +78,6 @@ def check_request(req: TrainRequest) -> str:
 
     ``cmh grid`` runs it on every request before training the first, so a bad value for the last
     method does not surface hours in."""
-    from stages.train import methods  # noqa: F401  (registers every method)
     from stages.evaluate.report import TIE_RULES
     from stages.train.checks import check_bits, check_device, check_training_length
 
@@ -93,114 +96,186 @@ def check_request(req: TrainRequest) -> str:
     return method_name
 
 
-def train_runs(layout: CacheLayout, req: TrainRequest) -> list[RunResult]:
-    from stages.train import methods  # noqa: F401  (registers every method)
-    from pipeline.ground.store.codes import binarize, write_codes
-    from stages.present.plots import plot_run
-    from stages.evaluate.report import evaluate_codes_and_curves, write_curves, write_report
-
+def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
+    """Train, code, evaluate and write one run per code length of ``req``; finished runs are reused."""
     method_name = check_request(req)
+    req = _with_default_features(req, method_name)
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    builder = METHODS.get(method_name).builder
-    if req.image is None or req.text is None:
-        req = dataclasses.replace(req, image=req.image or builder.default_image_features,
-                                  text=req.text or builder.default_text_features)
-        log.info("%s reads image=%s text=%s (its defaults; set IMAGE=/TEXT= to choose)", method_name, req.image, req.text)
-    image_refs = parse_feature_spec(layout, req.dataset, req.image, "image")
-    text_refs = parse_feature_spec(layout, req.dataset, req.text, "text")
-
-    t0 = time.perf_counter()
-    data = {s: load_split(layout, req.dataset, s, image_refs, text_refs)
-            for s in ("train", "validation", "query", "database")}
-    load_s = time.perf_counter() - t0
-    dims = FeatureDims.from_split(data["train"])
-    batches = {s: FeatureBatch.from_split(v) for s, v in data.items()}
-    overrides = dict(req.overrides)
-    if req.epochs is not None:
-        overrides["epochs"] = req.epochs
-    supports_paired = builder.supports_paired
-    if req.eval_mode == "paired" and not supports_paired:
-        raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
-    cfg_fields = {f.name for f in dataclasses.fields(METHODS.get(method_name).config)}
-    if supports_paired and "eval_mode" in cfg_fields:
-        overrides["eval_mode"] = req.eval_mode  # UCMFH trains differently for the two modes
-
+    dataset = cache.dataset(req.dataset)
+    data = _load(dataset, req)
     results = []
     for bits in req.bits:
-        cfg = resolve_config(method_name, req.dataset, overrides)
-        paper_epochs = resolve_config(method_name, req.dataset, {k: v for k, v in overrides.items()
-                                                                 if k != "epochs"}).epochs
-        resolved = _config_dict(cfg)
-        run_id = run_id_for(req, bits, resolved)
-        run = RunDir.of(layout, run_id)
-        run_dir = run.path
+        spec = _spec(req, method_name, bits)
+        run = cache.run(spec.run_id)
         if run.is_complete() and not req.force:
-            log.info("run %s exists (same config): skipped; pass --force to retrain", run_id)
-            results.append(RunResult(run_id, run_dir, bits, _summary_from_report(run_dir), skipped=True))
+            log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
+            results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
             continue
-        torch.manual_seed(req.seed)
-        np.random.seed(req.seed)
-        method = create_method(method_name, dims=dims, bits=bits, dataset=req.dataset, overrides=overrides)
-        meta = {
-            "run_id": run_id, "config_hash": run_id.rsplit("-", 1)[1],
-            "epochs": None if method.closed_form else int(cfg.epochs), "method": method_name, "dataset": req.dataset, "bits": bits, "seed": req.seed,
-            "image_features": req.image, "text_features": req.text, "eval_mode": req.eval_mode,
-            "tie_rule": req.tie, "supervised": bool(method.supervised), "device": device,
-            "n_train": len(data["train"]), "n_query": len(data["query"]), "n_database": len(data["database"]),
-            "dropped_items": sum(len(v.dropped) for v in data.values()),
-            # provenance a published result row carries (results/; cmh report --results)
-            "paper_epochs": None if method.closed_form else int(paper_epochs),
-            "split_protocol": _split_protocol(layout, req.dataset), "hardware": hardware(),
-            "code_version": RESULTS_VERSION, "git": git_revision(),
-        }
-        provenance = {
-            "request": {k: v for k, v in dataclasses.asdict(req).items() if k not in ("force", "progress")},
-            "config": resolved, "dims": dataclasses.asdict(dims), "environment": environment(),
-            "data": {k: items_meta(layout, req.dataset).get(k) for k in ("fingerprint", "source", "text_kind")},
-            "splits": splits_meta(layout, req.dataset),
-            "features": {ref.encoder: {k: read_manifest(layout, req.dataset, ref.encoder).get(k)
-                                       for k in ("config_hash", "code_version", "dataset_fingerprint", "encoder_config")}
-                         for ref in [*image_refs, *text_refs]},
-        }
-        run.write_config({**meta, **provenance})  # written before training starts
-
-        log.info("training %s at %d bits on %d items (%s / %s) on %s", method_name, bits, len(data["train"]),
-                 req.image, req.text, device)
-        paired = req.eval_mode == "paired"
-        # validation encodes the way the test does: a paired-mode run is scored in paired mode
-        validator = Validator(batches["validation"], batches["train"], map_at_k=_validation_map,
-                              encode=functools.partial(encode_split, paired=paired),
-                              every=default_every(int(cfg.epochs)) if not method.closed_form else 1)
-        history = fit_method(method, batches["train"], seed=req.seed, device=device, progress=req.progress,
-                             validator=validator)
+        method = _new_method(spec, data, req)
+        meta = _meta(spec, req, method, data, dataset, device)
+        run.write_config({**meta, **_provenance(spec, req, data, dataset)})  # written before training starts
+        history = _fit(method, spec, data, req, device)
         run.write_model(lambda path: save_method(method, path))
         run.write_history({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
                            "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection})
-
-        t1 = time.perf_counter()
-        codes: dict[str, dict[str, np.ndarray]] = {}
-        for split in ("query", "database"):
-            codes[split] = {m: binarize(encode_split(method, batches[split].to("cpu"), m, paired=paired))
-                            for m in ("image", "text")}
-            codes[split]["labels"] = data[split].labels
-            write_codes(run.codes_dir, split, data[split].item_id, codes[split]["image"], codes[split]["text"],
-                        {"run_id": run_id, "bits": bits, "method": method_name})
-        encode_s = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        evaluation = evaluate_codes_and_curves(codes["query"], codes["database"], tie=req.tie)
-        rows = evaluation.rows + _validation_rows(history.validation)
-        eval_s = time.perf_counter() - t2
-        timings = {"load_s": load_s, "train_s": history.seconds, "train_s_per_epoch": history.seconds_per_epoch,
-                   "validation_s": history.validation_s, "encode_s": encode_s, "eval_s": eval_s}
-        meta["n_validation"] = len(data["validation"])
-        if history.selection:
-            meta["chosen_on_validation"] = json.dumps(history.selection.get("chosen"))
-            meta["validation_grid"] = json.dumps(history.selection.get("grid"))
-        write_report(run_dir, rows, {**meta, **timings})
-        write_curves(run_dir, evaluation.curves, {**meta, **timings})
-        plot_run(run_dir)
-        results.append(RunResult(run_id, run_dir, bits, {**_summary(rows), **timings}))
+        codes, encode_s = _write_codes(run, method, spec, data, req)
+        rows, curves, eval_s = _evaluate(codes, history, req)
+        timings = {"load_s": data.load_s, "train_s": history.seconds,
+                   "train_s_per_epoch": history.seconds_per_epoch, "validation_s": history.validation_s,
+                   "encode_s": encode_s, "eval_s": eval_s}
+        _write_report(run, rows, curves, {**meta, "n_validation": len(data.features["validation"]),
+                                          **_selection(history), **timings})
+        results.append(RunResult(spec.run_id, run.path, bits, {**_summary(rows), **timings}))
     return results
+
+
+@dataclass
+class _Data:
+    """The four splits of one request, read once, and what the methods are built for."""
+
+    features: dict[str, AlignedFeatures]
+    batches: dict[str, FeatureBatch]
+    dims: FeatureDims
+    image_refs: list[FeatureRef]
+    text_refs: list[FeatureRef]
+    load_s: float
+
+
+@dataclass
+class _Spec:
+    """One run: the method, its resolved config and the id they give."""
+
+    method: str
+    bits: int
+    config: Any  # the method's resolved config dataclass
+    resolved: dict[str, Any]  # the same, in its JSON form
+    paper_epochs: int
+    overrides: dict[str, Any]
+    run_id: str
+
+
+def _with_default_features(req: TrainRequest, method_name: str) -> TrainRequest:
+    builder = METHODS.get(method_name).builder
+    if req.image is not None and req.text is not None:
+        return req
+    req = dataclasses.replace(req, image=req.image or builder.default_image_features,
+                              text=req.text or builder.default_text_features)
+    log.info("%s reads image=%s text=%s (its defaults; set IMAGE=/TEXT= to choose)", method_name, req.image, req.text)
+    return req
+
+
+def _load(dataset: DatasetCache, req: TrainRequest) -> _Data:
+    t0 = time.perf_counter()
+    image_refs = dataset.feature_refs(req.image, "image")
+    text_refs = dataset.feature_refs(req.text, "text")
+    features = {s: dataset.features(s, image_refs, text_refs) for s in ("train", "validation", "query", "database")}
+    return _Data(features, {s: FeatureBatch.from_features(v) for s, v in features.items()},
+                 FeatureDims.from_features(features["train"]), image_refs, text_refs, time.perf_counter() - t0)
+
+
+def _spec(req: TrainRequest, method_name: str, bits: int) -> _Spec:
+    overrides = dict(req.overrides)
+    if req.epochs is not None:
+        overrides["epochs"] = req.epochs
+    builder = METHODS.get(method_name).builder
+    if req.eval_mode == "paired" and not builder.supports_paired:
+        raise ConfigError(f"{method_name} has no paired evaluation mode; it is for UCMFH-style fusion methods")
+    cfg_fields = {f.name for f in dataclasses.fields(METHODS.get(method_name).config)}
+    if builder.supports_paired and "eval_mode" in cfg_fields:
+        overrides["eval_mode"] = req.eval_mode  # UCMFH trains differently for the two modes
+    cfg = resolve_config(method_name, req.dataset, overrides)
+    paper_epochs = resolve_config(method_name, req.dataset, {k: v for k, v in overrides.items()
+                                                             if k != "epochs"}).epochs
+    resolved = _config_dict(cfg)
+    return _Spec(method_name, bits, cfg, resolved, paper_epochs, overrides, run_id_for(req, bits, resolved))
+
+
+def _new_method(spec: _Spec, data: _Data, req: TrainRequest) -> HashingMethod:
+    torch.manual_seed(req.seed)
+    np.random.seed(req.seed)
+    return create_method(spec.method, dims=data.dims, bits=spec.bits, dataset=req.dataset, overrides=spec.overrides)
+
+
+def _meta(spec: _Spec, req: TrainRequest, method: HashingMethod, data: _Data, dataset: DatasetCache,
+          device: str) -> dict[str, Any]:
+    """The run's identity and provenance: config.json's head, and a column of every report row."""
+    closed = method.closed_form
+    return {
+        "run_id": spec.run_id, "config_hash": RunId.parse(spec.run_id).key,
+        "epochs": None if closed else int(spec.config.epochs), "method": spec.method, "dataset": req.dataset,
+        "bits": spec.bits, "seed": req.seed, "image_features": req.image, "text_features": req.text,
+        "eval_mode": req.eval_mode, "tie_rule": req.tie, "supervised": bool(method.supervised), "device": device,
+        "n_train": len(data.features["train"]), "n_query": len(data.features["query"]),
+        "n_database": len(data.features["database"]),
+        "dropped_items": sum(len(v.dropped) for v in data.features.values()),
+        # provenance a published result row carries (results/; cmh report --results)
+        "paper_epochs": None if closed else int(spec.paper_epochs),
+        "split_protocol": _split_protocol(dataset), "hardware": hardware(),
+        "code_version": RESULTS_VERSION, "git": git_revision(),
+    }
+
+
+def _provenance(spec: _Spec, req: TrainRequest, data: _Data, dataset: DatasetCache) -> dict[str, Any]:
+    """What config.json adds: the request, resolved config, widths, environment and the data's fingerprints."""
+    return {
+        "request": {k: v for k, v in dataclasses.asdict(req).items() if k not in ("force", "progress")},
+        "config": spec.resolved, "dims": dataclasses.asdict(data.dims), "environment": environment(),
+        "data": {k: dataset.items_meta.get(k) for k in ("fingerprint", "source", "text_kind")},
+        "splits": dataset.splits_meta,
+        "features": {ref.encoder: {k: dataset.manifest(ref.encoder).get(k)
+                                   for k in ("config_hash", "code_version", "dataset_fingerprint", "encoder_config")}
+                     for ref in [*data.image_refs, *data.text_refs]},
+    }
+
+
+def _fit(method: HashingMethod, spec: _Spec, data: _Data, req: TrainRequest, device: str) -> TrainHistory:
+    log.info("training %s at %d bits on %d items (%s / %s) on %s", spec.method, spec.bits,
+             len(data.features["train"]), req.image, req.text, device)
+    paired = req.eval_mode == "paired"
+    # validation encodes the way the test does: a paired-mode run is scored in paired mode
+    validator = Validator(data.batches["validation"], data.batches["train"], map_at_k=_validation_map,
+                          encode=functools.partial(encode_split, paired=paired),
+                          every=default_every(int(spec.config.epochs)) if not method.closed_form else 1)
+    return fit_method(method, data.batches["train"], seed=req.seed, device=device, progress=req.progress,
+                      validator=validator)
+
+
+def _write_codes(run: RunDir, method: HashingMethod, spec: _Spec, data: _Data,
+                 req: TrainRequest) -> tuple[dict[str, dict[str, np.ndarray]], float]:
+    """±1 codes of the query and database splits (and their labels), written under the run."""
+    t0 = time.perf_counter()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split in ("query", "database"):
+        features = data.features[split]
+        out[split] = {**coding.codes(method, features, paired=req.eval_mode == "paired"), "labels": features.labels}
+        run.write_codes(split, features.item_id, out[split]["image"], out[split]["text"],
+                        {"run_id": spec.run_id, "bits": spec.bits, "method": spec.method})
+    return out, time.perf_counter() - t0
+
+
+def _evaluate(codes: dict[str, dict[str, np.ndarray]], history: TrainHistory,
+              req: TrainRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    from stages.evaluate.report import evaluate_codes_and_curves
+
+    t0 = time.perf_counter()
+    evaluation = evaluate_codes_and_curves(codes["query"], codes["database"], tie=req.tie)
+    return evaluation.rows + _validation_rows(history.validation), evaluation.curves, time.perf_counter() - t0
+
+
+def _selection(history: TrainHistory) -> dict[str, Any]:
+    if not history.selection:
+        return {}
+    return {"chosen_on_validation": json.dumps(history.selection.get("chosen")),
+            "validation_grid": json.dumps(history.selection.get("grid"))}
+
+
+def _write_report(run: RunDir, rows: list[dict[str, Any]], curves: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    from stages.evaluate.report import write_curves, write_report
+    from stages.present.plots import plot_run
+
+    write_report(run, rows, meta)
+    write_curves(run, curves, meta)
+    plot_run(run)
 
 
 #: How validation scores are computed (stored with every run that has them).
@@ -208,9 +283,9 @@ VALIDATION_PROTOCOL = ("mAP@50 of the validation split's items (queries) against
                        "(retrieval set); validation is drawn from the database minus train, never the query set")
 
 
-def _split_protocol(layout: CacheLayout, dataset: str) -> str:
+def _split_protocol(dataset: DatasetCache) -> str:
     """e.g. ``djsrh-mirflickr seed 1: query 2000, database 18015, train 5000, validation 2000``."""
-    meta = splits_meta(layout, dataset)
+    meta = dataset.splits_meta
     params = meta.get("params") or {}
     sizes = meta.get("sizes") or {}
     shown = ", ".join(f"{k} {sizes[k]}" for k in ("query", "database", "train", "validation") if k in sizes)
@@ -218,7 +293,6 @@ def _split_protocol(layout: CacheLayout, dataset: str) -> str:
 
 
 def _validation_map(q: np.ndarray, d: np.ndarray, q_labels: np.ndarray, d_labels: np.ndarray, k: int) -> float:
-    from pipeline.ground.store.codes import binarize
     from stages.evaluate.metrics import map_at_k
 
     return float(map_at_k(binarize(q), binarize(d), q_labels, d_labels, k).mean)
@@ -239,7 +313,7 @@ def _summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             if r["metric"] in ("map@50", "map", f"val_map@{VALIDATION_K}")}
 
 
-def _summary_from_report(run_dir: Path) -> dict[str, float]:
+def _summary_from_report(run: RunDir) -> dict[str, float]:
     from stages.evaluate.report import read_rows
 
-    return _summary(read_rows(RunDir(run_dir).report_path))
+    return _summary(read_rows(run.report_path))

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from pipeline.ground.errors import CacheError, ConfigError, DataError
 from pipeline.ground.store.parquet import read_table, write_table_atomic
-from pipeline.ground.store.runs import CURVES_FILE, REPORT_FILE  # noqa: F401  (the run directory owns the names)
+from pipeline.ground.store.runs import RunDir
 from pipeline.ground.store.codes import CODE_CONVENTIONS
 from stages.evaluate.metrics import (
     TIE_RULES,
@@ -183,8 +183,8 @@ def _file_meta(flat: Mapping[str, Any]) -> dict[str, Any]:
     return {**flat, "tie_rule_text": TIE_RULES.get(rule) if rule else None, **CODE_CONVENTIONS}
 
 
-def write_report(run_dir: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> Path:
-    """Write ``<run_dir>/report.parquet``: the metric rows, each with every meta field as a column.
+def write_report(run: RunDir | Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> Path:
+    """Write the run's report (``report.parquet``): the metric rows, each with every meta field as a column.
 
     ``meta`` must hold every key of ``REQUIRED_META`` (values may be None); extra keys are flattened
     into scalar columns (nested ``a: {b: 1}`` -> ``a_b``; lists as JSON text).
@@ -192,15 +192,19 @@ def write_report(run_dir: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping
     if not rows:
         raise DataError("write_report: no metric rows to write")
     table, flat = _table(rows, ROW_SCHEMA, meta)
-    return write_table_atomic(table, Path(run_dir) / REPORT_FILE, metadata=_file_meta(flat))
+    return write_table_atomic(table, _run(run).report_path, metadata=_file_meta(flat))
 
 
-def write_curves(run_dir: Path, curves: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> Path:
-    """Write ``<run_dir>/curves.parquet`` (PR and P@K curves) with the same meta columns as the report."""
+def write_curves(run: RunDir | Path, curves: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> Path:
+    """Write the run's ``curves.parquet`` (PR and P@K curves) with the same meta columns as the report."""
     if not curves:
         raise DataError("write_curves: no curve rows to write")
     table, flat = _table(curves, CURVE_SCHEMA, meta)
-    return write_table_atomic(table, Path(run_dir) / CURVES_FILE, metadata=_file_meta(flat))
+    return write_table_atomic(table, _run(run).curves_path, metadata=_file_meta(flat))
+
+
+def _run(run: RunDir | Path) -> RunDir:
+    return run if isinstance(run, RunDir) else RunDir(Path(run))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

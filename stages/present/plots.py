@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.ground.errors import CacheError, DataError
-from pipeline.ground.store.runs import PLOTS_DIR
-from stages.evaluate.report import CURVES_FILE, read_rows
+from pipeline.ground.store.runs import RunDir
+from stages.evaluate.report import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ def _run_title(rows: Sequence[Mapping[str, Any]]) -> str:
     return f"{first.get('method')} · {first.get('dataset')} · {first.get('bits')} bits · seed {first.get('seed')}"
 
 
-def plot_run(run_dir: Path) -> list[Path]:
-    """``<run_dir>/plots/pr_<task>.png`` and ``pk_<task>.png`` from ``curves.parquet``; returns the paths."""
-    run_dir = Path(run_dir)
-    curves = read_rows(run_dir / CURVES_FILE)
+def plot_run(run: RunDir | Path) -> list[Path]:
+    """The run's ``plots/pr_<task>.png`` and ``pk_<task>.png`` from its curves; returns the paths."""
+    run = run if isinstance(run, RunDir) else RunDir(Path(run))
+    curves = read_rows(run.curves_path)
     if not curves:
-        raise CacheError(f"{run_dir / CURVES_FILE} is empty; re-evaluate the run")
+        raise CacheError(f"{run.curves_path} is empty; re-evaluate the run")
     title = _run_title(curves)
     paths = []
     for task in sorted({c["task"] for c in curves}):
@@ -73,7 +74,7 @@ def plot_run(run_dir: Path) -> list[Path]:
                    title=f"PR by Hamming radius, {TASK_TITLES.get(task, task)}")
             ax.grid(alpha=0.3)
             fig.suptitle(title, fontsize=8)
-            paths.append(_save(fig, run_dir / PLOTS_DIR / f"pr_{task}.png"))
+            paths.append(_save(fig, run.plots_dir / f"pr_{task}.png"))
         pk = sorted((c for c in curves if c["task"] == task and c["curve"] == "p@k"), key=lambda c: c["x"])
         if pk:
             fig = _figure()
@@ -83,33 +84,16 @@ def plot_run(run_dir: Path) -> list[Path]:
                    title=f"P@K, {TASK_TITLES.get(task, task)}")
             ax.grid(alpha=0.3)
             fig.suptitle(title, fontsize=8)
-            paths.append(_save(fig, run_dir / PLOTS_DIR / f"pk_{task}.png"))
+            paths.append(_save(fig, run.plots_dir / f"pk_{task}.png"))
     if not paths:
-        raise DataError(f"{run_dir / CURVES_FILE} holds no PR or P@K curve rows")
+        raise DataError(f"{run.curves_path} holds no PR or P@K curve rows")
     return paths
 
 
-def _report_rows(source: Iterable[Mapping[str, Any]] | str | Path, dataset: str | None,
+def _report_rows(source: Iterable[Mapping[str, Any]] | pa.Table, dataset: str | None,
                  metric: str) -> list[dict[str, Any]]:
-    if isinstance(source, (str, Path)):
-        import duckdb
-
-        pattern = str(source)
-        con = duckdb.connect()
-        try:
-            cur = con.execute(
-                "SELECT method, dataset, image_features, text_features, bits, seed, task, value "
-                "FROM read_parquet($glob, union_by_name = true) WHERE metric = $metric "
-                "AND ($dataset IS NULL OR dataset = $dataset)",
-                {"glob": pattern, "metric": metric, "dataset": dataset})
-            names = [d[0] for d in cur.description]
-            rows = [dict(zip(names, r)) for r in cur.fetchall()]
-        except duckdb.IOException as err:
-            raise CacheError(f"no report files match {pattern}: {err}; train a run first") from None
-        finally:
-            con.close()
-        return rows
-    return [dict(r) for r in source if r.get("metric") == metric and (dataset is None or r.get("dataset") == dataset)]
+    rows = source.to_pylist() if isinstance(source, pa.Table) else source
+    return [dict(r) for r in rows if r.get("metric") == metric and (dataset is None or r.get("dataset") == dataset)]
 
 
 def method_label(row: Mapping[str, Any], ambiguous: bool) -> str:
@@ -119,10 +103,10 @@ def method_label(row: Mapping[str, Any], ambiguous: bool) -> str:
     return f"{row['method']} [{row.get('image_features')}/{row.get('text_features')}]"
 
 
-def plot_map_vs_bits(report_rows_or_glob: Iterable[Mapping[str, Any]] | str | Path, out_png: Path,
+def plot_map_vs_bits(report_rows: Iterable[Mapping[str, Any]] | pa.Table, out_png: Path,
                      dataset: str | None, metric: str = "map@50") -> Path:
     """One panel per task: ``metric`` against code length, mean ± std over seeds, one line per method."""
-    rows = _report_rows(report_rows_or_glob, dataset, metric)
+    rows = _report_rows(report_rows, dataset, metric)
     if not rows:
         raise DataError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else ""))
     features = defaultdict(set)

@@ -23,7 +23,8 @@ from pipeline.ground.versions import RESULTS_VERSION
 from pipeline.ground.errors import CacheError, DataError
 from pipeline.ground.store.parquet import read_metadata, write_table_atomic
 from stages.present.published import comparison_markdown
-from stages.evaluate.report import REPORT_FILE
+from pipeline.ground.store.cache import read_report_rows
+from pipeline.ground.store.runs import RunDir
 from stages.present.tables import MethodsTable, methods_by_bits, results_table
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,14 @@ class ResultsScan:
     stale: list[tuple[Path, str]] = field(default_factory=list)  # (file, its code version)
 
 
-def publish_runs(run_dirs: list[Path], results_root: Path) -> list[Path]:
+def publish_runs(runs: list[RunDir | Path], results_root: Path) -> list[Path]:
     """Copy each run's report rows to ``<results_root>/<dataset>/<run_id>.parquet`` (atomic; replaces)."""
     written = []
-    for run_dir in run_dirs:
-        report = Path(run_dir) / REPORT_FILE
+    for run in runs:
+        run = run if isinstance(run, RunDir) else RunDir(Path(run))
+        report = run.report_path
         if not report.exists():
-            raise CacheError(f"{run_dir} has no {REPORT_FILE}: the run did not finish; retrain it (cmh train)")
+            raise CacheError(f"{run.path} has no {report.name}: the run did not finish; retrain it (cmh train)")
         table = pq.read_table(report)
         missing = [c for c in PROVENANCE if c not in table.column_names]
         if missing:
@@ -93,18 +95,18 @@ def results_tables(results_root: Path, dataset: str, out_dir: Path | None = None
     if not scan.current:
         raise CacheError(f"every result file of {dataset!r} is stale (code version other than {RESULTS_VERSION}): "
                          f"retrain and publish them")
-    table = methods_by_bits(Path(results_root), dataset, metric, out_dir=out_dir, write=out_dir is not None,
-                            files=[str(p) for p in scan.current], beside=f"val_{metric}")
+    table = methods_by_bits(read_report_rows(scan.current), dataset, metric, out_dir=out_dir,
+                            beside=f"val_{metric}")
     return table, scan
 
 
-def within_noise(results_root: Path, dataset: str, files: list[Path], metric: str = "map@50") -> list[str]:
+def within_noise(dataset: str, files: list[Path], metric: str = "map@50") -> list[str]:
     """Per column, the configurations whose mean is within one std of the column's best.
 
     Two means closer than the larger of their sample stds cannot be told apart by these seeds (a
     single-seed cell has no std: the other cell's is used); when neither has one, the line says so.
     """
-    rows = results_table(Path(results_root), dataset, metric, files=[str(p) for p in files])
+    rows = results_table(read_report_rows(files), dataset, metric)
     columns: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         columns.setdefault((r["task"], int(r["bits"])), []).append(r)
@@ -150,9 +152,8 @@ def readme_block(results_root: Path, dataset: str, figure: Path | None = None) -
              f"{len(scan.current)} runs, seeds {', '.join(map(str, seeds))}, code version {RESULTS_VERSION}; "
              f"{_hours(train_s)} of training in all on: {'; '.join(hardware)}.", ""]
     lines += ["Within noise (a mean less than one std below the best of its column):", ""]
-    lines += [f"- {line}" for line in within_noise(results_root, dataset, scan.current)]
-    published = comparison_markdown(results_table(Path(results_root), dataset, "map@50",
-                                                  files=[str(p) for p in scan.current]), dataset)
+    lines += [f"- {line}" for line in within_noise(dataset, scan.current)]
+    published = comparison_markdown(results_table(read_report_rows(scan.current), dataset, "map@50"), dataset)
     lines += ["", "Beside the papers' own numbers (other features and tie rules: compare trends):", "",
               published.split("\n", 2)[2].rstrip()]
     if scan.stale:

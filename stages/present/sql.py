@@ -32,12 +32,13 @@ ORDER BY hamming, item_id
 LIMIT $k
 """
 
-#: One metric across every run in a cache (report schemas may grow between runs: union_by_name).
+#: One metric across runs: mean, std and seeds per configuration, over the report rows registered as
+#: ``rows`` (``pipeline.ground.store.cache.read_report_rows``: the union of every run's columns).
 RESULTS_SQL = """
 SELECT dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, bits, task,
        count(*) AS n_seeds, avg(value) AS mean, stddev_samp(value) AS std, list(seed ORDER BY seed) AS seeds,
        max(paper_epochs) AS paper_epochs, bool_or(supervised) AS supervised
-FROM read_parquet($glob, union_by_name = true)
+FROM rows
 WHERE metric = $metric AND ($dataset IS NULL OR dataset = $dataset)
   AND ($run_ids IS NULL OR list_contains($run_ids, run_id))
 GROUP BY ALL

@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.store.parquet import write_table_atomic
-from stages.evaluate.report import REPORT_FILE
 from stages.present.sql import RESULTS_SQL
 
 TASK_ORDER = ("i2t", "t2i", "i2i", "t2t")
@@ -23,50 +22,23 @@ TASK_ORDER = ("i2t", "t2i", "i2i", "t2t")
 IDENTITY = ("method", "image_features", "text_features", "eval_mode", "tie_rule", "epochs", "config_hash")
 
 
-def report_glob(cache_root: Path) -> str:
-    return str(Path(cache_root) / "runs" / "*" / REPORT_FILE)
-
-
-def results_table(cache_root: Path, dataset: str | None = None, metric: str = "map@50",
-                  run_ids: list[str] | None = None, files: list[str] | None = None) -> list[dict[str, Any]]:
-    """Mean, std (sample, NULL for one seed) and seed count of ``metric`` per configuration, task and bits.
-
-    Reads every run report under ``cache_root``, or exactly ``files`` (report rows published under
-    ``results/``) when given.
-    """
+def results_table(rows: pa.Table, dataset: str | None = None, metric: str = "map@50",
+                  run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Mean, std (sample, NULL for one seed) and seed count of ``metric`` per configuration, task and bits,
+    over report rows (``Cache.report_rows`` or ``read_report_rows`` of published files)."""
     import duckdb
 
-    if files is None and not list(Path(cache_root).glob(f"runs/*/{REPORT_FILE}")):
-        raise CacheError(f"no run reports under {Path(cache_root) / 'runs'}; train a run first (cmh train)")
-    if files is not None and not files:
-        raise CacheError("no result files to tabulate; publish runs first (cmh publish)")
     con = duckdb.connect()
     try:
-        source = [str(f) for f in files] if files is not None else report_glob(cache_root)
-        cur = con.execute(RESULTS_SQL, {"glob": source, "metric": metric, "dataset": dataset, "run_ids": run_ids})
+        con.register("rows", rows)
+        cur = con.execute(RESULTS_SQL, {"metric": metric, "dataset": dataset, "run_ids": run_ids})
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
     except duckdb.Error as exc:
-        raise _damaged_reports(cache_root) or CacheError(
-            f"cannot read the run reports under {Path(cache_root) / 'runs'}: {str(exc).splitlines()[0]}") from None
+        raise CacheError(f"the report rows lack what the table needs ({str(exc).splitlines()[0]}): train those "
+                         f"runs again with `cmh train ... --force`") from None
     finally:
         con.close()
-
-
-def _damaged_reports(cache_root: Path) -> CacheError | None:
-    """The error naming every unreadable report.parquet (a run killed while writing it, a copied stub)."""
-    from pipeline.ground.store.parquet import read_metadata
-
-    bad = []
-    for path in sorted(Path(cache_root).glob(f"runs/*/{REPORT_FILE}")):
-        try:
-            read_metadata(path)
-        except CacheError:
-            bad.append(path)
-    if not bad:
-        return None
-    return CacheError(f"{len(bad)} run report(s) are damaged: {', '.join(map(str, bad[:5]))}; train those runs "
-                      f"again with `cmh train ... --force`, or delete their run folders")
 
 
 @dataclass
@@ -169,20 +141,18 @@ def _png(table: MethodsTable, path: Path) -> Path:
     return path
 
 
-def methods_by_bits(cache_root: Path, dataset: str | None = None, metric: str = "map@50",
-                    out_dir: Path | None = None, write: bool = True,
-                    run_ids: list[str] | None = None, files: list[str] | None = None,
+def methods_by_bits(report_rows: pa.Table, dataset: str | None = None, metric: str = "map@50",
+                    out_dir: Path | None = None, run_ids: list[str] | None = None,
                     beside: str | None = None) -> MethodsTable:
-    """Method rows × (task, bits) columns of ``metric``; writes ``<out_dir>/<dataset>_<metric>.{md,parquet,png}``.
+    """Method rows × (task, bits) columns of ``metric`` over report rows; with ``out_dir``, also writes
+    ``<out_dir>/<dataset>_<metric>.{md,parquet,png}``.
 
-    ``out_dir`` defaults to ``<cache_root>/reports``. ``dataset`` may be omitted when the runs cover one dataset.
-    ``files`` tabulates exactly those report files (``results/``). ``beside`` names a second metric
-    shown in brackets in each Markdown cell, e.g. the validation score beside the test score.
+    ``dataset`` may be omitted when the rows cover one dataset. ``beside`` names a second metric shown
+    in brackets in each Markdown cell, e.g. the validation score beside the test score.
     """
-    rows = results_table(cache_root, dataset, metric, run_ids, files)
+    rows = results_table(report_rows, dataset, metric, run_ids)
     if not rows:
-        raise CacheError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else "")
-                         + f" under {Path(cache_root) / 'runs'}")
+        raise CacheError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else ""))
     datasets = sorted({r["dataset"] for r in rows})
     if len(datasets) > 1:
         raise ConfigError(f"runs cover several datasets ({', '.join(datasets)}); pass dataset=<one of them>")
@@ -203,14 +173,14 @@ def methods_by_bits(cache_root: Path, dataset: str | None = None, metric: str = 
     table = MethodsTable(dataset=dataset, metric=metric, columns=columns, labels=sorted(cells), cells=cells,
                          identity=identity)
     if beside:
-        for r in results_table(cache_root, dataset, beside, run_ids, files):
+        for r in results_table(report_rows, dataset, beside, run_ids):
             lab = labels.get(tuple(r[c] for c in IDENTITY))
             if lab in cells:
                 table.beside.setdefault(lab, {})[(r["task"], int(r["bits"]))] = float(r["mean"])
         table.beside_metric = beside
     table.markdown = _markdown(table)
-    if write:
-        out_dir = Path(out_dir) if out_dir is not None else Path(cache_root) / "reports"
+    if out_dir is not None:
+        out_dir = Path(out_dir)
         stem = f"{dataset}_{metric.replace('@', '_at_')}"
         md = out_dir / f"{stem}.md"
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from pipeline.ground.config import merge_config
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.registry import Registry
-from pipeline.ground.store.reader import SplitFeatures
+from pipeline.ground.store.aligned import AlignedFeatures
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,15 @@ class FeatureDims:
     text_is_bow: bool = False
 
     @classmethod
-    def from_split(cls, split: SplitFeatures) -> "FeatureDims":
-        text = split.text_matrix
+    def from_features(cls, features: AlignedFeatures) -> "FeatureDims":
+        """The widths of a split's features (the training split's, for a new model)."""
+        text = features.text_matrix
         return cls(
-            image=sum(v.shape[1] for v in split.image.values()),
+            image=sum(v.shape[1] for v in features.image.values()),
             text=text.shape[1],
-            labels=split.labels.shape[1],
-            image_parts={k: v.shape[1] for k, v in split.image.items()},
-            text_parts={k: v.shape[1] for k, v in split.text.items()},
+            labels=features.labels.shape[1],
+            image_parts={k: v.shape[1] for k, v in features.image.items()},
+            text_parts={k: v.shape[1] for k, v in features.text.items()},
             text_is_bow=bool((text >= 0).all() and np.array_equal(text, np.round(text))),
         )
 
@@ -66,15 +67,24 @@ class FeatureBatch:
     text_parts: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def from_split(cls, split: SplitFeatures) -> "FeatureBatch":
-        """The cached features of one split as tensors (no copy where numpy allows)."""
+    def from_features(cls, features: AlignedFeatures, dims: FeatureDims | None = None) -> "FeatureBatch":
+        """Aligned features as tensors (no copy where numpy allows); the one place a batch is built.
+
+        With ``dims`` (a trained model's widths) the parts follow the model's order, and a modality the
+        features lack (a typed query has one) is zeros of the model's width: methods code each modality
+        from its own features, so the other one is never read.
+        """
+        n = len(features)
+        image = {k: features.image[k] for k in (dims.image_parts if dims else features.image) if k in features.image}
+        text = {k: features.text[k] for k in (dims.text_parts if dims else features.text) if k in features.text}
+        labels = features.labels if features.labels.shape[1] or dims is None else np.zeros((n, dims.labels), np.uint8)
         return cls(
-            image=torch.from_numpy(split.image_matrix),
-            text=torch.from_numpy(split.text_matrix),
-            labels=torch.from_numpy(split.labels.astype(np.float32)),
-            index=torch.arange(len(split)),
-            image_parts={k: torch.from_numpy(v) for k, v in split.image.items()},
-            text_parts={k: torch.from_numpy(v) for k, v in split.text.items()},
+            image=torch.from_numpy(_matrix(image, n, dims.image if dims else 0)),
+            text=torch.from_numpy(_matrix(text, n, dims.text if dims else 0)),
+            labels=torch.from_numpy(labels.astype(np.float32)),
+            index=torch.arange(n),
+            image_parts={k: torch.from_numpy(v) for k, v in image.items()},
+            text_parts={k: torch.from_numpy(v) for k, v in text.items()},
         )
 
     def to(self, device: torch.device | str) -> "FeatureBatch":
@@ -83,6 +93,13 @@ class FeatureBatch:
             {k: v.to(device) for k, v in self.image_parts.items()},
             {k: v.to(device) for k, v in self.text_parts.items()},
         )
+
+
+def _matrix(parts: Mapping[str, np.ndarray], n: int, width: int) -> np.ndarray:
+    """The parts side by side, (n, sum of widths); zeros (n, width) when there are none."""
+    if not parts:
+        return np.zeros((n, width), np.float32)
+    return np.concatenate(list(parts.values()), axis=1)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from stages.prepare.datasets import get_dataset
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.features import read_split_raw
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from stages.extract import create_encoder
 from stages.extract.bow import terms, top_terms, vocabulary_index
 from stages.extract.runner import run_extraction
@@ -29,7 +29,7 @@ def test_mirflickr_bow_equals_shipped_yall(shared_data: Path, tmp_path: Path):
     yall = scipy.io.loadmat(str(folder / "cleaned20015" / "mirflickr25k-yall.mat"))["YAll"]  # (20015, 1386)
     ids = items.item_id  # = row20015
     splits = {"query": ids[:100], "database": ids[100:], "train": ids[100:600]}
-    layout = CacheLayout(tmp_path / "cache")
+    layout = Cache(tmp_path / "cache")
     summary = run_extraction(layout, items, splits, create_encoder("bow"), progress=False)
     assert summary.complete and summary.columns == {"bow": 1386}
     for split in ("query", "database", "train"):

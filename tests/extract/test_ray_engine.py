@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 
 from pipeline.ground.errors import ConfigError  # noqa: E402
 from pipeline.ground.store.features import read_manifest, read_split_raw  # noqa: E402
-from pipeline.ground.store.layout import CacheLayout  # noqa: E402
+from pipeline.ground.store.cache import Cache  # noqa: E402
 from stages.extract import create_encoder  # noqa: E402
 from stages.extract import ray_engine  # noqa: E402
 from stages.extract.ray_engine import ray_session, run_extraction_ray  # noqa: E402
@@ -40,7 +40,7 @@ def demo(tmp_path_factory):
     only at extraction (an errors.parquet row), as an image damaged between the two stages would."""
     root = tmp_path_factory.mktemp("ray_demo")
     req = DatasetRequest(dataset="demo", data_dir=root / "demo-data", options={"n_items": 40, "size": 48})
-    items, splits = prepare_dataset(CacheLayout(root / "prep"), req)
+    items, splits = prepare_dataset(Cache(root / "prep"), req)
     broken = int(np.flatnonzero(np.isin(items.item_id, splits["database"]))[3])
     Path(items.image[broken]).write_bytes(b"\x00not a jpeg any more" * 4)
     return items, splits, int(items.item_id[broken])
@@ -54,13 +54,13 @@ def _extract(run, layout, items, splits, **kw):
 def caches(tmp_path_factory, demo, local_ray):
     items, splits, _ = demo
     root = tmp_path_factory.mktemp("ray_caches")
-    local, on_ray = CacheLayout(root / "local"), CacheLayout(root / "ray")
+    local, on_ray = Cache(root / "local"), Cache(root / "ray")
     summaries = {"local": _extract(run_extraction, local, items, splits, workers=0, threads=1),
                  "ray": _extract(run_extraction_ray, on_ray, items, splits)}
     return local, on_ray, summaries
 
 
-def _shards(layout: CacheLayout, dataset: str, encoder: str) -> list[Path]:
+def _shards(layout: Cache, dataset: str, encoder: str) -> list[Path]:
     return sorted(layout.encoder_dir(dataset, encoder).glob("split=*/part-*.parquet"))
 
 
@@ -93,7 +93,7 @@ def test_ray_writes_the_cache_the_local_runner_writes(demo, caches):
 def test_a_killed_ray_run_resumes_at_the_missing_shards(tmp_path, demo, caches, monkeypatch):
     items, splits, _ = demo
     _, clean, _ = caches
-    layout = CacheLayout(tmp_path / "killed")
+    layout = Cache(tmp_path / "killed")
     name = "alexnet.imagenet"
     real_write, calls = ray_engine.write_shard_batches, []
 
@@ -127,11 +127,11 @@ def test_a_killed_ray_run_resumes_at_the_missing_shards(tmp_path, demo, caches, 
 def test_more_actors_than_the_cluster_holds_is_refused(tmp_path, demo, local_ray):
     items, splits, _ = demo
     with pytest.raises(ConfigError, match="--concurrency 5 needs"):
-        run_extraction_ray(CacheLayout(tmp_path / "c"), items, splits, create_encoder("bow"), concurrency=5, **OPTS)
+        run_extraction_ray(Cache(tmp_path / "c"), items, splits, create_encoder("bow"), concurrency=5, **OPTS)
     if ray.cluster_resources().get("GPU", 0):
         return  # the GPU refusal below needs a cluster without one
     with pytest.raises(ConfigError, match="no GPU"):
-        run_extraction_ray(CacheLayout(tmp_path / "c"), items, splits, create_encoder("bow"), device="cuda", **OPTS)
+        run_extraction_ray(Cache(tmp_path / "c"), items, splits, create_encoder("bow"), device="cuda", **OPTS)
 
 
 def test_an_unreachable_ray_address_is_one_line_naming_it(tmp_path, monkeypatch, capsys):

@@ -11,8 +11,7 @@ from pipeline.ground.images import load_image
 from pipeline.ground.errors import CacheError, ConfigError, DataError
 from pipeline.ground.store.features import ShardSpec, read_manifest, read_split_raw
 from pipeline.ground.store.items import write_items, write_splits
-from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.reader import load_split, parse_feature_spec
+from pipeline.ground.store.cache import Cache
 from stages.extract import create_encoder
 from stages.extract.runner import resolve_device, run_extraction
 from tests.extract.conftest import TINY_CLIP, toy_splits
@@ -30,8 +29,8 @@ def _run(layout, items, splits, encoder, **kw):
     return run_extraction(layout, items, splits, encoder, **kw)
 
 
-def _cache(tmp_path: Path, items, splits, name="cache") -> CacheLayout:
-    layout = CacheLayout(tmp_path / name)
+def _cache(tmp_path: Path, items, splits, name="cache") -> Cache:
+    layout = Cache(tmp_path / name)
     write_items(layout, items, {})
     write_splits(layout, items.dataset, splits, {})
     return layout
@@ -53,8 +52,8 @@ def test_tiny_clip_end_to_end_into_the_cache(tmp_path, make_items, clip):
     assert prov["weights"]["source"] == "file" and prov["weights"]["path"] and prov["packages"]["open_clip_torch"]
     assert prov["encoder_config"] == enc.config() and prov["code_version"]
 
-    data = load_split(layout, items.dataset, "train", parse_feature_spec(layout, items.dataset, ENC, "image"),
-                      parse_feature_spec(layout, items.dataset, ENC, "text"))
+    ds = layout.dataset(items.dataset)
+    data = ds.features("train", ds.feature_refs(ENC, "image"), ds.feature_refs(ENC, "text"))
     assert np.array_equal(data.item_id, splits["train"])
     assert data.image[f"{ENC}:image"].shape == (4, 16) and data.text[f"{ENC}:text"].shape == (4, 16)
     # row i is item i: recompute the train items directly
@@ -82,15 +81,15 @@ def test_corrupt_image_is_dropped_from_every_modality(tmp_path, make_items, clip
     assert bad not in db["item_id"] and len(db["image"]) == len(db["text"]) == 7
     # bow has the item (no image read); the reader drops the pair from both modalities
     assert _run(layout, items, splits, create_encoder("bow")).rows["database"] == 8
-    data = load_split(layout, items.dataset, "database", parse_feature_spec(layout, items.dataset, ENC, "image"),
-                      parse_feature_spec(layout, items.dataset, "bow", "text"))
-    assert data.dropped == [bad] and bad not in data.item_id and len(data) == 7
+    ds = layout.dataset(items.dataset)
+    data = ds.features("database", ds.feature_refs(ENC, "image"), ds.feature_refs("bow", "text"))
+    assert data.dropped.tolist() == [bad] and bad not in data.item_id and len(data) == 7
     assert data.image_matrix.shape == (7, 16) and data.text_matrix.shape[0] == 7
 
 
 def test_a_shard_whose_every_image_fails_stops_the_run(tmp_path, make_items, clip):
     items = make_items(6, corrupt=[0, 1, 2, 3])
-    layout = CacheLayout(tmp_path / "cache")
+    layout = Cache(tmp_path / "cache")
     with pytest.raises(DataError, match="every item of shard query/part-00000"):
         _run(layout, items, toy_splits(items), clip())
     assert len(pq.read_table(layout.errors_path(items.dataset, ENC))) == 4
@@ -99,7 +98,7 @@ def test_a_shard_whose_every_image_fails_stops_the_run(tmp_path, make_items, cli
 def test_resume_rewrites_only_the_missing_shard(tmp_path, make_items, clip):
     items = make_items(12)
     splits = toy_splits(items)
-    layout = CacheLayout(tmp_path / "cache")
+    layout = Cache(tmp_path / "cache")
     _run(layout, items, splits, clip())
     parts = sorted(layout.encoder_dir(items.dataset, ENC).glob("split=*/part-*.parquet"))
     physical = [p for p in parts if "split=train" not in str(p)]
@@ -130,9 +129,9 @@ def test_resume_rewrites_only_the_missing_shard(tmp_path, make_items, clip):
 def test_two_shard_workers_equal_a_single_run(tmp_path, make_items, clip):
     items = make_items(14)
     splits = toy_splits(items)
-    single = CacheLayout(tmp_path / "single")
+    single = Cache(tmp_path / "single")
     _run(single, items, splits, clip())
-    split_run = CacheLayout(tmp_path / "split")
+    split_run = Cache(tmp_path / "split")
     first = _run(split_run, items, splits, clip(), shard=ShardSpec.parse("0/2"))
     assert not first.complete and first.shards_pending_elsewhere == 1  # database part 1 belongs to worker 1
     assert not read_manifest(split_run, items.dataset, ENC)["complete"]
@@ -149,7 +148,7 @@ def test_two_shard_workers_equal_a_single_run(tmp_path, make_items, clip):
 def test_a_changed_encoder_config_is_refused(tmp_path, make_items, clip):
     items = make_items(8)
     splits = toy_splits(items)
-    layout = CacheLayout(tmp_path / "cache")
+    layout = Cache(tmp_path / "cache")
     _run(layout, items, splits, clip())
     with pytest.raises(CacheError, match="config_hash"):
         _run(layout, items, splits, clip(normalize=True))
@@ -162,7 +161,7 @@ def test_a_changed_encoder_config_is_refused(tmp_path, make_items, clip):
 def test_unknown_split_member_and_device_are_refused(tmp_path, make_items, clip):
     items = make_items(6)
     with pytest.raises(DataError, match="not in dataset"):
-        _run(CacheLayout(tmp_path / "c"), items, {"query": np.array([999]), "database": items.item_id}, clip())
+        _run(Cache(tmp_path / "c"), items, {"query": np.array([999]), "database": items.item_id}, clip())
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         assert resolve_device(None).type == "cpu"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.parquet import read_metadata
 from tests.faults.conftest import cli_subprocess, one_line_error, write_pairs
 
@@ -68,7 +68,7 @@ def test_hr_option_on_a_mirflickr_cache_is_refused(cli, shared_data, tmp_path):
 def test_a_cache_written_before_the_file_fingerprint_is_refused(cli, pairs_dir, tmp_path):
     cache = tmp_path / "c"
     assert _extract(cli, pairs_dir, cache).code == 0
-    items = CacheLayout(cache).items_path("pairs")
+    items = Cache(cache).items_path("pairs")
     table = pq.read_table(items)
     meta = read_metadata(items)
     del meta["fingerprint_kind"]  # what the older code wrote
@@ -108,7 +108,7 @@ def test_a_pair_whose_image_fails_is_dropped_from_the_text_features_too(cli, pai
     assert result.code == 0, result.err
     rows = _rows(cache, "bow", "query") + _rows(cache, "bow", "database")
     assert 5 not in rows and len(rows) == 39
-    skipped = read_metadata(CacheLayout(cache).items_path("pairs"))["skipped"]
+    skipped = read_metadata(Cache(cache).items_path("pairs"))["skipped"]
     assert any(s[0] == "5" and "unreadable" in s[1] for s in skipped)
 
 
@@ -212,5 +212,5 @@ def test_a_fifo_named_like_an_image_is_recorded_not_opened(pairs_dir, tmp_path):
     result = cli_subprocess("extract", "--dataset", "pairs", "--data-dir", pairs_dir, "--cache", cache,
                             "--encoders", "alexnet,bow", "-o", "dataset.text_kind=tags", timeout=240)
     assert result.code == 0, result.err
-    skipped = {s[0]: s[1] for s in read_metadata(CacheLayout(cache).items_path("pairs"))["skipped"]}
+    skipped = {s[0]: s[1] for s in read_metadata(Cache(cache).items_path("pairs"))["skipped"]}
     assert "regular file" in skipped["7"] and "folder" in skipped["8"]

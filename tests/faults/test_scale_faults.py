@@ -267,10 +267,10 @@ def test_a_read_only_run_folder_is_one_line_naming_the_path(cli, built, monkeypa
 @pytest.mark.parametrize("where", ["coding", "writing"])
 def test_ctrl_c_mid_encode_leaves_no_torn_part_and_a_rerun_resumes(cli, built, monkeypatch, where):
     _, cache, run = built
-    import pipeline.orchestration.encoding as encode
     import pipeline.ground.store.parquet as parquet
+    from stages.train import coding
 
-    owner, name = (encode, "encode_chunk") if where == "coding" else (parquet.pq, "write_table")
+    owner, name = (coding, "codes") if where == "coding" else (parquet.pq, "write_table")
     real, calls = getattr(owner, name), []
 
     def interrupted(*a, **k):

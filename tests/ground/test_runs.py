@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 
 from pipeline.ground.errors import CacheError
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.runs import RunDir
 
 
 def test_a_run_says_how_far_it_got(tmp_path):
-    run = RunDir.of(CacheLayout(tmp_path), "demo-baseline-16b-s1-abcdef12")
+    run = RunDir.of(Cache(tmp_path), "demo-baseline-16b-s1-abcdef12")
     run.write_config({"dataset": "demo", "bits": 16})
     assert run.read_config() == {"dataset": "demo", "bits": 16}
     assert not run.is_trained() and not run.is_complete()
@@ -36,7 +36,7 @@ def test_a_failed_model_write_leaves_neither_model_nor_partial_file(tmp_path):
 
 
 def test_find_by_id_or_path_and_name_the_runs_when_missing(tmp_path):
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     run = RunDir.of(layout, "r1")
     run.write_config({})
     run.report_path.write_bytes(b"")

@@ -10,9 +10,8 @@ from pipeline.ground.item_table import ItemTable
 from pipeline.ground.errors import CacheError, DataError
 from pipeline.ground.store.features import ColumnSpec, FeatureWriter, ShardSpec, read_split_raw
 from pipeline.ground.store.items import read_items, read_splits, write_items, write_splits
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.parquet import read_metadata, write_table_atomic
-from pipeline.ground.store.reader import load_split, parse_feature_spec
 
 
 def _table(n=10, name="toy"):
@@ -42,7 +41,7 @@ def _fill(writer, fail=(), fn=lambda ids: np.stack([ids, ids, ids, ids], 1).asty
 
 
 def test_items_and_splits_round_trip(tmp_path):
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     t = _table()
     write_items(layout, t, {})
     write_splits(layout, t.dataset, _splits(t), {"params": {}})
@@ -56,7 +55,7 @@ def test_items_and_splits_round_trip(tmp_path):
 
 def test_splits_keep_positions_when_rows_are_shuffled_and_refuse_a_damaged_table(tmp_path):
     import pyarrow as pa
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     t = _table()
     write_items(layout, t, {})
     write_splits(layout, t.dataset, {**_splits(t), "empty": np.zeros(0, np.int64)}, {"params": {}})
@@ -83,7 +82,7 @@ def test_splits_keep_positions_when_rows_are_shuffled_and_refuse_a_damaged_table
 
 
 def test_feature_shards_resume_and_gather_train(tmp_path):
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     t = _table()
     splits = _splits(t)
     write_items(layout, t, {})
@@ -109,7 +108,7 @@ def test_shard_spec_splits_work():
 
 
 def test_two_workers_cover_all_parts(tmp_path):
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     t = _table()
     splits = _splits(t)
     w = _writer(layout, t, splits)
@@ -119,7 +118,7 @@ def test_two_workers_cover_all_parts(tmp_path):
 
 
 def test_manifest_mismatch_is_refused(tmp_path):
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     t = _table()
     splits = _splits(t)
     _writer(layout, t, splits).check_or_create_manifest()
@@ -134,7 +133,7 @@ def test_manifest_mismatch_is_refused(tmp_path):
 
 
 def test_reader_aligns_encoders_and_drops_failed_pairs(tmp_path):
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     t = _table()
     splits = _splits(t)
     write_items(layout, t, {})
@@ -145,20 +144,20 @@ def test_reader_aligns_encoders_and_drops_failed_pairs(tmp_path):
     txt = _writer(layout, t, splits, "txt", columns={"bow": ColumnSpec(2, "uint8", "text")}, shard_size=5)
     txt.check_or_create_manifest()
     _fill(txt, fn=lambda ids: np.stack([ids % 7, ids % 5], 1))
-    image_refs = parse_feature_spec(layout, "toy", "img", "image")
-    text_refs = parse_feature_spec(layout, "toy", "txt:bow", "text")
-    db = load_split(layout, "toy", "database", image_refs, text_refs)
-    assert 104 not in db.item_id.tolist() and db.dropped == [104]
+    image_refs = layout.dataset("toy").feature_refs("img", "image")
+    text_refs = layout.dataset("toy").feature_refs("txt:bow", "text")
+    db = layout.dataset("toy").features("database", image_refs, text_refs)
+    assert 104 not in db.item_id.tolist() and db.dropped.tolist() == [104]
     assert db.image["img:v"][:, 0].tolist() == db.item_id.tolist()  # image rows aligned
     assert db.text["txt:bow"][:, 0].tolist() == (db.item_id % 7).tolist()  # text rows aligned
     row = {int(i): r for r, i in enumerate(t.item_id)}
     assert np.array_equal(db.labels, t.labels[[row[int(i)] for i in db.item_id]])
     with pytest.raises(CacheError, match="text feature|image feature"):
-        parse_feature_spec(layout, "toy", "txt", "image")
+        layout.dataset("toy").feature_refs("txt", "image")
     with pytest.raises(CacheError, match="make extract"):
-        parse_feature_spec(layout, "toy", "clip", "image")
+        layout.dataset("toy").feature_refs("clip", "image")
     with pytest.raises(CacheError, match="no split 'validation'"):
-        load_split(layout, "toy", "validation", image_refs, text_refs)
+        layout.dataset("toy").features("validation", image_refs, text_refs)
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
@@ -200,7 +199,7 @@ def test_a_fifo_in_place_of_a_cache_file_is_refused_without_opening_it(tmp_path,
 
     from pipeline.ground.store.parquet import read_json
 
-    layout = CacheLayout(tmp_path)
+    layout = Cache(tmp_path)
     t = _table()
     write_items(layout, t, {})
     path = layout.splits_path("toy")

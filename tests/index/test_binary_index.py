@@ -81,7 +81,7 @@ def test_parameter_rules_and_refusals():
 
 
 def test_stream_locates_rows_and_misses():
-    from pipeline.ground.store.stream import _locate
+    from pipeline.ground.store.aligned import _locate
 
     rows, found = _locate(np.array([30, 10, 20]), np.array([10, 25, 30, 5]))
     assert found.tolist() == [True, False, True, False]

@@ -13,10 +13,11 @@ from PIL import Image
 
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.store.items import write_items, write_splits
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.parquet import write_json_atomic
 from pipeline.ground.store.codes import write_codes
-from stages.present.plots import PLOTS_DIR, plot_run
+from pipeline.ground.store.runs import PLOTS_DIR
+from stages.present.plots import plot_run
 from stages.evaluate.report import evaluate_codes_and_curves, write_curves, write_report
 
 DATASET = "toy"
@@ -25,10 +26,10 @@ N_LABELS = 4
 SCRIPT_CAPTION = '<script>document.title="pwned"</script> a <b>bold</b> & "quoted" caption'
 
 
-def make_dataset(root: Path, n_items: int = 80, seed: int = 0) -> tuple[CacheLayout, ItemTable]:
+def make_dataset(root: Path, n_items: int = 80, seed: int = 0) -> tuple[Cache, ItemTable]:
     """``n_items`` pairs with 40-px JPEG images under ``root/images``; item 0's caption carries HTML."""
     rng = np.random.default_rng(seed)
-    layout = CacheLayout(root / "cache")
+    layout = Cache(root / "cache")
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     labels = (rng.random((n_items, N_LABELS)) < 0.35).astype(np.uint8)
@@ -52,7 +53,7 @@ def make_dataset(root: Path, n_items: int = 80, seed: int = 0) -> tuple[CacheLay
     return layout, table
 
 
-def make_run(layout: CacheLayout, table: ItemTable, run_id: str, method: str, bits: int, seed: int,
+def make_run(layout: Cache, table: ItemTable, run_id: str, method: str, bits: int, seed: int,
              noise: float = 1.0, plots_from: Path | None = None, validation: list[dict] | None = None) -> Path:
     """One run dir: config.json, codes, report, curves, figures (drawn, or copied from ``plots_from``)."""
     rng = np.random.default_rng(seed * 7919 + bits)

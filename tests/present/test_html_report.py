@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.ground.store.items import read_items
 from pipeline.ground.store.parquet import write_json_atomic
+from pipeline.ground.store.runs import RunDir
 from stages.present.html.gallery import Items, adhoc_gallery, pick_queries, render_gallery, run_gallery
 from stages.present.html.report import GallerySettings, build_html_report, validation_points
 from stages.present.html.query_page import write_query_page
@@ -38,7 +39,7 @@ def _sections(page: str) -> dict[str, str]:
 
 def test_page_has_table_figures_and_the_same_gallery_queries_for_every_run(toy):
     layout, _ = toy
-    table = methods_by_bits(layout.root, DATASET)
+    table = methods_by_bits(layout.report_rows(DATASET), DATASET)
     report = build_html_report(layout, table, progress=False)
     page = report.page.read_text()
     assert report.page == layout.root / "reports" / "toy.html" and report.runs == 3
@@ -73,7 +74,7 @@ def test_gallery_ranks_and_relevance_match_the_codes(toy):
     layout, table = toy
     items = Items(read_items(layout, DATASET))
     queries = pick_queries(np.arange(N_QUERY), 4, seed=3)
-    gallery = run_gallery("r", layout.run_dir("toy-alpha-16b-s1-aaaaaaaa"), items, queries, top_k=10)
+    gallery = run_gallery(layout.run("toy-alpha-16b-s1-aaaaaaaa"), items, queries, top_k=10)
     from pipeline.ground.store.codes import read_codes
 
     codes = read_codes(layout.run_dir("toy-alpha-16b-s1-aaaaaaaa") / "codes", "database")
@@ -99,7 +100,7 @@ def test_pick_queries_is_seeded_and_distinct():
 
 def test_html_in_texts_is_escaped(toy, tmp_path):
     layout, _ = toy
-    report = build_html_report(layout, methods_by_bits(layout.root, DATASET), out_dir=tmp_path,
+    report = build_html_report(layout, methods_by_bits(layout.report_rows(DATASET), DATASET), out_dir=tmp_path,
                                settings=GallerySettings(per_task=N_QUERY), progress=False)  # every query in both tasks
     page = report.page.read_text()
     assert "<script" not in page and "<b>bold" not in page
@@ -113,7 +114,7 @@ def test_missing_images_show_a_placeholder_naming_the_path_and_the_page_is_still
     moved = [table.image[i] for i in range(len(table))][::2]
     for path in moved:
         Path(path).unlink()
-    report = build_html_report(layout, methods_by_bits(layout.root, DATASET), progress=False)
+    report = build_html_report(layout, methods_by_bits(layout.report_rows(DATASET), DATASET), progress=False)
     page = report.page.read_text()
     shown_missing = re.findall(r"<code>image missing: ([^<]+)</code>", page)
     assert shown_missing and set(shown_missing) <= set(moved)
@@ -134,27 +135,27 @@ def test_thumbnails_are_made_once_per_dataset(toy, tmp_path):
     with Image.open(first.path) as im:
         assert im.format == "JPEG" and max(im.size) <= 100
     # a page built twice reuses every thumbnail of the first build
-    table = methods_by_bits(layout.root, DATASET)
+    table = methods_by_bits(layout.report_rows(DATASET), DATASET)
     build_html_report(layout, table, out_dir=tmp_path / "r", progress=False)
     side = json.loads(build_html_report(layout, table, out_dir=tmp_path / "r", progress=False).sidecar.read_text())
     assert side["thumbnails"]["made"] == 0 and side["thumbnails"]["reused"] > 0
 
 
 def test_validation_points_absent_present_and_malformed(tmp_path):
-    assert validation_points(tmp_path) == ([], None)
+    assert validation_points(RunDir(tmp_path)) == ([], None)
     write_json_atomic({"epochs": [], "validation": VALIDATION[::-1]}, tmp_path / "history.json")
-    assert validation_points(tmp_path) == (VALIDATION, None)
+    assert validation_points(RunDir(tmp_path)) == (VALIDATION, None)
     write_json_atomic({"validation": [{"i2t": 0.3}]}, tmp_path / "history.json")
-    points, problem = validation_points(tmp_path)
+    points, problem = validation_points(RunDir(tmp_path))
     assert points == [] and "not a list of" in problem
     (tmp_path / "history.json").write_text("{broken")
-    assert "unreadable" in validation_points(tmp_path)[1]
+    assert "unreadable" in validation_points(RunDir(tmp_path))[1]
 
 
 def test_run_without_codes_says_so(toy, tmp_path):
     layout, _ = toy
     items = Items(read_items(layout, DATASET))
-    gallery = run_gallery("r", tmp_path, items, {"i2t": [1]})
+    gallery = run_gallery(RunDir(tmp_path), items, {"i2t": [1]})
     html = render_gallery(gallery, items, ThumbnailStore(tmp_path, DATASET).get, lambda t: None)
     assert gallery.problem and "No gallery" in html and "cmh train" in html
 

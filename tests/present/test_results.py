@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.ground.versions import RESULTS_VERSION
 from pipeline.ground.errors import CacheError, DataError
-from stages.evaluate.report import REPORT_FILE
+from pipeline.ground.store.runs import REPORT_FILE
 from stages.present.results import (README_END, README_START, publish_runs, readme_block, readme_block_in,
                                      scan_results, update_readme, within_noise)
 from tests.evaluate.helpers import make_run
@@ -62,7 +62,7 @@ def test_block_has_mean_std_and_the_spread_reading(published: Path):
     block = readme_block(published, "toy")
     assert "| alpha |" in block and "| beta |" in block and " ± " in block
     assert "6 runs, seeds 1, 2, 3" in block
-    lines = within_noise(published, "toy", scan_results(published, "toy").current)
+    lines = within_noise("toy", scan_results(published, "toy").current)
     assert len(lines) == 2 and all(line.startswith(("i2t 16: best", "t2i 16: best")) for line in lines)
 
 
@@ -89,7 +89,7 @@ def test_single_seed_cells_are_compared_with_the_other_side_spread(published: Pa
     runs = [make_run(tmp_path / "cache", f"toy-{m}-16b-s1", m, 16, 1, noise, **_provenance())
             for m, noise in (("gamma", 4.0), ("delta", 5.0))]
     publish_runs(runs, published)
-    lines = within_noise(published, "toy", scan_results(published, "toy").current)
+    lines = within_noise("toy", scan_results(published, "toy").current)
     best_alpha = [line for line in lines if line.startswith("i2t 16: best alpha")]
     assert best_alpha, lines
     # gamma and delta (one seed each) are judged against alpha's std; none lacks a spread on both sides

@@ -30,6 +30,7 @@ CURVES_FILE = "curves.parquet"
 PLOTS_DIR = "plots"
 ENCODED_DIR = "encoded"  # encoded/<dataset>/: another cached dataset coded with this run's model (cmh encode)
 INDEX_DIR = "index"  # index/ beside a codes/ folder: its search index (cmh index)
+ENCODE_RECORD = "_encode.json"  # encoded/<dataset>/_encode.json (cmh encode)
 
 RETRAIN_HINT = "train the run again with `cmh train ... --force`"
 
@@ -96,9 +97,13 @@ class RunDir:
 
     @property
     def dataset(self) -> str | None:
-        """The dataset the run was trained on (its config.json), or None when that is unreadable."""
+        """The dataset the run was trained on (its config.json, else its report), or None when unreadable."""
+        from pipeline.ground.store.parquet import read_metadata
+
         try:
-            return self.read_config().get("dataset")
+            if self.config_path.exists():
+                return self.read_config().get("dataset")
+            return read_metadata(self.report_path).get("dataset") if self.report_path.exists() else None
         except (CacheError, OSError, AttributeError):
             return None
 
@@ -130,9 +135,37 @@ class RunDir:
     def plots_dir(self) -> Path:
         return self.path / PLOTS_DIR
 
+    def plots(self) -> list[Path]:
+        """The run's curve figures (``plots/pr_*.png``, ``plots/pk_*.png``), sorted."""
+        return sorted(self.plots_dir.glob("p[rk]_*.png"))
+
     def encoded_dir(self, dataset: str) -> Path:
         """``encoded/<dataset>/``: ``codes/`` and ``index/`` of another dataset coded with this run."""
         return self.path / ENCODED_DIR / check_path_safe(dataset)
+
+    def encoded_codes_dir(self, dataset: str) -> Path:
+        """The codes of another dataset coded with this run (the run's own codes layout)."""
+        return self.encoded_dir(dataset) / CODES_DIR
+
+    def encode_record_path(self, dataset: str) -> Path:
+        """``_encode.json``: what an encoding of ``dataset`` was made from, and whether it is complete."""
+        return self.encoded_dir(dataset) / ENCODE_RECORD
+
+    def index_dir(self, dataset: str | None = None) -> Path:
+        """``index/`` beside the codes it searches: the run's database, or an encoded dataset's items."""
+        return (self.path if dataset is None else self.encoded_dir(dataset)) / INDEX_DIR
+
+    def write_codes(self, split: str, item_id: Any, image: Any, text: Any, meta: dict[str, Any]) -> Path:
+        """The ±1 codes of one split (``codes/split=<split>/``), written atomically."""
+        from pipeline.ground.store.codes import write_codes
+
+        return write_codes(self.codes_dir, split, item_id, image, text, meta)
+
+    def read_codes(self, split: str, unpack: bool = True) -> dict[str, Any]:
+        """One split's codes: item ids, bits, and the codes (``unpack``) or their packed words."""
+        from pipeline.ground.store.codes import read_codes
+
+        return read_codes(self.codes_dir, split, unpack=unpack)
 
     def is_complete(self) -> bool:
         return self.report_path.exists()

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.errors import CacheError
-from pipeline.ground.store.codes import read_codes
+from pipeline.ground.store.runs import RunDir
 from stages.evaluate.hamming import topk
 from stages.present.plots import TASK_TITLES
 from stages.evaluate.report import CROSS_TASKS
@@ -92,12 +92,12 @@ def pick_queries(query_ids: Sequence[int], per_task: int, seed: int) -> dict[str
     return {"i2t": chosen[:per_task], "t2i": chosen[per_task:]}
 
 
-def run_gallery(run_id: str, run_dir: Path, items: Items, queries: dict[str, list[int]], top_k: int = 10) -> Gallery:
+def run_gallery(run: RunDir, items: Items, queries: dict[str, list[int]], top_k: int = 10) -> Gallery:
     """Each chosen query's top-``top_k`` database items under this run's codes."""
-    gallery = Gallery(run_id)
+    gallery = Gallery(run.run_id)
     try:
-        q = read_codes(Path(run_dir) / "codes", "query")
-        d = read_codes(Path(run_dir) / "codes", "database")
+        q = run.read_codes("query")
+        d = run.read_codes("database")
     except CacheError as err:
         gallery.problem = str(err)
         return gallery

@@ -8,23 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.ground.store.items import read_items
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.parquet import write_bytes_atomic
 from stages.present.html.gallery import Items, adhoc_gallery, render_gallery
 from stages.present.html.page import esc, legend_html, page_html
-from pipeline.ground.store.runs import RunDir
 from stages.present.html.thumbnails import Thumb, ThumbnailStore
 
 
-def write_query_page(layout: CacheLayout, run: str, rows: Sequence[tuple], out: Path, *,
+def write_query_page(cache: Cache, run: str, rows: Sequence[tuple], out: Path, *,
                      text: str | None = None, image: Path | None = None) -> Path:
     """Write the gallery of one query (``rows`` from ``query_run``) to ``out``; returns the path."""
-    run = RunDir.find(layout, run)
+    run = cache.find_run(run)
     run_dir, config = run.path, run.read_config()
     dataset = config["dataset"]
-    items = Items(read_items(layout, dataset))
-    thumbs = ThumbnailStore(layout.root / "reports", dataset)
+    items = Items(cache.dataset(dataset).items)
+    thumbs = ThumbnailStore(cache.reports_dir, dataset)
 
     def src(thumb: Thumb) -> str | None:
         return None if thumb.path is None else thumb.data_uri()

@@ -18,14 +18,13 @@ from typing import Any
 
 from pipeline.ground.errors import CacheError
 from pipeline.ground.provenance import environment
-from pipeline.ground.store.items import items_meta, read_items, read_splits
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.parquet import write_bytes_atomic, write_json_atomic
+from pipeline.ground.store.runs import RunDir
 from stages.present.html.gallery import Items, pick_queries, render_gallery, run_gallery
 from stages.present.html.page import esc, legend_html, methods_table_html, page_html, rel_url
-from stages.present.plots import PLOTS_DIR, plot_map_vs_bits, plot_run, plot_validation
-from stages.evaluate.report import CURVES_FILE
-from stages.present.tables import MethodsTable, report_glob
+from stages.present.plots import plot_map_vs_bits, plot_run, plot_validation
+from stages.present.tables import MethodsTable
 from stages.present.html.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,7 @@ class GallerySettings:
 
 @dataclass
 class RunEntry:
-    run_id: str
-    run_dir: Path
+    run: RunDir
     method: str
     bits: int
     seed: int
@@ -51,6 +49,10 @@ class RunEntry:
     text_features: str | None
     epochs: int | None
     scores: dict[str, float] = field(default_factory=dict)  # task -> the table's metric
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
 
 
 @dataclass
@@ -61,36 +63,27 @@ class HtmlReport:
     missing_images: dict[str, str]
 
 
-def list_runs(cache_root: Path, dataset: str, metric: str) -> list[RunEntry]:
+def list_runs(cache: Cache, dataset: str, metric: str) -> list[RunEntry]:
     """Every run of ``dataset`` with a report, with its ``metric`` per task, ordered by method, bits, seed."""
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        rows = con.execute(
-            "SELECT filename, run_id, method, bits, seed, image_features, text_features, epochs, task, value "
-            "FROM read_parquet($glob, union_by_name = true, filename = true) "
-            "WHERE dataset = $dataset AND metric = $metric",
-            {"glob": report_glob(cache_root), "dataset": dataset, "metric": metric}).fetchall()
-    except duckdb.IOException as err:
-        raise CacheError(f"no run reports under {Path(cache_root) / 'runs'} ({err}); train a run first") from None
-    finally:
-        con.close()
     runs: dict[str, RunEntry] = {}
-    for filename, run_id, method, bits, seed, image, text, epochs, task, value in rows:
-        entry = runs.setdefault(run_id, RunEntry(run_id, Path(filename).parent, method, int(bits), int(seed),
-                                                 image, text, None if epochs is None else int(epochs)))
-        entry.scores[task] = float(value)
-    return sorted(runs.values(), key=lambda r: (r.method, r.bits, r.seed, r.run_id))
+    for r in cache.report_rows(dataset).to_pylist():
+        if r["metric"] != metric:
+            continue
+        epochs = r.get("epochs")
+        entry = runs.setdefault(r["run_id"], RunEntry(cache.run(r["run_id"]), r["method"], int(r["bits"]), int(r["seed"]),
+                                                      r.get("image_features"), r.get("text_features"),
+                                                      None if epochs is None else int(epochs)))
+        entry.scores[r["task"]] = float(r["value"])
+    return sorted(runs.values(), key=lambda e: (e.method, e.bits, e.seed, e.run_id))
 
 
-def validation_points(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+def validation_points(run: RunDir) -> tuple[list[dict[str, Any]], str | None]:
     """The validation curve a run recorded in ``history.json``, and a problem note when it is unreadable.
 
     Expected shape: ``{"validation": [{"epoch": int, "i2t": float, "t2i": float}, ...]}`` (mAP@50 on the
     validation split). A run without the key has no curve; that is not a problem.
     """
-    path = Path(run_dir) / "history.json"
+    path = run.history_path
     if not path.exists():
         return [], None
     try:
@@ -108,18 +101,18 @@ def validation_points(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
 def _run_figures(run: RunEntry, figures_dir: Path) -> tuple[list[Path], list[str]]:
     """PR and P@K figures (drawn now when the run has curves but no figures) and the validation curve."""
     notes = []
-    plots = sorted((run.run_dir / PLOTS_DIR).glob("p[rk]_*.png"))
-    if not plots and (run.run_dir / CURVES_FILE).exists():
+    plots = run.run.plots()
+    if not plots and run.run.curves_path.exists():
         log.info("run %s has curves but no figures: drawing them", run.run_id)
-        plots = sorted(plot_run(run.run_dir))
+        plots = sorted(plot_run(run.run))
     elif not plots:
-        notes.append(f"no curves recorded ({run.run_dir / CURVES_FILE} is absent)")
-    points, problem = validation_points(run.run_dir)
+        notes.append(f"no curves recorded ({run.run.curves_path} is absent)")
+    points, problem = validation_points(run.run)
     if problem:
         notes.append(problem)
     if points:
         out = figures_dir / f"validation_{run.run_id}.png"
-        history = run.run_dir / "history.json"
+        history = run.run.history_path
         if not out.exists() or out.stat().st_mtime < history.stat().st_mtime:
             plot_validation(points, out, f"{run.method} · {run.bits} bits · seed {run.seed}")
         plots.append(out)
@@ -132,24 +125,25 @@ def _summary_html(run: RunEntry, metric: str) -> str:
             f'<code class="rid">{esc(run.run_id)}</code></summary>')
 
 
-def build_html_report(layout: CacheLayout, table: MethodsTable, *, out_dir: Path | None = None,
+def build_html_report(cache: Cache, table: MethodsTable, *, out_dir: Path | None = None,
                       settings: GallerySettings = GallerySettings(), progress: bool = True) -> HtmlReport:
     """Write ``<out_dir>/<dataset>.html`` (default ``<cache>/reports``) for every run of ``table.dataset``."""
     from pipeline.ground.progress import progress_bar
 
     dataset, metric = table.dataset, table.metric
-    out_dir = Path(out_dir) if out_dir is not None else layout.root / "reports"
+    out_dir = Path(out_dir) if out_dir is not None else cache.reports_dir
     page = out_dir / f"{dataset}.html"
     figures_dir = out_dir / dataset / "figures"
-    runs = list_runs(layout.root, dataset, metric)
+    runs = list_runs(cache, dataset, metric)
     if not runs:
-        raise CacheError(f"no runs of dataset {dataset!r} with metric {metric!r} under {layout.runs_dir()}")
-    map_png = plot_map_vs_bits(report_glob(layout.root), out_dir / f"{dataset}_map_vs_bits.png", dataset, metric)
+        raise CacheError(f"no runs of dataset {dataset!r} with metric {metric!r} under {cache.runs_dir()}")
+    map_png = plot_map_vs_bits(cache.report_rows(dataset), out_dir / f"{dataset}_map_vs_bits.png", dataset, metric)
 
-    items = Items(read_items(layout, dataset))
-    splits = read_splits(layout, dataset)
+    ds = cache.dataset(dataset)
+    items = Items(ds.items)
+    splits = ds.splits
     if "query" not in splits:
-        raise CacheError(f"dataset {dataset!r} has no query split in {layout.splits_path(dataset)}; re-run cmh extract")
+        raise CacheError(f"dataset {dataset!r} has no query split in {cache.splits_path(dataset)}; re-run cmh extract")
     queries = pick_queries(splits["query"], settings.per_task, settings.seed)
     thumbs = ThumbnailStore(out_dir, dataset)
 
@@ -160,10 +154,10 @@ def build_html_report(layout: CacheLayout, table: MethodsTable, *, out_dir: Path
     bar = progress_bar(len(runs), "report: runs", "runs") if progress else None
     for run in runs:
         figures, notes = _run_figures(run, figures_dir)
-        gallery = run_gallery(run.run_id, run.run_dir, items, queries, settings.top_k)
+        gallery = run_gallery(run.run, items, queries, settings.top_k)
         body = [f"<p>features {esc(run.image_features)} / {esc(run.text_features)} · epochs "
                 f"{esc('closed form' if run.epochs is None else run.epochs)} · "
-                f'<a href="{esc(rel_url(run.run_dir / "config.json", out_dir))}">config.json</a></p>']
+                f'<a href="{esc(rel_url(run.run.config_path, out_dir))}">config.json</a></p>']
         body += [f'<p class="note">{esc(n)}</p>' for n in notes]
         body.append('<div class="plots">' + "".join(
             f'<img src="{esc(rel_url(p, out_dir))}" alt="{esc(p.stem)}" loading="lazy">' for p in figures) + "</div>")
@@ -177,7 +171,7 @@ def build_html_report(layout: CacheLayout, table: MethodsTable, *, out_dir: Path
         bar.close()
 
     env = environment()
-    fingerprint = items_meta(layout, dataset).get("fingerprint")
+    fingerprint = ds.items_meta.get("fingerprint")
     body = [f"<h1>cmh · {esc(dataset)}: {len(runs)} run{'s' if len(runs) != 1 else ''}</h1>",
             "<h2>Methods × code length</h2>", methods_table_html(table),
             f'<p><img class="figure" src="{esc(rel_url(map_png, out_dir))}" alt="{esc(metric)} against code length"></p>',

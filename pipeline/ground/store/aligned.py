@@ -1,0 +1,225 @@
+"""Aligned features: row i of every requested feature column is the same item of one split.
+
+A feature spec names an encoder and optionally some of its columns: ``alexnet`` (the encoder's
+default columns for that modality), ``alexnet:cov`` or ``alexnet:cov+pool`` (those columns), and
+several specs joined by ``,`` (``alexnet:pool,clip``).
+
+There is one record, :class:`AlignedFeatures`, and one reader, :func:`read_aligned`: it yields a
+split ``chunk_rows`` planned items at a time (a whole split is one chunk), reading only the shards
+that cover the chunk, so a large collection never sits in memory whole. Shard ``p`` of a split holds
+its planned items ``[p * shard_size, (p + 1) * shard_size)`` minus those that failed to extract. Items
+missing from any requested encoder (an image that failed to decode, say) are dropped from every
+modality of the chunk, and their ids are kept in ``dropped``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.ground.errors import CacheError
+from pipeline.ground.store.layout import PHYSICAL_SPLITS
+from pipeline.ground.store.parquet import arrow_to_vectors, read_table
+
+if TYPE_CHECKING:
+    from pipeline.ground.store.cache import DatasetCache
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    encoder: str
+    column: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.encoder}:{self.column}"
+
+
+@dataclass
+class AlignedFeatures:
+    """Items of one split in split order; row i of every array is the same item.
+
+    ``image``/``text`` map ``encoder:column`` to (n, d) float32 in the order they were asked for; a
+    modality that was not asked for is an empty dict. ``labels`` is (n, L) uint8 (zero columns for
+    features that come from outside the cache, e.g. a typed query).
+    """
+
+    split: str
+    item_id: np.ndarray  # (n,) int64
+    image: dict[str, np.ndarray]
+    text: dict[str, np.ndarray]
+    labels: np.ndarray
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # planned ids missing somewhere
+
+    def __len__(self) -> int:
+        return int(self.item_id.shape[0])
+
+    @property
+    def image_matrix(self) -> np.ndarray:
+        return _concat(self.image, len(self))
+
+    @property
+    def text_matrix(self) -> np.ndarray:
+        return _concat(self.text, len(self))
+
+
+def _concat(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
+    if not parts:
+        return np.zeros((n, 0), np.float32)
+    return np.concatenate(list(parts.values()), axis=1)
+
+
+def parse_feature_spec(dataset: "DatasetCache", spec: str, modality: str) -> list[FeatureRef]:
+    """The feature columns ``spec`` names for ``modality`` in ``dataset``; CacheError naming what exists."""
+    refs: list[FeatureRef] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        encoder, _, cols = part.partition(":")
+        encoder = resolve_cached_encoder(dataset, encoder)
+        manifest = dataset.manifest(encoder)
+        available = manifest["columns"]
+        if cols:
+            names = cols.split("+")
+        else:
+            names = manifest["default_columns"].get(modality, [])
+            if not names:
+                raise CacheError(f"encoder {encoder!r} has no {modality} output; its columns: {', '.join(available)}")
+        for name in names:
+            if name not in available:
+                raise CacheError(f"encoder {encoder!r} has no column {name!r}; available: {', '.join(available)}")
+            if available[name]["modality"] != modality:
+                raise CacheError(f"column {encoder}:{name} is a {available[name]['modality']} feature, "
+                                 f"but it was asked for as the {modality} input")
+            refs.append(FeatureRef(encoder, name))
+    if not refs:
+        raise CacheError(f"empty {modality} feature spec {spec!r}")
+    return refs
+
+
+def resolve_cached_encoder(dataset: "DatasetCache", name: str) -> str:
+    """A short name (``alexnet``, ``clip``) stands for the one cached id it prefixes (``alexnet.imagenet``)."""
+    cached = dataset.encoders()
+    if name in cached:
+        return name
+    matches = [e for e in cached if e.startswith(name + ".") or e.startswith(name + "-")]
+    if len(matches) > 1:
+        raise CacheError(f"{name!r} matches several cached encoders of {dataset.name!r}: {', '.join(matches)}; "
+                         f"name one of them")
+    return matches[0] if matches else name
+
+
+class _ShardCursor:
+    """Reads one encoder's shards of a split in order, keeping only the shards the current chunk needs."""
+
+    def __init__(self, dataset: "DatasetCache", encoder: str, split: str, columns: Sequence[str]) -> None:
+        manifest = dataset.manifest(encoder)
+        if not manifest.get("complete"):
+            raise CacheError(f"features of encoder {encoder!r} for {dataset.name!r} are incomplete: re-run "
+                             f"`cmh extract --dataset {dataset.name} --encoders {encoder.split('.')[0]}` to finish them")
+        self.dataset, self.encoder, self.split = dataset, encoder, split
+        self.columns = sorted(set(columns))
+        self.shard_size = int(manifest["shard_size"])
+        layout = dataset.layout
+        if split in PHYSICAL_SPLITS:
+            self.n_parts = int(manifest["parts"].get(split, 0))
+            self.whole = False
+        else:  # gathered from the database after extraction (train, validation): shards hold the present rows
+            self.n_parts = len(list(layout.split_dir(dataset.name, encoder, split).glob("part-*.parquet")))
+            self.whole = True  # so a chunk reads every shard (these splits are small)
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def _part(self, p: int) -> dict[str, np.ndarray]:
+        if p not in self._cache:
+            name = self.dataset.name
+            path = self.dataset.layout.shard_path(name, self.encoder, self.split, p)
+            if not path.exists():
+                raise CacheError(f"feature shard {path} is missing: re-run `cmh extract --dataset {name} "
+                                 f"--encoders {self.encoder.split('.')[0]}`, which rebuilds it")
+            table = read_table(path, ["item_id", *self.columns],
+                               f"re-run `cmh extract --dataset {name}`, which rebuilds damaged shards")
+            self._cache[p] = {"item_id": table.column("item_id").to_numpy(),
+                              **{c: arrow_to_vectors(table.column(c)) for c in self.columns}}
+        return self._cache[p]
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Every stored row whose planned position lies in ``[start, stop)`` (possibly a few more)."""
+        if self.whole:
+            first, last = 0, self.n_parts - 1
+        else:
+            first, last = start // self.shard_size, min((stop - 1) // self.shard_size, self.n_parts - 1)
+            for p in [p for p in self._cache if p < first]:
+                del self._cache[p]  # chunks move forward only
+        parts = [self._part(p) for p in range(first, last + 1)]
+        if not parts:
+            return {"item_id": np.zeros(0, np.int64)}
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+
+def _locate(stored: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in ``stored`` of each wanted id, whether it is there); rows of absent ids are 0 (masked by callers)."""
+    if len(stored) == 0:
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), dtype=bool)
+    order = np.argsort(stored, kind="stable")
+    at = np.minimum(np.searchsorted(stored[order], wanted), len(stored) - 1)
+    return order[at], stored[order[at]] == wanted
+
+
+def read_aligned(dataset: "DatasetCache", split: str, image: Sequence[FeatureRef], text: Sequence[FeatureRef],
+                 *, chunk_rows: int | None = None, start: int = 0) -> Iterator[AlignedFeatures]:
+    """Chunks of ``split`` (its items in split order), ``chunk_rows`` planned items each (None: the whole
+    split in one chunk), from planned position ``start`` on (a resumed job skips the chunks it wrote)."""
+    splits = dataset.splits
+    if split not in splits:
+        raise CacheError(f"dataset {dataset.name!r} has no split {split!r} (splits: {', '.join(sorted(splits))}); "
+                         f"the cache predates validation splits: re-run `cmh extract --dataset {dataset.name} "
+                         f"--overwrite` (or another CACHE=)")
+    members = splits[split]
+    if chunk_rows is not None and chunk_rows < 1:
+        raise CacheError(f"chunk size {chunk_rows}: give 1 or more rows")
+    # a whole split is one chunk, even an empty one (a chunked read of an empty split yields none)
+    step = max(1, len(members)) if chunk_rows is None else chunk_rows
+    starts = [start] if chunk_rows is None else range(start, len(members), step)
+    by_encoder: dict[str, list[str]] = {}
+    for ref in [*image, *text]:
+        by_encoder.setdefault(ref.encoder, []).append(ref.column)
+    cursors = {e: _ShardCursor(dataset, e, split, cols) for e, cols in by_encoder.items()}
+    items = dataset.items
+    label_row = _label_rows(dataset)
+    for first in starts:
+        planned = members[first:first + step]
+        present = np.ones(len(planned), dtype=bool)
+        picks: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        for encoder, cursor in cursors.items():
+            data = cursor.rows(first, first + len(planned))
+            rows, found = _locate(data["item_id"], planned)
+            present &= found
+            picks[encoder] = (data, rows)
+        keep = planned[present]
+
+        def gather(refs: Sequence[FeatureRef]) -> dict[str, np.ndarray]:
+            out = {}
+            for ref in refs:
+                data, rows = picks[ref.encoder]
+                out[ref.key] = np.asarray(data[ref.column][rows[present]], dtype=np.float32)
+            return out
+
+        labels = items.labels[label_row(keep)]
+        yield AlignedFeatures(split, keep, gather(image), gather(text), labels, planned[~present])
+
+
+def _label_rows(dataset: "DatasetCache"):
+    """item ids -> rows of the item table (vectorised; every split member is in the table)."""
+    ids = dataset.items.item_id
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+
+    def rows(wanted: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(sorted_ids, wanted)
+        if len(wanted) and (at.max() >= len(ids) or not np.array_equal(sorted_ids[np.minimum(at, len(ids) - 1)], wanted)):
+            raise CacheError(f"split members of {dataset.name!r} are missing from its item table: re-run "
+                             f"`cmh extract --dataset {dataset.name} --overwrite`")
+        return order[at]
+
+    return rows
