@@ -58,7 +58,7 @@ report: $(STAMP)
 	$(CMH) report --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --published --html $(COMMON)
 
 demo: $(STAMP)
-	$(PY) -m pipeline.orchestration.demo $(COMMON)
+	$(CMH) demo $(COMMON)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

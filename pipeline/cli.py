@@ -4,9 +4,7 @@ Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help``
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -24,9 +22,9 @@ CacheOpt = typer.Option(None, "--cache", help="cache root (default: ./cache, or 
 
 
 def _cache(cache: Optional[Path]):
-    from pipeline.ground.store.cache import Cache
+    from pipeline.orchestration.caches import open_cache
 
-    return Cache.at(cache)
+    return open_cache(cache)
 
 
 def _ints(text: str) -> list[int]:
@@ -49,40 +47,6 @@ def _key_values(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
-
-
-def _options_by_prefix(opts: dict, encoder_names: list[str]) -> dict[str, dict]:
-    """``-o prefix.key=value`` grouped by prefix; ConfigError for a prefix that no requested part reads.
-
-    ``dataset`` and the kind of each requested encoder are the prefixes; a misspelled one (``alexnt``)
-    or one for an encoder not being extracted would otherwise be ignored without a word.
-    """
-    import difflib
-
-    from pipeline.ground.errors import ConfigError
-    from stages.extract import ENCODERS
-
-    kinds = {_encoder_kind(e) for e in encoder_names}
-    out: dict[str, dict] = {"dataset": {}, **{k: {} for k in kinds}}
-    for key, value in opts.items():
-        prefix, dot, field = key.partition(".")
-        if not dot or not field:
-            raise ConfigError(f"option {key!r} needs a prefix: dataset.{key} or <encoder>.{key} "
-                              f"(encoders here: {', '.join(sorted(kinds))})")
-        if prefix not in out:
-            known = sorted(set(out) | set(ENCODERS.names()))
-            if prefix in known:
-                raise ConfigError(f"option {key!r} is for encoder {prefix!r}, which is not among --encoders "
-                                  f"{','.join(encoder_names)}; add it there or drop the option")
-            close = difflib.get_close_matches(prefix, known, n=1)
-            hint = f"did you mean {close[0]}.{field}? " if close else ""
-            raise ConfigError(f"option {key!r}: unknown prefix {prefix!r}; {hint}prefixes: {', '.join(sorted(out))}")
-        out[prefix][field] = value
-    return out
-
-
-def _encoder_kind(name: str) -> str:
-    return name.split(".")[0].split("-")[0]  # clip-vit-b-32.openai -> clip
 
 
 @app.callback()
@@ -120,55 +84,14 @@ def extract(
     overwrite: bool = typer.Option(False, help="replace cached items/splits/features written with another setup"),
 ) -> None:
     """Read a dataset once and write its items, splits and embeddings into the feature cache."""
-    from stages.prepare import DatasetRequest, prepare_dataset
-    from pipeline.ground.store.features import ShardSpec
-    from stages.extract import create_encoder, load_encoders
-    from stages.extract.runner import run_extraction
+    from pipeline.orchestration.extraction import ExtractRequest, extract as run
 
-    if engine not in ("local", "ray"):
-        raise ConfigError(f"--engine {engine!r}: choose local or ray")
-    if engine == "local" and concurrency is not None:
-        raise ConfigError("--concurrency goes with --engine ray (--workers sets the local loader processes)")
-    if engine == "local" and ray_address:  # RAY_ADDRESS may be set in the shell of a cluster node
-        log.info("--engine local: the Ray address %s is not used", ray_address)
-    if engine == "ray" and workers is not None:
-        raise ConfigError("--workers is for --engine local; with --engine ray decoding runs in Ray tasks")
-    if engine == "ray":
-        _check_ray_options(device, concurrency)
-    if engine == "ray" and ray_address:
-        from stages.extract.ray_engine import check_reachable
-
-        check_reachable(ray_address)  # before the dataset is read: a wrong address fails in seconds
-    layout = _cache(cache)
-    load_encoders()
-    names = [e.strip() for e in encoders.split(",") if e.strip()]
-    if not names:
-        raise typer.BadParameter("give at least one encoder, e.g. --encoders alexnet,bow (see `cmh list encoders`)")
-    for enc_name in names:
-        from stages.extract import ENCODERS
-
-        ENCODERS.resolve(_encoder_kind(enc_name))  # an unknown encoder fails before the dataset is read
-    by_prefix = _options_by_prefix(_key_values(option), names)
-    dataset_opts = by_prefix["dataset"]
-    req = DatasetRequest(dataset=dataset, data_dir=data_dir, limit=limit, name=name, protocol=protocol, seed=seed,
-                         n_query=n_query, n_train=n_train, n_validation=validation, options=dataset_opts)
-    items, splits = prepare_dataset(layout, req, overwrite=overwrite)
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-    typer.echo(f"dataset {req.cache_name}: {len(items)} items ({sizes}) -> {layout.dataset_dir(req.cache_name)}")
-    session = contextlib.nullcontext()
-    if engine == "ray":  # ray is imported on this path only
-        from stages.extract.ray_engine import ray_session, run_extraction_ray
-
-        session = ray_session(ray_address)
-        run = functools.partial(run_extraction_ray, concurrency=concurrency)
-    else:
-        run = functools.partial(run_extraction, workers=workers)
-    with session:
-        for enc_name in names:
-            encoder = create_encoder(enc_name, **by_prefix[_encoder_kind(enc_name)])
-            summary = run(layout, items, splits, encoder, shard=ShardSpec.parse(shard), device=device,
-                          batch_size=batch_size, overwrite=overwrite)
-            typer.echo(f"{summary.describe()}\n  -> {layout.encoder_dir(req.cache_name, encoder.id)}")
+    req = ExtractRequest(dataset=dataset, data_dir=data_dir, encoders=tuple(encoders.split(",")), limit=limit,
+                         name=name, seed=seed, protocol=protocol, n_query=n_query, n_train=n_train,
+                         n_validation=validation, shard=shard, device=device, batch_size=batch_size, workers=workers,
+                         engine=engine, ray_address=ray_address, concurrency=concurrency, options=_key_values(option),
+                         overwrite=overwrite)
+    run(_cache(cache), req, echo=typer.echo)
 
 
 @app.command()
@@ -218,59 +141,17 @@ def report(
     top_k: int = typer.Option(10, min=1, help="--html: retrievals shown per gallery query"),
 ) -> None:
     """Print the methods x bits table (validation score in brackets) of the cache's runs, or of results/."""
-    from stages.present.tables import methods_by_bits
+    from pipeline.orchestration.reporting import ReportRequest, ResultsReportRequest, report as run, report_results
 
     if results is not None:
-        _report_results(results, dataset, readme, figure)
+        report_results(ResultsReportRequest(results, dataset, readme, figure), echo=typer.echo,
+                       warn=lambda line: typer.echo(line, err=True))
         return
     if readme is not None or figure is not None:
         raise typer.BadParameter("--readme and --figure go with --results")
-    cached = _cache(cache)
-    rows = cached.report_rows(dataset)
-    table = methods_by_bits(rows, dataset=dataset, metric=metric, out_dir=out_dir or cached.reports_dir,
-                            beside=f"val_{metric}")
-    typer.echo(table.markdown)
-    typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
-    if html:
-        from stages.present.html.report import GallerySettings, build_html_report
-
-        page = build_html_report(_cache(cache), table, out_dir=out_dir,
-                                 settings=GallerySettings(seed=gallery_seed, per_task=gallery_queries, top_k=top_k))
-        missing = f"; {len(page.missing_images)} unreadable image(s) shown as placeholders" if page.missing_images else ""
-        typer.echo(f"html report ({page.runs} runs{missing}): {page.page}")
-    if published:
-        from stages.present.published import comparison_markdown
-        from stages.present.tables import results_table
-
-        typer.echo(comparison_markdown(results_table(rows, table.dataset, "map@50"), table.dataset))
-
-
-def _report_results(results: Path, dataset: Optional[str], readme: Optional[Path], figure: Optional[Path]) -> None:
-    import pyarrow.parquet as pq
-
-    from pipeline.ground.settings import PROJECT_ROOT
-    from stages.present.plots import plot_map_vs_bits
-    from stages.present.results import readme_block, scan_results, update_readme
-
-    if dataset is None:
-        raise typer.BadParameter("--results needs --dataset (the folder name under results/)")
-    figure = figure or PROJECT_ROOT / "docs" / f"{dataset}_map_vs_bits.png"
-    scan = scan_results(results, dataset)
-    rows = [r for p in scan.current for r in pq.read_table(p).to_pylist()]
-    if rows:
-        plot_map_vs_bits(rows, figure, dataset=dataset)
-    base = readme.parent if readme is not None else Path.cwd()
-    try:
-        shown = figure.resolve().relative_to(base.resolve())
-    except ValueError:
-        shown = figure
-    block = readme_block(results, dataset, figure=shown)
-    typer.echo(block)
-    for path, version in scan.stale:
-        typer.echo(f"stale: {path} (code version {version})", err=True)
-    if readme is not None:
-        changed = update_readme(readme, dataset, block)
-        typer.echo(f"{readme}: {'updated' if changed else 'already up to date'}; figure: {figure}")
+    run(_cache(cache), ReportRequest(dataset=dataset, metric=metric, out_dir=out_dir, published=published, html=html,
+                                     gallery_queries=gallery_queries, gallery_seed=gallery_seed, top_k=top_k),
+        echo=typer.echo)
 
 
 @app.command()
@@ -281,19 +162,15 @@ def publish(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Copy finished runs' report rows (no codes, no models) into results/<dataset>/ to be committed."""
-    from stages.present.results import publish_runs
+    from pipeline.orchestration.publishing import publish as publish_runs
 
-    cached = _cache(cache)
-    runs = [cached.run(r) for r in run] if run else cached.runs(dataset)
-    if not runs:
-        raise typer.BadParameter(f"no finished runs of {dataset!r} under {cached.runs_dir()}")
-    for path in publish_runs(runs, results):
+    for path in publish_runs(_cache(cache), dataset, run, results):
         typer.echo(f"published {path}")
 
 
 @app.command()
 def query(
-    run: str = typer.Option(..., help="run id (a folder under cache/runs) or a path to a run folder"),
+    run_id: str = typer.Option(..., "--run", help="run id (a folder under cache/runs) or a path to a run folder"),
     text: Optional[str] = typer.Option(None, help="query text (tags separated by commas, or a sentence)"),
     image: Optional[Path] = typer.Option(None, help="query image file"),
     top_k: int = typer.Option(10, help="how many database items to show"),
@@ -304,20 +181,14 @@ def query(
     """Encode a new image or text with a trained run and print its Hamming top-k database items.
 
     Uses the index `cmh index` saved for those codes when there is one (and says so), exact search otherwise."""
-    from pipeline.orchestration.query import query_run
+    from pipeline.orchestration.query import QueryRequest, query as run
 
-    if (text is None) == (image is None):
-        raise typer.BadParameter("give exactly one of --text or --image")
-    if html is not None and (html.is_dir() or html.suffix.lower() not in (".html", ".htm")):
-        raise typer.BadParameter(f"--html expects a file name ending in .html, got {str(html)!r}")
-    rows = query_run(_cache(cache), run, text=text, image=image, top_k=top_k, dataset=dataset,
-                     say=lambda line: typer.echo(line, err=True))
-    for row in rows:
+    result = run(_cache(cache), QueryRequest(run=run_id, text=text, image=image, top_k=top_k, dataset=dataset, html=html),
+                 say=lambda line: typer.echo(line, err=True))
+    for row in result.rows:
         typer.echo("\t".join(str(v) for v in row))
-    if html is not None:
-        from stages.present.html.query_page import write_query_page
-
-        typer.echo(f"html: {write_query_page(_cache(cache), run, rows, html, text=text, image=image)}")
+    if result.html is not None:
+        typer.echo(f"html: {result.html}")
 
 
 @app.command()
@@ -336,24 +207,10 @@ def encode(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Code every item of another cached dataset with a trained run's model, into runs/<run>/encoded/<dataset>/."""
-    from pipeline.orchestration.encoding import ENGINES, encode_dataset
+    from pipeline.orchestration.encoding import encode_dataset
 
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine {engine!r}: choose local or ray")
-    if engine == "local" and (concurrency is not None or device is not None):
-        raise ConfigError("--concurrency and --device go with --engine ray (the local engine codes on the CPU "
-                                 "of this process)")
-    if engine == "local" and ray_address:  # RAY_ADDRESS may be set in the shell of a cluster node
-        log.info("--engine local: the Ray address %s is not used", ray_address)
-    if engine == "ray":
-        _check_ray_options(device, concurrency)
-    if engine == "ray" and ray_address:
-        from stages.extract.ray_engine import check_reachable
-
-        check_reachable(ray_address)  # before anything is read: a wrong address fails in seconds
     r = encode_dataset(_cache(cache), run, dataset, chunk_rows=chunk_rows, say=lambda line: typer.echo(line, err=True),
-                       engine=engine, ray_address=ray_address if engine == "ray" else None, concurrency=concurrency,
-                       device=device)
+                       engine=engine, ray_address=ray_address, concurrency=concurrency, device=device)
     dropped = f", {r.dropped} missing from some encoder" if r.dropped else ""
     typer.echo(f"{r.dataset}: {r.items} items encoded with {r.run_id} ({r.parts_written} parts written, "
                f"{r.parts_reused} reused{dropped}) -> {r.out_dir}")
@@ -439,39 +296,29 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
     return out
 
 
+@app.command()
+def demo(
+    methods: str = typer.Option("baseline,cca-itq,djsrh,dsah,ucmfh", help="comma list of methods to train"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """The whole job on a generated demo set: extract, train at 16/32/64 bits, the table and its figure."""
+    from pipeline.orchestration.demo import run_demo
+
+    run_demo(_cache(cache), [m.strip() for m in methods.split(",") if m.strip()], echo=typer.echo)
+
+
 @app.command("list")
 def list_(what: str = typer.Argument(..., help="methods, encoders or datasets"),
           pattern: str = typer.Option("*", help="glob filter")) -> None:
     """List registered methods, encoders or dataset sources."""
-    if what == "methods":
-        from stages.train import methods  # noqa: F401
-        from stages.train.base import METHODS as reg
-    elif what == "encoders":
-        from stages.extract import ENCODERS as reg, load_encoders
+    from pipeline.orchestration.listing import list_entries
 
-        load_encoders()
-    elif what == "datasets":
-        from stages.prepare.datasets import DATASETS as reg, _import_sources
-
-        _import_sources()
-    else:
-        raise typer.BadParameter("choose methods, encoders or datasets")
-    for entry in reg.entries(pattern):
-        alias = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
-        typer.echo(f"{entry.name:12s} {entry.summary}{alias}")
+    for line in list_entries(what, pattern):
+        typer.echo(line)
 
 
 #: OSErrors of the storage rather than of the program: permission denied, read-only file system, disk or quota full.
 _STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
-
-
-def _check_ray_options(device: Optional[str], concurrency: Optional[int]) -> None:
-    """--device and --concurrency of --engine ray, checked before a Ray session starts (the cluster checks
-    what it can offer later)."""
-    if device not in (None, "cpu", "cuda"):
-        raise ConfigError(f"--device {device!r}: with --engine ray give cuda or cpu (each actor gets its own GPU)")
-    if concurrency is not None and concurrency < 1:
-        raise ConfigError(f"--concurrency must be >= 1, got {concurrency}")
 
 
 def main() -> None:

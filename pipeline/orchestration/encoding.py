@@ -27,6 +27,7 @@ import torch
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.provenance import environment
 from pipeline.ground.store.cache import Cache, DatasetCache
+from pipeline.orchestration.engines import check_engine_options
 from pipeline.ground.store.features import config_hash
 from pipeline.ground.store.layout import PHYSICAL_SPLITS
 from pipeline.ground.store.parquet import read_json, read_metadata, write_json_atomic
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Feature rows per chunk (and per codes part): the extraction's shard size, so a chunk reads about one shard.
 CHUNK_ROWS = 1024
-ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -102,8 +102,7 @@ def encode_dataset(cache: Cache, run: str, dataset: str, *, chunk_rows: int = CH
 
     ``engine="ray"`` codes the missing parts on Ray actors (:mod:`pipeline.orchestration.encoding_ray`; ``ray_address``,
     ``concurrency`` and ``device`` apply there only): same files, resumable by either engine."""
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine {engine!r}: give one of {', '.join(ENGINES)}")
+    check_engine_options(engine, ray_address=ray_address, concurrency=concurrency, device=device)
     from stages.train import methods  # noqa: F401  (registers every method)
     from stages.train.base import load_method
     from pipeline.ground.progress import progress_bar

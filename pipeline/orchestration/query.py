@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,6 +84,37 @@ def _features(ds: DatasetCache, refs: list[FeatureRef], image: Path | None, text
     modality = "image" if image is not None else "text"
     return AlignedFeatures("query", np.array([-1]), parts if modality == "image" else {},
                            parts if modality == "text" else {}, np.zeros((1, 0), np.uint8))
+
+
+@dataclass
+class QueryRequest:
+    run: str  # run id or folder
+    text: str | None = None
+    image: Path | None = None
+    top_k: int = 10
+    dataset: str | None = None  # search a dataset the run encoded instead of its database
+    html: Path | None = None  # also write the result as a self-contained gallery page
+
+
+@dataclass
+class QueryResult:
+    rows: list[tuple[Any, ...]]  # (rank, item_id, hamming, texts, image)
+    html: Path | None = None
+
+
+def query(cache: Cache, req: QueryRequest, say: Callable[[str], None] = log.info) -> QueryResult:
+    """``cmh query``: the top-k rows for one new image or text, and its gallery page when asked."""
+    if (req.text is None) == (req.image is None):
+        raise ConfigError("give exactly one of --text or --image")
+    if req.html is not None and (req.html.is_dir() or req.html.suffix.lower() not in (".html", ".htm")):
+        raise ConfigError(f"--html expects a file name ending in .html, got {str(req.html)!r}")
+    rows = query_run(cache, req.run, text=req.text, image=req.image, top_k=req.top_k, dataset=req.dataset, say=say)
+    page = None
+    if req.html is not None:
+        from stages.present.html.query_page import write_query_page
+
+        page = write_query_page(cache, req.run, rows, req.html, text=req.text, image=req.image)
+    return QueryResult(rows, page)
 
 
 def query_run(cache: Cache, run: str, *, text: str | None = None, image: Path | None = None,

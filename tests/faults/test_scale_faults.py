@@ -150,7 +150,7 @@ def test_ray_argument_errors_are_one_line_before_ray_starts(cli, built, no_ray, 
 def test_ray_address_with_the_local_engine_is_logged_and_ignored(cli, built, no_ray, monkeypatch, caplog):
     _, cache, run = built
     monkeypatch.setenv("RAY_ADDRESS", "10.255.255.1:6379")  # unreachable: it would fail if it were used
-    with caplog.at_level("INFO", logger="cmh"):
+    with caplog.at_level("INFO"):
         result = _enc(cli, cache, run)
     assert result.code == 0, result.err
     assert "40 items encoded" in result.out

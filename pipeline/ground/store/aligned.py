@@ -14,16 +14,31 @@ modality of the chunk, and their ids are kept in ``dropped``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from pipeline.ground.errors import CacheError
-from pipeline.ground.store.layout import PHYSICAL_SPLITS
+from pipeline.ground.item_table import ItemTable
+from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from pipeline.ground.store.parquet import arrow_to_vectors, read_table
 
-if TYPE_CHECKING:
-    from pipeline.ground.store.cache import DatasetCache
+
+class DatasetCache(Protocol):
+    """What the reader needs of a cached dataset (``pipeline.ground.store.cache.DatasetCache``)."""
+
+    layout: CacheLayout
+    name: str
+
+    @property
+    def items(self) -> ItemTable: ...
+
+    @property
+    def splits(self) -> dict[str, np.ndarray]: ...
+
+    def manifest(self, encoder: str) -> dict[str, Any]: ...
+
+    def encoders(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,7 @@ def _concat(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
     return np.concatenate(list(parts.values()), axis=1)
 
 
-def parse_feature_spec(dataset: "DatasetCache", spec: str, modality: str) -> list[FeatureRef]:
+def parse_feature_spec(dataset: DatasetCache, spec: str, modality: str) -> list[FeatureRef]:
     """The feature columns ``spec`` names for ``modality`` in ``dataset``; CacheError naming what exists."""
     refs: list[FeatureRef] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
@@ -96,7 +111,7 @@ def parse_feature_spec(dataset: "DatasetCache", spec: str, modality: str) -> lis
     return refs
 
 
-def resolve_cached_encoder(dataset: "DatasetCache", name: str) -> str:
+def resolve_cached_encoder(dataset: DatasetCache, name: str) -> str:
     """A short name (``alexnet``, ``clip``) stands for the one cached id it prefixes (``alexnet.imagenet``)."""
     cached = dataset.encoders()
     if name in cached:
@@ -111,7 +126,7 @@ def resolve_cached_encoder(dataset: "DatasetCache", name: str) -> str:
 class _ShardCursor:
     """Reads one encoder's shards of a split in order, keeping only the shards the current chunk needs."""
 
-    def __init__(self, dataset: "DatasetCache", encoder: str, split: str, columns: Sequence[str]) -> None:
+    def __init__(self, dataset: DatasetCache, encoder: str, split: str, columns: Sequence[str]) -> None:
         manifest = dataset.manifest(encoder)
         if not manifest.get("complete"):
             raise CacheError(f"features of encoder {encoder!r} for {dataset.name!r} are incomplete: re-run "
@@ -166,7 +181,7 @@ def _locate(stored: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndar
     return order[at], stored[order[at]] == wanted
 
 
-def read_aligned(dataset: "DatasetCache", split: str, image: Sequence[FeatureRef], text: Sequence[FeatureRef],
+def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef], text: Sequence[FeatureRef],
                  *, chunk_rows: int | None = None, start: int = 0) -> Iterator[AlignedFeatures]:
     """Chunks of ``split`` (its items in split order), ``chunk_rows`` planned items each (None: the whole
     split in one chunk), from planned position ``start`` on (a resumed job skips the chunks it wrote)."""
@@ -209,7 +224,7 @@ def read_aligned(dataset: "DatasetCache", split: str, image: Sequence[FeatureRef
         yield AlignedFeatures(split, keep, gather(image), gather(text), labels, planned[~present])
 
 
-def _label_rows(dataset: "DatasetCache"):
+def _label_rows(dataset: DatasetCache):
     """item ids -> rows of the item table (vectorised; every split member is in the table)."""
     ids = dataset.items.item_id
     order = np.argsort(ids, kind="stable")

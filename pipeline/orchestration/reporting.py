@@ -1,0 +1,80 @@
+"""Reporting, the use cases: the methods × bits table of a cache's runs (with an HTML page), or of the
+published rows under ``results/`` (with the README block and figure they generate)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipeline.ground.errors import ConfigError
+from pipeline.ground.store.cache import Cache
+
+
+@dataclass
+class ReportRequest:
+    dataset: str | None = None
+    metric: str = "map@50"
+    out_dir: Path | None = None  # default: the cache's reports/
+    published: bool = False  # also the papers' own numbers beside ours
+    html: bool = False
+    gallery_queries: int = 4
+    gallery_seed: int = 0
+    top_k: int = 10
+
+
+def report(cache: Cache, req: ReportRequest, echo: Callable[[str], None] = print) -> None:
+    """Tabulate every run of the cache (of ``req.dataset``), write the table files and, asked, the page."""
+    from stages.present.tables import methods_by_bits
+
+    rows = cache.report_rows(req.dataset)
+    out_dir = req.out_dir or cache.reports_dir
+    table = methods_by_bits(rows, dataset=req.dataset, metric=req.metric, out_dir=out_dir, beside=f"val_{req.metric}")
+    echo(table.markdown)
+    echo("written: " + ", ".join(str(p) for p in table.paths.values()))
+    if req.html:
+        from stages.present.html.report import GallerySettings, build_html_report
+
+        settings = GallerySettings(seed=req.gallery_seed, per_task=req.gallery_queries, top_k=req.top_k)
+        page = build_html_report(cache, table, out_dir=out_dir, settings=settings)
+        missing = f"; {len(page.missing_images)} unreadable image(s) shown as placeholders" if page.missing_images else ""
+        echo(f"html report ({page.runs} runs{missing}): {page.page}")
+    if req.published:
+        from stages.present.published import comparison_markdown
+        from stages.present.tables import results_table
+
+        echo(comparison_markdown(results_table(rows, table.dataset, "map@50"), table.dataset))
+
+
+@dataclass
+class ResultsReportRequest:
+    results: Path  # the registry folder (results/)
+    dataset: str | None
+    readme: Path | None = None  # rewrite this README's generated block
+    figure: Path | None = None  # default: docs/<dataset>_map_vs_bits.png beside the README (or here)
+
+
+def report_results(req: ResultsReportRequest, echo: Callable[[str], None] = print,
+                   warn: Callable[[str], None] = print) -> None:
+    """The table, spreads and comparison of the published rows; the README block and figure when asked."""
+    from pipeline.ground.store.cache import read_report_rows
+    from stages.present.plots import plot_map_vs_bits
+    from stages.present.results import readme_block, scan_results, update_readme
+
+    if req.dataset is None:
+        raise ConfigError("--results needs --dataset (the folder name under results/)")
+    base = req.readme.parent if req.readme is not None else Path.cwd()  # never the install location
+    figure = req.figure or base / "docs" / f"{req.dataset}_map_vs_bits.png"
+    scan = scan_results(req.results, req.dataset)
+    if scan.current:
+        plot_map_vs_bits(read_report_rows(scan.current), figure, dataset=req.dataset)
+    try:
+        shown = figure.resolve().relative_to(base.resolve())
+    except ValueError:
+        shown = figure
+    block = readme_block(req.results, req.dataset, figure=shown)
+    echo(block)
+    for path, version in scan.stale:
+        warn(f"stale: {path} (code version {version})")
+    if req.readme is not None:
+        changed = update_readme(req.readme, req.dataset, block)
+        echo(f"{req.readme}: {'updated' if changed else 'already up to date'}; figure: {figure}")
