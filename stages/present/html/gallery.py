@@ -7,7 +7,6 @@ relevance is the evaluation's rule: the query and the retrieved item share at le
 """
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pipeline.ground.store.runs import RunDir
 from stages.evaluate.hamming import topk
 from stages.present.plots import TASK_TITLES
 from stages.evaluate.report import CROSS_TASKS
+from stages.present.html.page import esc
 from stages.present.html.thumbnails import Thumb
 
 log = logging.getLogger(__name__)
@@ -140,16 +140,12 @@ def adhoc_gallery(run_id: str, rows: Sequence[tuple], *, text: str | None, image
 ImageSource = Callable[[int | None, str], Thumb]
 
 
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def image_html(thumb: Thumb, src: str | None, alt: str) -> str:
     """An ``<img>`` of a thumbnail, or a placeholder naming the path that could not be read."""
     if thumb.path is None or src is None:
-        return (f'<div class="missing" title="{_esc(thumb.problem)}">image not shown<br>'
-                f'<code>{_esc(thumb.problem)}</code></div>')
-    return f'<img src="{_esc(src)}" alt="{_esc(alt)}" loading="lazy" decoding="async">'
+        return (f'<div class="missing" title="{esc(thumb.problem)}">image not shown<br>'
+                f'<code>{esc(thumb.problem)}</code></div>')
+    return f'<img src="{esc(src)}" alt="{esc(alt)}" loading="lazy" decoding="async">'
 
 
 def _short(text: str) -> str:
@@ -157,7 +153,7 @@ def _short(text: str) -> str:
 
 
 def _text_html(text: str) -> str:
-    return f'<div class="txt" title="{_esc(text)}">{_esc(_short(text))}</div>'
+    return f'<div class="txt" title="{esc(text)}">{esc(_short(text))}</div>'
 
 
 def _mark(hit: Hit) -> tuple[str, str, str]:
@@ -170,19 +166,19 @@ def _mark(hit: Hit) -> tuple[str, str, str]:
 def render_gallery(gallery: Gallery, items: Items | None, thumb: ImageSource, src: Callable[[Thumb], str | None]) -> str:
     """The gallery as an HTML fragment; ``thumb`` finds an image's thumbnail, ``src`` turns it into a URL."""
     if gallery.problem:
-        return f'<p class="note">No gallery: {_esc(gallery.problem)}</p>'
+        return f'<p class="note">No gallery: {esc(gallery.problem)}</p>'
     parts = ['<div class="gallery">']
     for entry in gallery.queries:
         label = TASK_TITLES.get(entry.task, entry.task)
         who = "ad-hoc query" if entry.item_id is None else f"query item {entry.item_id}"
-        parts.append(f'<div class="q"><div class="qhead"><b>{_esc(label)}</b> · {_esc(who)}</div><div class="row">')
+        parts.append(f'<div class="q"><div class="qhead"><b>{esc(label)}</b> · {esc(who)}</div><div class="row">')
         if entry.image_ref is not None:
             t = thumb(entry.item_id, entry.image_ref)
             parts.append(f'<div class="cell query">{image_html(t, src(t), who)}</div>')
         else:
             parts.append(f'<div class="cell query">{_text_html(entry.text or "")}</div>')
         if entry.note:
-            parts.append(f'<p class="note">{_esc(entry.note)}</p>')
+            parts.append(f'<p class="note">{esc(entry.note)}</p>')
         for hit in entry.hits:
             cls, symbol, says = _mark(hit)
             if entry.task == "t2i":
@@ -192,7 +188,7 @@ def render_gallery(gallery: Gallery, items: Items | None, thumb: ImageSource, sr
                         else _text_html(f"(item {hit.item_id} is not in the cached dataset)"))
             else:
                 body = _text_html(items.text(hit.item_id) if items is not None else f"item {hit.item_id}")
-            parts.append(f'<div class="cell {cls}" title="{_esc(says)} · item {hit.item_id}">{body}<div class="meta">'
+            parts.append(f'<div class="cell {cls}" title="{esc(says)} · item {hit.item_id}">{body}<div class="meta">'
                          f'#{hit.rank} · d={hit.hamming} · <span class="mk">{symbol}</span></div></div>')
         parts.append("</div></div>")
     parts.append("</div>")
