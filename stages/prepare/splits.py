@@ -175,20 +175,40 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
     means as many as the query split, capped by the database items outside train (the cap is logged);
     an empty validation split is refused.
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    for name, value, low in (("n_query", n_query, 1), ("n_train", n_train, 1), ("n_validation", n_validation, 1)):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
-            raise ConfigError(f"{name}={value!r}: expected an integer >= {low}")
-    n = len(table)
-    n_labels = table.labels.shape[1]
+    _check_request(protocol, n_query, n_train, n_validation)
+    n, n_labels = len(table), table.labels.shape[1]
     counts = DJSRH_PRESETS.get(protocol)
     if counts is not None and n_labels == 0:
         raise ConfigError(f"protocol {protocol!r} draws queries per label, but {table.dataset!r} has no labels; "
                           f"use protocol 'random'")
-    std_query = counts.nominal_query(n_labels) if counts else RANDOM_QUERY
-    std_train = counts.train_size if counts else RANDOM_TRAIN
     notes: list[str] = []
+    q, t, v = _fitted_sizes(table.dataset, n, counts.nominal_query(n_labels) if counts else RANDOM_QUERY,
+                            counts.train_size if counts else RANDOM_TRAIN, n_query, n_train, n_validation, notes)
+    params: dict[str, Any] = {"n_query": q, "n_train": t, "n_validation": v}
+    if counts is not None:
+        rows = _djsrh_rows(table.labels, counts, seed, q, t, params, notes)
+    else:
+        params["generator"] = "numpy.random.default_rng"
+        rows = random_split(n, seed, q, t)
+    rows = _draw_validation(rows, v, seed, n)
+    ids = np.asarray(table.item_id, dtype=np.int64)
+    splits = {name: ids[r] for name, r in rows.items()}
+    sizes = {name: int(len(r)) for name, r in splits.items()}
+    log.info("splits (%s, seed %d): %s", protocol, seed, sizes)
+    return SplitResult(splits=splits, protocol=protocol, seed=int(seed), sizes=sizes, notes=notes, params=params)
+
+
+def _check_request(protocol: str, n_query: int | None, n_train: int | None, n_validation: int | None) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    for name, value in (("n_query", n_query), ("n_train", n_train), ("n_validation", n_validation)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
+
+
+def _fitted_sizes(dataset: str, n: int, std_query: int, std_train: int, n_query: int | None, n_train: int | None,
+                  n_validation: int | None, notes: list[str]) -> tuple[int, int, int]:
+    """(query, train, validation) sizes: as asked, else the standard ones, scaled down when they do not fit."""
     q = int(n_query) if n_query is not None else std_query
     t = int(n_train) if n_train is not None else std_train
     v = int(n_validation) if n_validation is not None else 0  # the default is sized once train is known
@@ -199,7 +219,7 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
             t = max(0, min(std_train, int(SCALED_TRAIN_FRACTION * (n - q - v))))
         if q + t + v > n or t < 1 or n - q - v < 1:
             raise ConfigError(
-                f"splits for {table.dataset!r} ({n} items): query {q} + train {t} + validation "
+                f"splits for {dataset!r} ({n} items): query {q} + train {t} + validation "
                 f"{v if n_validation is not None else '(at least 1)'} do not fit "
                 f"(train and validation are drawn from the {n - q} database items and must be disjoint); "
                 f"ask for a smaller n_query, n_train or n_validation"
@@ -208,38 +228,33 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
                 f"query {q} (requested: {n_query}), train {t} (requested: {n_train})")
         log.info("splits: %s", note)  # the caller (stages.prepare) warns with every note
         notes.append(note)
-
     if n_validation is None:
         v = min(q, n - q - t)
         if v < q:
             notes.append(f"validation: {v} items (all the database items outside train), not {q}")
         if v < 1:
-            raise ConfigError(f"splits for {table.dataset!r} ({n} items): query {q} + train {t} leave no database "
+            raise ConfigError(f"splits for {dataset!r} ({n} items): query {q} + train {t} leave no database "
                               f"item outside train for a validation split; ask for a smaller n_train")
-    params: dict[str, Any] = {"n_query": q, "n_train": t, "n_validation": v}
-    if counts is not None:
-        used = _scaled_counts(counts, n_labels, q, t)
-        params.update(q_first=used.q_first, t_first=used.t_first, q_rest=used.q_rest, t_rest=used.t_rest,
-                      train_size=used.train_size, generator="numpy.random.RandomState")
-        if used != counts:
-            notes.append(f"per-label counts scaled from {counts} to {used}")
-        rows = djsrh_split(table.labels, seed, used.q_first, used.t_first, used.q_rest, used.t_rest, used.train_size)
-        nominal = used.nominal_query(n_labels)
-        if len(rows["query"]) != nominal:
-            note = (f"the per-label split gave {len(rows['query'])} queries, not the nominal {nominal}: rare labels "
-                    f"ran out of unused items")
-            log.info("splits: %s", note)
-            notes.append(note)
-    else:
-        params["generator"] = "numpy.random.default_rng"
-        rows = random_split(n, seed, q, t)
+    return q, t, v
 
-    rows = _draw_validation(rows, v, seed, n)
-    ids = np.asarray(table.item_id, dtype=np.int64)
-    splits = {name: ids[r] for name, r in rows.items()}
-    sizes = {name: int(len(r)) for name, r in splits.items()}
-    log.info("splits (%s, seed %d): %s", protocol, seed, sizes)
-    return SplitResult(splits=splits, protocol=protocol, seed=int(seed), sizes=sizes, notes=notes, params=params)
+
+def _djsrh_rows(labels: np.ndarray, counts: DJSRHCounts, seed: int, q: int, t: int, params: dict[str, Any],
+                notes: list[str]) -> dict[str, np.ndarray]:
+    """DJSRH's per-label draw at the fitted sizes; the counts used go into ``params``."""
+    n_labels = labels.shape[1]
+    used = _scaled_counts(counts, n_labels, q, t)
+    params.update(q_first=used.q_first, t_first=used.t_first, q_rest=used.q_rest, t_rest=used.t_rest,
+                  train_size=used.train_size, generator="numpy.random.RandomState")
+    if used != counts:
+        notes.append(f"per-label counts scaled from {counts} to {used}")
+    rows = djsrh_split(labels, seed, used.q_first, used.t_first, used.q_rest, used.t_rest, used.train_size)
+    nominal = used.nominal_query(n_labels)
+    if len(rows["query"]) != nominal:
+        note = (f"the per-label split gave {len(rows['query'])} queries, not the nominal {nominal}: rare labels "
+                f"ran out of unused items")
+        log.info("splits: %s", note)
+        notes.append(note)
+    return rows
 
 
 def _scaled_counts(counts: DJSRHCounts, n_labels: int, n_query: int, n_train: int) -> DJSRHCounts:

@@ -82,83 +82,104 @@ def fit_method(
     settings its paper leaves open on it (``history.selection``).
     """
     torch.manual_seed(seed)
-    history = TrainHistory()
     start = time.perf_counter()
     method.to(device)
     if validator is not None:
         validator = dataclasses.replace(validator, queries=validator.queries.to(device),
                                         retrieval=validator.retrieval.to(device))
     if method.closed_form:
-        score = None if validator is None else (lambda: validator(method, 0)["mean"])
-        history.selection = method.fit(train.to(device), score=score) or {}
-        if validator is not None:
-            history.validation.append(validator(method, 0))
-        history.seconds = time.perf_counter() - start
-        return history
+        history = _fit_closed_form(method, train.to(device), validator)
+    else:
+        history = _fit_by_gradient(method, train, seed=seed, device=device, progress=progress, validator=validator,
+                                   epochs=method.cfg.epochs if epochs is None else epochs)
+    history.seconds = time.perf_counter() - start
+    return history
 
-    cfg = method.cfg
-    n_epochs = cfg.epochs if epochs is None else epochs
-    n = train.image.shape[0]
-    m = min(cfg.batch_size, n)
-    weights = dict(cfg.weights)
+
+def _fit_closed_form(method: HashingMethod, train: FeatureBatch, validator: Validator | None) -> TrainHistory:
+    """One ``fit`` on the whole split; settings its paper leaves open are chosen on validation."""
+    history = TrainHistory()
+    score = None if validator is None else (lambda: validator(method, 0)["mean"])
+    history.selection = method.fit(train, score=score) or {}
+    if validator is not None:
+        history.validation.append(validator(method, 0))
+    return history
+
+
+def _fit_by_gradient(method: HashingMethod, train: FeatureBatch, *, seed: int, device: str | torch.device,
+                     progress: bool, validator: Validator | None, epochs: int) -> TrainHistory:
+    """``epochs`` passes over the training split in a seeded order; the optimiser owns the weighted sum."""
+    history = TrainHistory()
     optimizer = make_optimizer(method)
     generator = torch.Generator().manual_seed(seed)
     train_dev = train.to(device)
-
     bar = None
     if progress:
         from pipeline.ground.progress import progress_bar
 
-        bar = progress_bar(total=n_epochs, description=f"train {method.name} {method.bits}b", unit="epoch")
+        bar = progress_bar(total=epochs, description=f"train {method.name} {method.bits}b", unit="epoch")
     try:
-        for epoch in range(n_epochs):
-            method.train()
-            method.on_epoch_start(epoch, train_dev)
-            order = torch.randperm(n, generator=generator).to(device)
-            stop = n - (n % m) if (cfg.drop_last and n >= m) else n
-            sums: dict[str, Tensor] = {}  # on the device: no host sync inside the epoch
-            steps = 0
-            for s in range(0, stop, m):
-                batch = _slice(train_dev, order[s:s + m])
-                terms = method.loss_terms(batch, epoch)
-                total = None
-                for name, value in terms.items():
-                    w = weights.get(name, 1.0)
-                    if w == 0:
-                        continue
-                    contrib = w * value
-                    total = contrib if total is None else total + contrib
-                    _accumulate(sums, name, contrib)
-                if total is None:
-                    raise ValueError(f"every loss term of {method.name or method} has weight 0")
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                _accumulate(sums, "total", total)
-                steps += 1
-            record = {k: float(v) / max(1, steps) for k, v in sums.items()}  # the epoch's one sync
-            bad = [k for k, v in record.items() if k != "total" and not math.isfinite(v)]
-            if bad:
-                raise NonFiniteLoss(f"loss term {bad[0]!r} became non-finite during epoch {epoch}; "
-                                    f"lower the learning rate or check the input features")
+        for epoch in range(epochs):
+            record = _epoch(method, optimizer, train_dev, generator, epoch, device)
             history.epochs.append(record)
-            if validator is not None and validator.due(epoch, n_epochs):
-                t_val = time.perf_counter()
-                point = validator(method, epoch)
-                history.validation.append(point)
-                history.validation_s += time.perf_counter() - t_val
-                log.info("epoch %d/%d validation mAP@%d i2t %.4f t2i %.4f", epoch + 1, n_epochs, validator.k,
-                         point["i2t"], point["t2i"])
+            if validator is not None and validator.due(epoch, epochs):
+                _validate(method, validator, epoch, epochs, history)
             if bar is not None:
                 bar.update(1, postfix=f"loss {record.get('total', math.nan):.4f}")
-            if epoch == 0 or (epoch + 1) % max(1, n_epochs // 5) == 0 or epoch == n_epochs - 1:
-                log.info("epoch %d/%d %s", epoch + 1, n_epochs,
-                         " ".join(f"{k}={v:.4f}" for k, v in record.items()))
+            if epoch == 0 or (epoch + 1) % max(1, epochs // 5) == 0 or epoch == epochs - 1:
+                log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k}={v:.4f}" for k, v in record.items()))
     finally:
         if bar is not None:
             bar.close()
-    history.seconds = time.perf_counter() - start
     return history
+
+
+def _epoch(method: HashingMethod, optimizer: torch.optim.Optimizer, train: FeatureBatch, generator: torch.Generator,
+           epoch: int, device: str | torch.device) -> dict[str, float]:
+    """One pass in the order ``generator`` draws; the mean of each weighted term and of their sum."""
+    cfg = method.cfg
+    n = train.image.shape[0]
+    m = min(cfg.batch_size, n)
+    weights = dict(cfg.weights)
+    method.train()
+    method.on_epoch_start(epoch, train)
+    order = torch.randperm(n, generator=generator).to(device)
+    stop = n - (n % m) if (cfg.drop_last and n >= m) else n
+    sums: dict[str, Tensor] = {}  # on the device: no host sync inside the epoch
+    steps = 0
+    for s in range(0, stop, m):
+        batch = _slice(train, order[s:s + m])
+        terms = method.loss_terms(batch, epoch)
+        total = None
+        for name, value in terms.items():
+            w = weights.get(name, 1.0)
+            if w == 0:
+                continue
+            contrib = w * value
+            total = contrib if total is None else total + contrib
+            _accumulate(sums, name, contrib)
+        if total is None:
+            raise ValueError(f"every loss term of {method.name or method} has weight 0")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        _accumulate(sums, "total", total)
+        steps += 1
+    record = {k: float(v) / max(1, steps) for k, v in sums.items()}  # the epoch's one sync
+    bad = [k for k, v in record.items() if k != "total" and not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLoss(f"loss term {bad[0]!r} became non-finite during epoch {epoch}; "
+                            f"lower the learning rate or check the input features")
+    return record
+
+
+def _validate(method: HashingMethod, validator: Validator, epoch: int, epochs: int, history: TrainHistory) -> None:
+    t_val = time.perf_counter()
+    point = validator(method, epoch)
+    history.validation.append(point)
+    history.validation_s += time.perf_counter() - t_val
+    log.info("epoch %d/%d validation mAP@%d i2t %.4f t2i %.4f", epoch + 1, epochs, validator.k,
+             point["i2t"], point["t2i"])
 
 
 def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor) -> None:

@@ -25,9 +25,9 @@ Loss terms (``train.py``; B = norm(c), C_X = cos(F_X)):
 total (final train.py) L1 + L2 + L3 + L4 + L5 + L6 + 2 L7 + η (L31 + L32), K = 1.5, a = 0.9, η = 0.1.
 Training is the reference's in both graph modes: the graph over each shuffled mini-batch of 16
 (``drop_last``), SGD with Nesterov momentum 0.7, weight decay 5e-4, learning rate 0.005. Given the
-same weights and batch with dropout off, the loss terms agree with ``train.py``'s to 2e-7 and the
-weights after three SGD steps to 1e-8. With ``graph="batch"``, 2 epochs, 64 bits, ``alexnet:pool`` +
-``bow`` on MIRFlickr-20,015, seeds 1–5: mAP@50 0.764 / 0.762 (i2t / t2i), the reference code 0.765 / 0.763.
+same weights and batch with dropout off, the loss terms and the weights after a few SGD steps agree
+with ``train.py``'s to float precision, and ``graph="batch"`` scores as the reference code does on the
+same features (the measurements: docs/method-checks.md).
 
 **Deviations**
 - Text graph at encode time (``graph``). The reference encodes in fixed-order batches of 16 with the
@@ -39,29 +39,12 @@ weights after three SGD steps to 1e-8. With ``graph="batch"``, 2 epochs, 64 bits
   anchors, never on how the rows are batched. The anchors are drawn once, at the start of training,
   from the training texts with the run's seeded RNG, and are saved with the weights. ``anchors = 0``
   leaves each text alone with itself. The number of anchors is chosen on the validation split
-  (validation pairs ranked against the training pairs; never the query set), ``alexnet:pool`` +
-  ``bow``, MIRFlickr-20,015, 64 bits, 2 epochs, mean of seeds 1–3, validation mAP@50 i2t / t2i (and,
-  for the record only, test):
-
-  ============================  ===================  ===================
-  encode-time graph             validation           test
-  ============================  ===================  ===================
-  ``anchors = 0`` (chosen)      **0.710 / 0.662**    0.786 / 0.740
-  ``anchors = 15``              0.700 / 0.652        0.768 / 0.729
-  ``anchors = 63``              0.674 / 0.636        0.714 / 0.728
-  ``graph = "batch"``           0.722 / 0.658        0.764 / 0.755
-  ============================  ===================  ===================
-
-  ``graph = "batch"`` is not a candidate for the default (a code would depend on its batch mates); it
-  is listed to show what batch independence costs: 0.012 on validation image→text, nothing on
-  text→image. (A first choice, made on a validation carve of our own before the project's split
-  existed, ranked the same way: 0 > 15 > 31 > 63.)
-
-  Our reading [inferred]: a fixed anchor set pulls every text that shares a tag with an anchor
-  towards that anchor, the same pull for thousands of texts, so more anchors blur the codes, whereas
-  the reference's batch mates are a fresh random draw for each batch. The reference code itself, run
-  on the same features and split, scores 0.769 / 0.768 on test (seeds 1–3; 0.703 / 0.664 on the
-  first carve's validation), so at 2 epochs the default is ahead on image→text and behind on text→image.
+  (validation pairs ranked against the training pairs; never the query set): ``anchors = 0`` scored
+  best of 0, 15 and 63 (docs/method-checks.md has the table). ``graph = "batch"`` is not a candidate
+  for the default, since a code would then depend on its batch mates. Our reading [inferred]: a fixed
+  anchor set pulls every text that shares a tag with an anchor towards that anchor, the same pull for
+  thousands of texts, so more anchors blur the codes, whereas the reference's batch mates are a fresh
+  random draw for each batch.
   With ``anchors = 0`` a text's graph at encode time is the text alone (attention weight 1 on itself),
   so the encoder needs no stored texts; training still sees the batch graph.
   ``graph="batch"`` is the reference: encode in fixed-order batches of ``batch_size`` (16) of the rows

@@ -16,10 +16,9 @@ MSE(B_I B_Tᵀ, S) (1), ``text_text`` = MSE(B_T B_Tᵀ, S) (λ2 = 0.1), with B =
   tanh(α·)) instead of an end-to-end fine-tuned AlexNet (fc6/fc7 + fc_encode) on raw pixels: this
   project trains on cached features only. ``image_hidden=()`` gives a single linear hash layer (JDSH's
   frozen-trunk head). No data augmentation (features are cached once, centre crop).
-- The image head has no ``Dropout(0.5)`` (AlexNet's classifier puts one before fc6 and one before fc7).
-  Measured with the reference's own training step on the same cached features, 5 epochs: its two
-  dropout layers on a randomly initialised fc6/fc7 cost about 0.05 mAP@50 text→image, and the same
-  layers without dropout match this head; the reference fine-tunes pretrained fc6/fc7 instead.
+- The image head has no ``Dropout(0.5)`` (AlexNet's classifier puts one before fc6 and one before fc7):
+  on a randomly initialised fc6/fc7 those layers cost text→image mAP in the reference's own training
+  step (docs/method-checks.md); the reference fine-tunes pretrained fc6/fc7 instead.
 - F_I for S_I is the cached image feature itself (DJSRH: fc7 of a second, frozen pretrained AlexNet).
   With AlexNet fc7 features cached this is the reference S_I; the default ``alexnet:pool`` (pooled
   conv5, 512-d) stands in for fc7, which the offline ImageNet weights do not include.
