@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.ground import versions
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.errors import DataError
 from pipeline.ground.provenance import package_versions
-from pipeline.ground.store.features import FeatureWriter, Shard, ShardSpec, read_manifest
+from pipeline.ground.store.features import (FeatureWriter, Shard, ShardSpec, bytes_on_disk, read_manifest,
+                                            rows_on_disk)
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from stages.extract.base import Encoder
 
@@ -164,18 +164,7 @@ def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, p
         wait_s=wait_s, encode_s=encode_s, write_s=write_s, engine=engine, first_batch_s=first_batch_s,
         loop_s=loop_seconds,
         columns={k: v.dim for k, v in encoder.columns.items()},
-        bytes_on_disk=sum(p.stat().st_size for p in layout.encoder_dir(items.dataset, encoder.id).rglob("*")
-                          if p.is_file()),
+        bytes_on_disk=bytes_on_disk(layout, items.dataset, encoder.id),
     )
     log.info("%s", summary.describe())
     return summary
-
-
-def rows_on_disk(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, int]:
-    """Rows per split directory of one (dataset, encoder), read from the shard footers."""
-    out = {}
-    base = layout.encoder_dir(dataset, encoder)
-    for split_dir in sorted(base.glob("split=*")):
-        out[split_dir.name.split("=", 1)[1]] = sum(pq.ParquetFile(f).metadata.num_rows
-                                                   for f in split_dir.glob("part-*.parquet"))
-    return out

@@ -306,6 +306,21 @@ def read_split_raw(layout: CacheLayout, dataset: str, encoder: str, split: str,
     return out
 
 
+def rows_on_disk(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, int]:
+    """Rows per split directory of one (dataset, encoder), read from the shard footers."""
+    out = {}
+    base = layout.encoder_dir(dataset, encoder)
+    for split_dir in sorted(base.glob("split=*")):
+        out[split_dir.name.split("=", 1)[1]] = sum(pq.ParquetFile(f).metadata.num_rows
+                                                   for f in split_dir.glob("part-*.parquet"))
+    return out
+
+
+def bytes_on_disk(layout: CacheLayout, dataset: str, encoder: str) -> int:
+    """Bytes of every file of one (dataset, encoder): shards, manifest and error list."""
+    return sum(p.stat().st_size for p in layout.encoder_dir(dataset, encoder).rglob("*") if p.is_file())
+
+
 def _damaged(path: Path) -> bool:
     try:
         pq.read_schema(path)
