@@ -15,6 +15,7 @@ BITS     ?= 16,32,64,128
 SEED     ?= 1
 METHODS  ?= baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph
 SEEDS    ?= 1
+TABLE_SEEDS ?= 1,2,3
 
 opt = $(if $(2),$(1) $(2))
 COMMON   = $(call opt,--cache,$(CACHE))
@@ -41,18 +42,21 @@ extract: $(STAMP)
 
 train: $(STAMP)
 	$(CMH) train --method $(METHOD) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		$(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) --seed $(SEED) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
+		$(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) --seed $(SEED) $(call opt,--epochs,$(EPOCHS)) \
+		$(call opt,--checkpoint-every,$(CHECKPOINT_EVERY)) $(COMMON)
 
 grid: $(STAMP)
 	$(CMH) grid --methods $(METHODS) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
 		--seeds $(SEEDS) $(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) $(call opt,--epochs,$(EPOCHS)) \
-		$(call opt,--workers,$(WORKERS)) $(COMMON)
+		$(call opt,--workers,$(WORKERS)) $(call opt,--device,$(DEVICE)) $(call opt,--checkpoint-every,$(CHECKPOINT_EVERY)) $(COMMON)
 
-# The published table: the grid (papers' epochs unless EPOCHS= says otherwise), its report rows copied
-# into results/, and the README block and figure regenerated from results/ (commit all three).
-table: grid
-	$(CMH) publish --dataset $(DATASET) $(COMMON)
-	$(CMH) report --results results --dataset $(DATASET) --readme README.md
+# The published table: only the cells results/ lacks (every seed 1 first), each published as it finishes,
+# then the README block and figure regenerated from results/ (commit all three). BUDGET= hours, PACK= archive.
+table: $(STAMP)
+	$(CMH) table --dataset $(DATASET) --methods $(METHODS) --bits $(BITS) --seeds $(TABLE_SEEDS) --results results \
+		--readme README.md $(call opt,--budget,$(BUDGET)) $(call opt,--workers,$(WORKERS)) \
+		$(call opt,--device,$(DEVICE)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--checkpoint-every,$(CHECKPOINT_EVERY)) \
+		$(call opt,--pack,$(PACK)) $(COMMON)
 
 report: $(STAMP)
 	$(CMH) report --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --published --html $(COMMON)

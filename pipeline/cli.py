@@ -107,7 +107,9 @@ def train(
     eval_mode: str = typer.Option("single", help="single (each modality encoded alone) or paired (reference UCMFH mode)"),
     tie: str = typer.Option("stable", help="Hamming tie rule: stable (database order) or reference (np.argsort default)"),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
-    force: bool = typer.Option(False, help="retrain even when an identical run exists"),
+    force: bool = typer.Option(False, help="retrain even when an identical run exists (and drop its checkpoint)"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="epochs between checkpoints (default: every 5 minutes "
+                                                   "of training); a rerun after a kill resumes from the last one"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train a hashing method on cached features, encode query/database, evaluate and write a run directory."""
@@ -115,14 +117,9 @@ def train(
 
     req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
-                       force=force)
+                       force=force, checkpoint_every=checkpoint_every)
     for r in train_runs(_cache(cache), req):
-        s = r.summary
-        state = "cached" if r.skipped else f"trained in {s.get('train_s', 0):.1f}s"
-        val = (f"; validation i2t {s['i2t_val_map@50']:.4f} t2i {s['t2i_val_map@50']:.4f}"
-               if "i2t_val_map@50" in s else "")
-        typer.echo(f"{r.run_id}: mAP@50 i2t {s.get('i2t_map@50', float('nan')):.4f} "
-                   f"t2i {s.get('t2i_map@50', float('nan')):.4f}{val} ({state}) -> {r.run_dir}")
+        typer.echo(f"{r.describe()} -> {r.run_dir}")
 
 
 @app.command()
@@ -253,23 +250,50 @@ def grid(
     workers: Optional[int] = typer.Option(None, help="cells trained in parallel processes (default: 6 with a GPU, 1 on the CPU)"),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
     out_dir: Optional[Path] = typer.Option(None, help="where the table files go (default: cache/reports)"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="epochs between checkpoints (default: every 5 minutes)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train methods x code lengths x seeds on one dataset and write the combined table (Parquet, Markdown, PNG)."""
     from pipeline.orchestration.grid import GridRequest, run_grid
 
-    if workers is not None and workers < 1:
-        raise typer.BadParameter(f"--workers {workers}: give 1 or more")
     method_names = [x.strip() for x in methods.split(",") if x.strip()]
     req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), image=image,
                       text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
-                      out_dir=out_dir)
+                      out_dir=out_dir, checkpoint_every=checkpoint_every)
     result = run_grid(_cache(cache), req, echo=typer.echo)
     for table in result.tables.values():
         typer.echo(table.markdown)
         typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
     typer.echo(result.comparison)
     typer.echo(f"mAP@50 against code length: {result.figure}")
+
+
+@app.command()
+def table(
+    dataset: str = typer.Option("mirflickr", help="cached dataset name"),
+    methods: str = typer.Option("baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph", help="comma list of methods"),
+    bits: str = typer.Option("16,32,64,128", help="comma list of code lengths"),
+    seeds: str = typer.Option("1,2,3", help="comma list of seeds (every cell's first seed is trained before any other)"),
+    results: Path = typer.Option(Path("results"), help="the results registry folder"),
+    readme: Optional[Path] = typer.Option(None, help="regenerate this README's results block and figure at the end"),
+    budget: Optional[str] = typer.Option(None, help="hours: no cell starts after that, running cells pause at a "
+                                         "checkpoint (BUDGET=)"),
+    workers: Optional[int] = typer.Option(None, help="cells trained in parallel processes (default: 6 with a GPU, "
+                                          "1 on the CPU)"),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
+    epochs: Optional[str] = typer.Option(None, help="override epochs (a dry run): N, or method=N,..."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="epochs between checkpoints (default: every 5 minutes)"),
+    pack: Optional[Path] = typer.Option(None, help="also pack the result files published now into this .tar.gz"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Train only the cells results/ lacks (methods x bits x seeds), publishing each into results/ as it finishes."""
+    from pipeline.orchestration.table import TableRequest, build_table
+
+    method_names = [x.strip() for x in methods.split(",") if x.strip()]
+    build_table(_cache(cache), TableRequest(
+        dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), results=results, readme=readme,
+        budget=budget, workers=workers, device=device, epochs=_epochs_per_method(epochs, method_names),
+        checkpoint_every=checkpoint_every, pack=pack), echo=typer.echo)
 
 
 def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) -> dict[str, int]:

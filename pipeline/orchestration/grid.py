@@ -1,15 +1,21 @@
 """One grid: methods × code lengths × seeds on one cached dataset, then its tables and figure.
 
-``cmh grid`` and the demo both run this sequence. Cells are independent runs, so with a GPU they are
-trained in parallel worker processes (``workers``; each worker trains one cell at a time on the same
-device: the hashing heads are small, and one cell alone leaves most of a large GPU idle). On the CPU
-the default is one worker: the cells already share every core, and a run's numbers can depend on the
-thread count (reductions), so a sequential grid gives the same codes as ``cmh train``.
+``cmh grid``, ``cmh table`` and the demo run this sequence. Cells are independent runs, taken seed by
+seed (every cell's seed 1 before any seed 2), so with a GPU they are trained in parallel worker
+processes (``workers``; each worker trains one cell at a time on the same device: the hashing heads are
+small, and one cell alone leaves most of a large GPU idle). On the CPU the default is one worker: the
+cells already share every core, and a run's numbers can depend on the thread count (reductions), so a
+sequential grid gives the same codes as ``cmh train``.
+
+Every cell checkpoints as it trains, so a grid killed at any moment and run again continues each cell
+from its last checkpoint. With a deadline (``stop_at``), no cell starts after it and a running cell
+pauses at its next epoch boundary with a checkpoint, to go on next time.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,15 +41,38 @@ class GridRequest:
     out_dir: Path | None = None
     #: a method that cannot give a code length (CCA's rank) is skipped with the reason instead of failing
     skip_config_errors: bool = False
+    checkpoint_every: int | None = None  # epochs between checkpoints (None: every few minutes)
+    stop_at: float | None = None  # a time.time() after which no cell starts and running cells pause
+
+
+@dataclass
+class CellOutcome:
+    """What became of one cell: ``trained``, ``cached``, ``paused``, ``not started`` or ``skipped``."""
+
+    status: str
+    line: str
+    run_id: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("trained", "cached")
 
 
 @dataclass
 class GridResult:
-    run_ids: list[str]
-    lines: list[str]  # one per cell: run id and mAP@50, or why it was skipped
+    outcomes: list[CellOutcome]  # one per run, in cell order
     tables: dict[str, object]  # metric -> MethodsTable
     figure: Path | None
     comparison: str  # ours beside the published numbers
+
+    @property
+    def run_ids(self) -> list[str]:
+        """The runs that finished (trained now or earlier)."""
+        return [o.run_id for o in self.outcomes if o.finished]
+
+    @property
+    def lines(self) -> list[str]:
+        return [o.line for o in self.outcomes]
 
 
 DEFAULT_GPU_WORKERS = 6
@@ -56,24 +85,30 @@ def default_workers(device: str | None) -> int:
     return DEFAULT_GPU_WORKERS if on_gpu else 1
 
 
-def _cells(req: GridRequest):
+def grid_cells(req: GridRequest) -> list:
+    """One ``TrainRequest`` per method × bits × seed, every seed 1 before any seed 2."""
     from pipeline.orchestration.training import TrainRequest
 
-    for seed in req.seeds:
-        for method in req.methods:
-            for bits in req.bits:
-                yield TrainRequest(dataset=req.dataset, method=method, bits=(bits,), image=req.image, text=req.text,
-                                   seed=seed, epochs=req.epochs.get(method, req.epochs.get("*")),
-                                   device=req.device, progress=False)
+    return [TrainRequest(dataset=req.dataset, method=method, bits=(bits,), image=req.image, text=req.text,
+                         seed=seed, epochs=req.epochs.get(method, req.epochs.get("*")), device=req.device,
+                         progress=False, checkpoint_every=req.checkpoint_every, stop_at=req.stop_at)
+            for seed in req.seeds for method in req.methods for bits in req.bits]
 
 
-def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors: bool) -> list[tuple[str, str]]:
-    """Runs in a worker (or in-process): (run_id or "", line) per run."""
+def check_workers(workers: int | None, cells: int) -> None:
+    if workers is not None and (workers < 1 or workers > max(1, cells)):
+        raise ConfigError(f"WORKERS={workers} (--workers) for {cells} cell(s): give 1 to {max(1, cells)}")
+
+
+def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors: bool) -> list[CellOutcome]:
+    """Runs in a worker (or in-process): one outcome per run of the cell."""
     import torch
 
-    from pipeline.ground.errors import ConfigError
     from pipeline.orchestration.training import train_runs
 
+    name = f"{train_req.method} {train_req.bits[0]}b s{train_req.seed}"
+    if train_req.stop_at is not None and time.time() >= train_req.stop_at:
+        return [CellOutcome("not started", f"{name}: not started (the budget is spent; the next run starts it)")]
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -81,54 +116,68 @@ def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors
     except ConfigError as exc:
         if not skip_config_errors:
             raise
-        return [("", f"{train_req.method} at {train_req.bits[0]} bits skipped: {exc}")]
-    return [(r.run_id, f"{r.run_id}: i2t {r.summary.get('i2t_map@50', float('nan')):.4f} "
-                       f"t2i {r.summary.get('t2i_map@50', float('nan')):.4f}"
-                       + (" (cached)" if r.skipped else "")) for r in results]
+        return [CellOutcome("skipped", f"{train_req.method} at {train_req.bits[0]} bits skipped: {exc}")]
+    return [CellOutcome("paused" if r.paused else "cached" if r.skipped else "trained", r.describe(), r.run_id)
+            for r in results]
 
 
-def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print) -> GridResult:
-    """Train every cell (reusing finished runs), then write the tables and the mAP-vs-bits figure."""
+def train_cells(cache: Cache, cells: Sequence, *, workers: int | None, device: str | None,
+                skip_config_errors: bool = False,
+                on_outcome: Callable[[CellOutcome], None] = lambda o: None) -> list[CellOutcome]:
+    """Train ``cells`` (``TrainRequest``s), sequentially or in worker processes; ``on_outcome`` hears of each
+    cell as it ends (in the parent process), and the outcomes come back in cell order."""
+    workers = workers or default_workers(device)
+    if workers <= 1 or len(cells) <= 1:
+        out = []
+        for cell in cells:
+            for outcome in _train_cell(cache, cell, None, skip_config_errors):
+                on_outcome(outcome)
+                out.append(outcome)
+        return out
     import os
 
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log.info("grid: %d cells on %d worker processes (%d CPU threads each)", len(cells), workers, threads)
+    done: dict[int, list[CellOutcome]] = {}
+    # spawn: CUDA cannot be re-initialised in a forked child
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_cell, cache, cell, threads, skip_config_errors): i
+                   for i, cell in enumerate(cells)}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            for outcome in done[futures[future]]:
+                on_outcome(outcome)
+    return [o for i in range(len(cells)) for o in done[i]]  # cell order, whatever finished first
+
+
+def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print,
+             on_outcome: Callable[[CellOutcome], None] = lambda o: None) -> GridResult:
+    """Train every cell (reusing finished runs, resuming checkpoints), then write the tables and figure."""
     from stages.present.plots import plot_map_vs_bits
     from stages.present.published import comparison_markdown
     from stages.present.tables import methods_by_bits, results_table
-    from stages.train.base import METHODS
     from stages.train import methods  # noqa: F401  (registers every method; unknown names fail now)
+    from stages.train.base import METHODS
 
     from pipeline.orchestration.training import check_request
 
     req = replace(req, methods=[METHODS.resolve(m) for m in req.methods])
-    cells = list(_cells(req))
+    cells = grid_cells(req)
     if not cells:
         raise ConfigError("the grid is empty: give at least one method, code length and seed")
+    check_workers(req.workers, len(cells))
     for cell in cells:  # a bad value for the last method fails now, not after the others have trained
         check_request(cell)
-    workers = req.workers or default_workers(req.device)
-    pairs: list[tuple[str, str]] = []
-    if workers <= 1 or len(cells) == 1:
-        for cell in cells:
-            for pair in _train_cell(cache, cell, None, req.skip_config_errors):
-                pairs.append(pair)
-                echo(pair[1])
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        log.info("grid: %d cells on %d worker processes (%d CPU threads each)", len(cells), workers, threads)
-        # spawn: CUDA cannot be re-initialised in a forked child
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_cell, cache, cell, threads, req.skip_config_errors): i
-                       for i, cell in enumerate(cells)}
-            done: dict[int, list[tuple[str, str]]] = {}
-            for future in as_completed(futures):
-                done[futures[future]] = future.result()
-                for pair in done[futures[future]]:
-                    echo(pair[1])
-        pairs = [pair for i in range(len(cells)) for pair in done[i]]  # cell order, whatever finished first
-    run_ids = [rid for rid, _ in pairs if rid]
-    lines = [line for _, line in pairs]
+
+    def heard(outcome: CellOutcome) -> None:
+        echo(outcome.line)
+        on_outcome(outcome)
+
+    outcomes = train_cells(cache, cells, workers=req.workers, device=req.device,
+                           skip_config_errors=req.skip_config_errors, on_outcome=heard)
+    run_ids = [o.run_id for o in outcomes if o.finished]
     if not run_ids:
-        return GridResult([], lines, {}, None, "")
+        return GridResult(outcomes, {}, None, "")
     rows = cache.report_rows(req.dataset, run_ids)
     out_dir = req.out_dir if req.out_dir is not None else cache.reports_dir
     tables = {metric: methods_by_bits(rows, dataset=req.dataset, metric=metric, out_dir=out_dir,
@@ -137,4 +186,4 @@ def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print
     comparison = comparison_markdown(results_table(rows, req.dataset, "map@50"), req.dataset)
     png = tables["map@50"].paths["markdown"].parent / f"{req.dataset}_map_vs_bits.png"
     figure = plot_map_vs_bits(rows, png, dataset=req.dataset)
-    return GridResult(run_ids, lines, tables, figure, comparison)
+    return GridResult(outcomes, tables, figure, comparison)

@@ -23,6 +23,7 @@ from pipeline.ground.errors import ConfigError
 from pipeline.ground.provenance import environment, git_revision, hardware
 from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef
 from pipeline.ground.store.cache import Cache, DatasetCache
+from pipeline.ground.store.checkpoints import RunCheckpoints, training_lock
 from pipeline.ground.store.codes import binarize
 from pipeline.ground.store.features import config_hash
 from pipeline.ground.store.runs import RunDir, RunId
@@ -31,7 +32,7 @@ from stages.train import coding
 from stages.train import methods  # noqa: F401  (registers every method)
 from stages.train.base import (METHODS, FeatureBatch, FeatureDims, HashingMethod, create_method, resolve_config,
                                save_method)
-from stages.train.loop import TrainHistory, encode_split, fit_method
+from stages.train.loop import TrainHistory, TrainingPaused, encode_split, fit_method
 from stages.train.validation import K as VALIDATION_K, Validator, default_every
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ class TrainRequest:
     device: str | None = None
     force: bool = False
     progress: bool = True
+    #: epochs between checkpoints (None: every ``checkpoints.DEFAULT_INTERVAL_S`` seconds of training)
+    checkpoint_every: int | None = None
+    #: a ``time.time()`` after which a run checkpoints and pauses at its next epoch boundary (``cmh table --budget``)
+    stop_at: float | None = None
+
+
+#: Request fields that change how a run is carried out, never what it computes (kept out of config.json).
+_NOT_RECORDED = ("force", "progress", "checkpoint_every", "stop_at")
 
 
 @dataclass
@@ -61,6 +70,21 @@ class RunResult:
     bits: int
     summary: dict[str, float]
     skipped: bool = False
+    resumed_from: int | None = None  # epochs a checkpoint had done when this run resumed
+    paused: TrainingPaused | None = None  # the run stopped at its deadline; a checkpoint holds it
+
+    def describe(self) -> str:
+        """One line: the run id and its mAP@50, or where it paused."""
+        if self.paused is not None:
+            return f"{self.run_id}: {self.paused}"
+        s = self.summary
+        state = "cached" if self.skipped else f"trained in {s.get('train_s', 0):.1f}s"
+        if self.resumed_from:
+            state += f", resumed from epoch {self.resumed_from}"
+        val = (f"; validation i2t {s['i2t_val_map@50']:.4f} t2i {s['t2i_val_map@50']:.4f}"
+               if "i2t_val_map@50" in s else "")
+        return (f"{self.run_id}: mAP@50 i2t {s.get('i2t_map@50', float('nan')):.4f} "
+                f"t2i {s.get('t2i_map@50', float('nan')):.4f}{val} ({state})")
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:
@@ -90,10 +114,20 @@ def check_request(req: TrainRequest) -> str:
     check_device(req.device)
     if req.seed < 0:
         raise ConfigError(f"training seed {req.seed}: give a whole number >= 0 (SEED=/--seed)")
+    if req.checkpoint_every is not None and req.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every {req.checkpoint_every}: give a number of epochs >= 1 (CHECKPOINT_EVERY=), "
+                          f"or leave it out to checkpoint every few minutes")
     overrides = {**req.overrides, **({"epochs": req.epochs} if req.epochs is not None else {})}
     closed_form = METHODS.get(method_name).builder.closed_form
     check_training_length(method_name, resolve_config(method_name, req.dataset, overrides), closed_form)
     return method_name
+
+
+def planned_run_ids(req: TrainRequest) -> list[str]:
+    """The run id each code length of ``req`` trains into, without reading any data (``cmh table``)."""
+    method_name = check_request(req)
+    req = _with_default_features(req, method_name, quiet=True)
+    return [_spec(req, method_name, bits).run_id for bits in req.bits]
 
 
 def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
@@ -111,22 +145,41 @@ def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
             log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
             results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
             continue
-        method = _new_method(spec, data, req)
-        meta = _meta(spec, req, method, data, dataset, device)
-        run.write_config({**meta, **_provenance(spec, req, data, dataset)})  # written before training starts
-        history = _fit(method, spec, data, req, device)
-        run.write_model(lambda path: save_method(method, path))
-        run.write_history({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
-                           "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection})
-        codes, encode_s = _write_codes(run, method, spec, data, req)
-        rows, curves, eval_s = _evaluate(codes, history, req)
-        timings = {"load_s": data.load_s, "train_s": history.seconds,
-                   "train_s_per_epoch": history.seconds_per_epoch, "validation_s": history.validation_s,
-                   "encode_s": encode_s, "eval_s": eval_s}
-        _write_report(run, rows, curves, {**meta, "n_validation": len(data.features["validation"]),
-                                          **_selection(history), **timings})
-        results.append(RunResult(spec.run_id, run.path, bits, {**_summary(rows), **timings}))
+        with training_lock(run.path, spec.run_id):
+            results.append(_train_one(run, spec, req, dataset, data, device))
     return results
+
+
+def _train_one(run: RunDir, spec: "_Spec", req: TrainRequest, dataset: DatasetCache, data: "_Data",
+               device: str) -> RunResult:
+    """One run, holding its lock: fit (resuming a checkpoint) -> codes -> evaluate -> write."""
+    checkpoints = RunCheckpoints(run.path, {"config_hash": RunId.parse(spec.run_id).key, "code_version": RESULTS_VERSION,
+                                            "data_fingerprint": dataset.items_meta.get("fingerprint")},
+                                 every=req.checkpoint_every)
+    if req.force:
+        checkpoints.discard()  # --force: from scratch
+        run.mark_incomplete()
+    method = _new_method(spec, data, req)
+    meta = _meta(spec, req, method, data, dataset, device)
+    run.write_config({**meta, **_provenance(spec, req, data, dataset)})  # written before training starts
+    try:
+        history = _fit(method, spec, data, req, device, checkpoints)
+    except TrainingPaused as paused:
+        return RunResult(spec.run_id, run.path, spec.bits, {}, paused=paused)
+    run.write_model(lambda path: save_method(method, path))
+    run.write_history({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
+                       "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection,
+                       "resumed_from": history.resumed_from, "checkpoints": history.checkpoints,
+                       "checkpoint_s": history.checkpoint_s})
+    codes, encode_s = _write_codes(run, method, spec, data, req)
+    rows, curves, eval_s = _evaluate(codes, history, req)
+    timings = {"load_s": data.load_s, "train_s": history.seconds, "train_s_per_epoch": history.seconds_per_epoch,
+               "validation_s": history.validation_s, "encode_s": encode_s, "eval_s": eval_s}
+    _write_report(run, rows, curves, {**meta, "n_validation": len(data.features["validation"]),
+                                      **_selection(history), **timings})
+    checkpoints.discard()  # a finished run keeps its model, not its checkpoint
+    return RunResult(spec.run_id, run.path, spec.bits, {**_summary(rows), **timings},
+                     resumed_from=history.resumed_from)
 
 
 @dataclass
@@ -154,13 +207,15 @@ class _Spec:
     run_id: str
 
 
-def _with_default_features(req: TrainRequest, method_name: str) -> TrainRequest:
+def _with_default_features(req: TrainRequest, method_name: str, quiet: bool = False) -> TrainRequest:
     builder = METHODS.get(method_name).builder
     if req.image is not None and req.text is not None:
         return req
     req = dataclasses.replace(req, image=req.image or builder.default_image_features,
                               text=req.text or builder.default_text_features)
-    log.info("%s reads image=%s text=%s (its defaults; set IMAGE=/TEXT= to choose)", method_name, req.image, req.text)
+    if not quiet:
+            log.info("%s reads image=%s text=%s (its defaults; set IMAGE=/TEXT= to choose)", method_name, req.image,
+                 req.text)
     return req
 
 
@@ -218,7 +273,7 @@ def _meta(spec: _Spec, req: TrainRequest, method: HashingMethod, data: _Data, da
 def _provenance(spec: _Spec, req: TrainRequest, data: _Data, dataset: DatasetCache) -> dict[str, Any]:
     """What config.json adds: the request, resolved config, widths, environment and the data's fingerprints."""
     return {
-        "request": {k: v for k, v in dataclasses.asdict(req).items() if k not in ("force", "progress")},
+        "request": {k: v for k, v in dataclasses.asdict(req).items() if k not in _NOT_RECORDED},
         "config": spec.resolved, "dims": dataclasses.asdict(data.dims), "environment": environment(),
         "data": {k: dataset.items_meta.get(k) for k in ("fingerprint", "source", "text_kind")},
         "splits": dataset.splits_meta,
@@ -228,7 +283,8 @@ def _provenance(spec: _Spec, req: TrainRequest, data: _Data, dataset: DatasetCac
     }
 
 
-def _fit(method: HashingMethod, spec: _Spec, data: _Data, req: TrainRequest, device: str) -> TrainHistory:
+def _fit(method: HashingMethod, spec: _Spec, data: _Data, req: TrainRequest, device: str,
+         checkpoints: RunCheckpoints) -> TrainHistory:
     log.info("training %s at %d bits on %d items (%s / %s) on %s", spec.method, spec.bits,
              len(data.features["train"]), req.image, req.text, device)
     paired = req.eval_mode == "paired"
@@ -237,7 +293,7 @@ def _fit(method: HashingMethod, spec: _Spec, data: _Data, req: TrainRequest, dev
                           encode=functools.partial(encode_split, paired=paired),
                           every=default_every(int(spec.config.epochs)) if not method.closed_form else 1)
     return fit_method(method, data.batches["train"], seed=req.seed, device=device, progress=req.progress,
-                      validator=validator)
+                      validator=validator, checkpoints=checkpoints, stop_at=req.stop_at)
 
 
 def _write_codes(run: RunDir, method: HashingMethod, spec: _Spec, data: _Data,

@@ -88,6 +88,13 @@ def scan_results(results_root: Path, dataset: str) -> ResultsScan:
     return scan
 
 
+def current_run_ids(results_root: Path, dataset: str) -> set[str]:
+    """Run ids with a result file of the current code version (none when nothing is published yet)."""
+    if not (Path(results_root) / dataset).is_dir():
+        return set()
+    return {p.stem for p in scan_results(results_root, dataset).current}
+
+
 def results_tables(results_root: Path, dataset: str, out_dir: Path | None = None,
                    metric: str = "map@50") -> tuple[MethodsTable, ResultsScan]:
     """The methods × bits table of the current result files (validation score beside the test score)."""

@@ -35,14 +35,14 @@ LIMIT $k
 #: One metric across runs: mean, std and seeds per configuration, over the report rows registered as
 #: ``rows`` (``pipeline.ground.store.cache.read_report_rows``: the union of every run's columns).
 RESULTS_SQL = """
-SELECT dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, bits, task,
+SELECT dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, device, bits, task,
        count(*) AS n_seeds, avg(value) AS mean, stddev_samp(value) AS std, list(seed ORDER BY seed) AS seeds,
        max(paper_epochs) AS paper_epochs, bool_or(supervised) AS supervised
 FROM rows
 WHERE metric = $metric AND ($dataset IS NULL OR dataset = $dataset)
   AND ($run_ids IS NULL OR list_contains($run_ids, run_id))
 GROUP BY ALL
-ORDER BY dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, task, bits
+ORDER BY dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, device, task, bits
 """
 
 #: The same numbers pivoted to the papers' layout (rows = method, columns = bits), for one task.

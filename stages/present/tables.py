@@ -18,8 +18,9 @@ from pipeline.ground.store.parquet import write_table_atomic
 from stages.present.sql import RESULTS_SQL
 
 TASK_ORDER = ("i2t", "t2i", "i2i", "t2t")
-#: What makes two runs the same configuration (seeds of one configuration are averaged).
-IDENTITY = ("method", "image_features", "text_features", "eval_mode", "tie_rule", "epochs", "config_hash")
+#: What makes two runs the same configuration (seeds of one configuration are averaged). The device is part
+#: of it: CUDA kernels give other codes than the CPU's for the same seed, so a cell never pools the two.
+IDENTITY = ("method", "image_features", "text_features", "eval_mode", "tie_rule", "epochs", "config_hash", "device")
 
 
 def results_table(rows: pa.Table, dataset: str | None = None, metric: str = "map@50",
@@ -28,6 +29,8 @@ def results_table(rows: pa.Table, dataset: str | None = None, metric: str = "map
     over report rows (``Cache.report_rows`` or ``read_report_rows`` of published files)."""
     import duckdb
 
+    if "device" not in rows.column_names:  # rows written before the device was recorded: one unknown device
+        rows = rows.append_column("device", pa.nulls(rows.num_rows, pa.string()))
     con = duckdb.connect()
     try:
         con.register("rows", rows)

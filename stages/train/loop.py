@@ -4,6 +4,11 @@ It owns the optimiser, the weighted sum of a method's named loss terms, per-term
 non-finite guard and the validation curve; methods only compute terms. Model selection never looks at
 the query set: the model after the last epoch is the one that is kept.
 
+A run can be stopped and resumed: at epoch boundaries the loop hands its whole state (model, optimiser,
+every RNG state, the epoch order's generator, the history so far) to a checkpoint store, and on start
+it continues from the saved state, so a resumed run ends bit-identical to one never interrupted. The
+store decides where and when (``Checkpoints``); the loop decides what a state holds.
+
 On a GPU the loop never waits for the device inside an epoch: the training split is moved to the
 device once, per-term sums are accumulated there, and both the logged values and the non-finite
 guard are read once at the end of the epoch (a NaN or inf in any step makes its term's sum
@@ -15,8 +20,12 @@ import dataclasses
 import itertools
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -36,6 +45,9 @@ class TrainHistory:
     #: settings chosen on validation by a closed-form method: {"grid": [...], "chosen": {...}}
     selection: dict = field(default_factory=dict)
     validation_s: float = 0.0  # seconds spent scoring validation (inside ``seconds``)
+    resumed_from: int | None = None  # the epoch (0-based: epochs done) a checkpoint was resumed at
+    checkpoints: int = 0  # checkpoints written
+    checkpoint_s: float = 0.0  # seconds spent writing them (inside ``seconds``)
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -44,6 +56,24 @@ class TrainHistory:
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class TrainingPaused(Exception):
+    """Training stopped at an epoch boundary after its deadline; a checkpoint holds the state."""
+
+    def __init__(self, epochs_done: int, epochs: int) -> None:
+        super().__init__(f"paused after epoch {epochs_done} of {epochs}; the next run resumes there")
+        self.epochs_done, self.epochs = epochs_done, epochs
+
+
+class Checkpoints(Protocol):
+    """Where a training state is kept between processes (``pipeline.ground.store.checkpoints``)."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: Mapping[str, Any]) -> None: ...
+
+    def due(self, epochs_done: int, epochs: int) -> bool: ...
 
 
 def _slice(batch: FeatureBatch, idx: Tensor) -> FeatureBatch:
@@ -74,12 +104,16 @@ def fit_method(
     epochs: int | None = None,
     progress: bool = False,
     validator: Validator | None = None,
+    checkpoints: Checkpoints | None = None,
+    stop_at: float | None = None,
 ) -> TrainHistory:
     """Train ``method`` on the whole training split ``train`` (all rows, on the CPU or ``device``).
 
     With a ``validator``, a deep method is scored on the validation split every ``validator.every``
     epochs and after the last (``history.validation``), and a closed-form method may choose the
-    settings its paper leaves open on it (``history.selection``).
+    settings its paper leaves open on it (``history.selection``). With ``checkpoints``, a deep method
+    resumes from the saved state and saves its state when they say so; past ``stop_at`` (a
+    ``time.time()``), it saves and raises ``TrainingPaused`` at the next epoch boundary.
     """
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -91,8 +125,9 @@ def fit_method(
         history = _fit_closed_form(method, train.to(device), validator)
     else:
         history = _fit_by_gradient(method, train, seed=seed, device=device, progress=progress, validator=validator,
-                                   epochs=method.cfg.epochs if epochs is None else epochs)
-    history.seconds = time.perf_counter() - start
+                                   epochs=method.cfg.epochs if epochs is None else epochs, checkpoints=checkpoints,
+                                   stop_at=stop_at, start=start)
+    history.seconds += time.perf_counter() - start
     return history
 
 
@@ -107,19 +142,27 @@ def _fit_closed_form(method: HashingMethod, train: FeatureBatch, validator: Vali
 
 
 def _fit_by_gradient(method: HashingMethod, train: FeatureBatch, *, seed: int, device: str | torch.device,
-                     progress: bool, validator: Validator | None, epochs: int) -> TrainHistory:
+                     progress: bool, validator: Validator | None, epochs: int, checkpoints: Checkpoints | None,
+                     stop_at: float | None, start: float) -> TrainHistory:
     """``epochs`` passes over the training split in a seeded order; the optimiser owns the weighted sum."""
     history = TrainHistory()
     optimizer = make_optimizer(method)
     generator = torch.Generator().manual_seed(seed)
     train_dev = train.to(device)
+    first = 0
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        first = _restore(saved, method, optimizer, generator, history)
+        log.info("%s %db: resumed from epoch %d of %d", method.name, method.bits, first, epochs)
     bar = None
     if progress:
         from pipeline.ground.progress import progress_bar
 
         bar = progress_bar(total=epochs, description=f"train {method.name} {method.bits}b", unit="epoch")
+        if first:
+            bar.update(first, postfix=f"resumed from epoch {first}")
     try:
-        for epoch in range(epochs):
+        for epoch in range(first, epochs):
             record = _epoch(method, optimizer, train_dev, generator, epoch, device)
             history.epochs.append(record)
             if validator is not None and validator.due(epoch, epochs):
@@ -128,10 +171,59 @@ def _fit_by_gradient(method: HashingMethod, train: FeatureBatch, *, seed: int, d
                 bar.update(1, postfix=f"loss {record.get('total', math.nan):.4f}")
             if epoch == 0 or (epoch + 1) % max(1, epochs // 5) == 0 or epoch == epochs - 1:
                 log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k}={v:.4f}" for k, v in record.items()))
+            if checkpoints is None:
+                continue
+            pause = stop_at is not None and time.time() >= stop_at and epoch + 1 < epochs
+            if pause or checkpoints.due(epoch + 1, epochs):
+                t_save = time.perf_counter()
+                checkpoints.save(_state(method, optimizer, generator, epoch + 1, history,
+                                        history.seconds + t_save - start))
+                history.checkpoints += 1
+                history.checkpoint_s += time.perf_counter() - t_save
+            if pause:
+                raise TrainingPaused(epoch + 1, epochs)
     finally:
         if bar is not None:
             bar.close()
     return history
+
+
+def _state(method: HashingMethod, optimizer: torch.optim.Optimizer, generator: torch.Generator, epochs_done: int,
+           history: TrainHistory, seconds: float) -> dict[str, Any]:
+    """Everything the next epoch depends on, at an epoch boundary."""
+    return {
+        "epoch": epochs_done,
+        "model": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "order": generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None},
+        "history": {"epochs": history.epochs, "validation": history.validation, "seconds": seconds,
+                    "validation_s": history.validation_s, "checkpoints": history.checkpoints,
+                    "checkpoint_s": history.checkpoint_s},
+    }
+
+
+def _restore(state: Mapping[str, Any], method: HashingMethod, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, history: TrainHistory) -> int:
+    """Put a saved state back; returns the number of epochs it had done."""
+    method.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    generator.set_state(rng["order"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    saved = state["history"]
+    history.epochs = list(saved["epochs"])
+    history.validation = list(saved["validation"])
+    history.seconds = float(saved["seconds"])
+    history.validation_s = float(saved["validation_s"])
+    history.checkpoints, history.checkpoint_s = int(saved["checkpoints"]), float(saved["checkpoint_s"])
+    history.resumed_from = int(state["epoch"])
+    return int(state["epoch"])
 
 
 def _epoch(method: HashingMethod, optimizer: torch.optim.Optimizer, train: FeatureBatch, generator: torch.Generator,

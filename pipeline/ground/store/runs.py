@@ -167,6 +167,12 @@ class RunDir:
 
         return read_codes(self.codes_dir, split, unpack=unpack)
 
+    def mark_incomplete(self) -> None:
+        """Retraining in place: drop the report (and curves) first, so that until the new report is written
+        the run reads as unfinished, never as the old run."""
+        for path in (self.report_path, self.curves_path):
+            path.unlink(missing_ok=True)
+
     def is_complete(self) -> bool:
         return self.report_path.exists()
 

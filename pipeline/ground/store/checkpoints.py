@@ -1,0 +1,177 @@
+"""A training run's checkpoint and its writer's lock, both in the run folder.
+
+``checkpoint.pt`` holds what a killed run needs to go on exactly where it stopped (the training loop
+decides its content: model, optimiser, every RNG state, the epoch, the history so far) together with
+the identity of what wrote it: the run's config hash and the code version. It is written atomically
+(a temporary file renamed into place), so a kill or a full disk in the middle of a write leaves the
+previous checkpoint as it was. A checkpoint that cannot be read, or that another config or code
+version wrote, is said in one line and training starts over; a folder, FIFO or other non-file in its
+place is refused in one line, since deleting it is the user's call.
+
+``train.lock`` is held (``flock``) for as long as a process trains the run, and names that process,
+so a second process asked to train the same run refuses instead of writing beside it. The kernel
+releases the lock when its holder dies, even by SIGKILL, so a stale lock never blocks a rerun.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from pipeline.ground.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = "train.lock"
+#: Default interval between checkpoints: a kill loses at most about this much work (plus one epoch).
+DEFAULT_INTERVAL_S = 300.0
+
+
+class RunCheckpoints:
+    """Load, save and drop one run's checkpoint; ``due`` says when the loop should save.
+
+    ``identity`` (the config hash and code version) is stored with every checkpoint and must match for
+    a checkpoint to be resumed. ``every`` (epochs) overrides the time-based default interval.
+    """
+
+    def __init__(self, run_dir: Path, identity: Mapping[str, Any], *, every: int | None = None,
+                 interval_s: float = DEFAULT_INTERVAL_S, say: Callable[[str], None] = log.warning) -> None:
+        if every is not None and every < 1:
+            raise CacheError(f"--checkpoint-every {every}: give a number of epochs >= 1 (or leave it out: every "
+                             f"{interval_s / 60:.0f} minutes)")
+        self.path = Path(run_dir) / CHECKPOINT_FILE
+        self.identity = dict(identity)
+        self.every, self.interval_s, self.say = every, interval_s, say
+        self._last = time.monotonic()
+        self.saved = 0  # checkpoints written by this process
+        self.save_s = 0.0  # seconds spent writing them
+
+    # -- when ----------------------------------------------------------------------------------
+    def due(self, epochs_done: int, epochs: int) -> bool:
+        """After epoch ``epochs_done`` (1-based) of ``epochs``: write a checkpoint now? Never after the last."""
+        if epochs_done >= epochs:
+            return False
+        if self.every is not None:
+            return epochs_done % self.every == 0
+        return time.monotonic() - self._last >= self.interval_s
+
+    # -- reading -------------------------------------------------------------------------------
+    def load(self) -> dict[str, Any] | None:
+        """The saved state to resume from, or None (no checkpoint, or one that is said and skipped)."""
+        import torch
+
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+            raise CacheError(f"{self.path} is {kind}, where the run's checkpoint belongs: remove it "
+                             f"(`rm -r {self.path}`) and run the command again")
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises many types for a truncated or foreign file
+            self.say(f"{self.path} cannot be read ({type(exc).__name__}: a truncated or damaged checkpoint); "
+                     f"training starts over from epoch 0")
+            return None
+        if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict) or "state" not in saved:
+            self.say(f"{self.path} is not a cmh checkpoint; training starts over from epoch 0")
+            return None
+        differs = {k: (saved["identity"].get(k), v) for k, v in self.identity.items() if saved["identity"].get(k) != v}
+        if differs:
+            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differs.items())
+            self.say(f"{self.path} was written by another setup ({what}); training starts over from epoch 0")
+            return None
+        return saved["state"]
+
+    # -- writing -------------------------------------------------------------------------------
+    def save(self, state: Mapping[str, Any]) -> None:
+        """Write the checkpoint atomically; the previous one stays intact if anything fails."""
+        import torch
+
+        start = time.perf_counter()
+        folder = self.path.parent
+        if self.path.exists() and not self.path.is_file():
+            raise CacheError(f"{self.path} is not a regular file, so the run's checkpoint cannot be written: remove "
+                             f"it (`rm -r {self.path}`) and run the command again")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=CHECKPOINT_FILE + ".", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save({"identity": self.identity, "state": dict(state)}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _match_umask(tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._last = time.monotonic()
+        self.saved += 1
+        self.save_s += time.perf_counter() - start
+
+    def discard(self) -> None:
+        """Drop the checkpoint (a finished run keeps only its model)."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.is_dir():
+                return  # refused by load/save with the fix; never deleted behind the user's back
+            self.path.unlink()
+
+
+def _match_umask(path: str) -> None:
+    """mkstemp makes files 0600; give the checkpoint the mode any other file would get."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+@contextlib.contextmanager
+def training_lock(run_dir: Path, run_id: str) -> Iterator[None]:
+    """Hold the run's ``train.lock`` while training; CacheError naming the holder when another has it."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(run_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise CacheError(f"run {run_id} is being trained by process {holder} (holding {path}); wait for it to "
+                             f"finish, or stop it, then run the command again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # while still held: the next trainer makes a fresh one
+    finally:
+        os.close(fd)
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """The pid training the run now (its lock is held), or None."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,140 @@
+"""The published table, the use case: train only the cells ``results/`` lacks, publish each as it finishes.
+
+``cmh table`` (``make table``) plans every method × bits × seed cell, skips those whose report rows are
+already in ``results/<dataset>/`` with the same run id (hence config hash) and the current code version,
+and trains the rest, every cell's seed 1 before any seed 2. Each finished cell is copied into
+``results/`` at once, so a kill loses at most the running cells' work since their last checkpoint, and
+a rerun resumes them. ``budget_h`` stops new cells from starting after that many hours and pauses the
+running ones at a checkpoint. ``pack`` writes the rows published by this call into one archive that
+unpacks into ``results/`` (how the rows of a GPU pass come home). With ``readme``, the README block and
+figure are regenerated from ``results/`` at the end.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.ground.errors import ConfigError
+from pipeline.ground.store.cache import Cache
+from pipeline.orchestration.grid import CellOutcome, GridRequest, check_workers, grid_cells, train_cells
+
+log = logging.getLogger(__name__)
+
+ALL_METHODS = ("baseline", "cca-itq", "djsrh", "dsah", "ccah", "ucmfh", "cfrh", "dsprh", "fjsph")
+
+
+@dataclass
+class TableRequest:
+    dataset: str = "mirflickr"
+    methods: Sequence[str] = ALL_METHODS
+    bits: Sequence[int] = (16, 32, 64, 128)
+    seeds: Sequence[int] = (1, 2, 3)
+    results: Path = Path("results")
+    readme: Path | None = None  # regenerate this README's block and figure from results/ at the end
+    budget: str | float | None = None  # hours after which no cell starts and running cells pause
+    workers: int | None = None
+    device: str | None = None
+    epochs: dict[str, int] = field(default_factory=dict)  # method (or "*") -> epochs; a dry run's short schedule
+    checkpoint_every: int | None = None
+    pack: Path | None = None  # a .tar.gz of the rows this call published
+
+
+@dataclass
+class TableResult:
+    planned: int  # cells in the table
+    already: list[str]  # run ids already in results/ (current code version)
+    outcomes: list[CellOutcome]  # the cells trained (or not) now
+    published: list[Path]  # result files written now
+    archive: Path | None = None
+
+    @property
+    def missing(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if not o.finished]
+
+
+def parse_budget(budget: str | float | None) -> float | None:
+    """Hours as a positive number; ConfigError naming the fix otherwise."""
+    if budget is None or budget == "":
+        return None
+    try:
+        hours = float(budget)
+    except (TypeError, ValueError):
+        hours = math.nan
+    if not math.isfinite(hours) or hours <= 0:
+        raise ConfigError(f"BUDGET={budget} (--budget): give the hours as a number > 0, e.g. BUDGET=2.5, or leave it "
+                          f"out to train every missing cell")
+    return hours
+
+
+def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = print) -> TableResult:
+    from pipeline.orchestration.training import check_request, planned_run_ids
+    from stages.present.results import current_run_ids, publish_runs
+    from stages.train import methods  # noqa: F401  (registers every method)
+    from stages.train.base import METHODS
+
+    hours = parse_budget(req.budget)
+    names = [METHODS.resolve(m) for m in req.methods]
+    grid = GridRequest(dataset=req.dataset, methods=names, bits=req.bits, seeds=req.seeds, epochs=dict(req.epochs),
+                       workers=req.workers, device=req.device, checkpoint_every=req.checkpoint_every,
+                       stop_at=None if hours is None else time.time() + hours * 3600)
+    cells = grid_cells(grid)
+    if not cells:
+        raise ConfigError("the table is empty: give at least one method, code length and seed")
+    for cell in cells:  # every check that needs no data, before the first cell trains
+        check_request(cell)
+    published_ids = current_run_ids(req.results, req.dataset)
+    todo, already = [], []
+    for cell in cells:
+        (run_id,) = planned_run_ids(cell)
+        if run_id in published_ids:
+            already.append(run_id)
+        else:
+            todo.append(cell)
+    if todo:
+        check_workers(req.workers, len(todo))
+    echo(f"{req.dataset}: {len(cells)} cells; {len(already)} already in {req.results} (this code version), "
+         f"{len(todo)} to train" + (f", within {hours:g} h" if hours else ""))
+    published: list[Path] = []
+
+    def publish(outcome: CellOutcome) -> None:
+        echo(outcome.line)
+        if outcome.finished:
+            published.extend(publish_runs([cache.run(outcome.run_id)], req.results))
+
+    outcomes = train_cells(cache, todo, workers=req.workers, device=req.device, on_outcome=publish)
+    result = TableResult(len(cells), already, outcomes, published)
+    if req.pack is not None and published:
+        result.archive = _pack(published, req.results, req.pack)
+        echo(f"{len(published)} new result file(s) packed into {result.archive} (unpack with "
+             f"`tar -xzf {result.archive.name} -C {req.results}`)")
+    missing = result.missing
+    echo(f"{len(published)} cell(s) published now; {len(missing)} still missing" +
+         (": " + ", ".join(o.line.split(':')[0] for o in missing[:8]) + (" ..." if len(missing) > 8 else "")
+          if missing else ""))
+    if req.readme is not None:
+        from pipeline.orchestration.reporting import ResultsReportRequest, report_results
+
+        report_results(ResultsReportRequest(req.results, req.dataset, req.readme), echo=lambda line: None,
+                       warn=echo)
+        echo(f"{req.readme}: the results block and figure regenerated from {req.results}")
+    return result
+
+
+def _pack(files: Sequence[Path], results: Path, out: Path) -> Path:
+    """``out`` (.tar.gz) with ``<dataset>/<run>.parquet`` members, written atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for f in files:
+                tar.add(f, arcname=str(Path(f).resolve().relative_to(Path(results).resolve())))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,59 @@
+"""`cmh table`: only the missing cells, seed 1 first, each published as it finishes; the GPU pass's code
+path (parallel workers, an archive of the new rows) dry-run on the CPU with 2 methods and 2 epochs."""
+from __future__ import annotations
+
+import tarfile
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.orchestration.table import TableRequest, build_table
+from tests.faults.conftest import one_line_error
+
+
+def _req(results, **kw) -> TableRequest:
+    base = dict(dataset="demo", methods=("djsrh", "dsah"), bits=(16,), seeds=(1, 2), results=results,
+                epochs={"*": 2})
+    return TableRequest(**{**base, **kw})
+
+
+def test_dry_run_of_the_gpu_pass_publishes_every_cell_and_packs_the_new_rows(demo, tmp_path):
+    results = tmp_path / "results"
+    lines: list[str] = []
+    out = build_table(demo, _req(results, workers=2, device="cpu", pack=tmp_path / "new.tar.gz"), echo=lines.append)
+    assert len(out.published) == 4 and not out.missing and out.archive is not None
+    # every seed 1 before any seed 2, whatever finished first
+    assert [o.run_id.split("-")[3] for o in out.outcomes] == ["s1", "s1", "s2", "s2"]
+    with tarfile.open(out.archive) as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(f"demo/{p.name}" for p in out.published)
+    rows = pq.read_table(out.published[0]).to_pylist()
+    assert {r["device"] for r in rows} == {"cpu"} and all(r["train_s"] > 0 for r in rows)
+    # a rerun finds every cell published: nothing is trained
+    again = build_table(demo, _req(results), echo=lines.append)
+    assert len(again.already) == 4 and not again.outcomes and not again.published
+    assert any("4 already in" in line for line in lines)
+
+
+def test_a_budget_starts_no_cell_after_it_and_the_next_call_does_the_rest(demo, tmp_path):
+    results = tmp_path / "results"
+    out = build_table(demo, _req(results, budget=1e-9, checkpoint_every=1), echo=lambda line: None)
+    assert not out.published and {o.status for o in out.outcomes} <= {"not started", "paused"}
+    time.sleep(0.01)
+    rest = build_table(demo, _req(results), echo=lambda line: None)
+    assert len(rest.published) == 4
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])
+def test_bad_budget_is_one_line(demo, cli, tmp_path, value):
+    line = one_line_error(cli("table", "--dataset", "demo", "--methods", "djsrh", "--bits", "16", "--seeds", "1",
+                              "--budget", value, "--results", tmp_path / "r", "--cache", demo.root))
+    assert f"BUDGET={value}" in line and "number > 0" in line
+
+
+@pytest.mark.parametrize("workers", ["0", "5"])
+def test_workers_outside_one_to_the_cells_is_one_line(demo, cli, tmp_path, workers):
+    line = one_line_error(cli("table", "--dataset", "demo", "--methods", "djsrh,dsah", "--bits", "16", "--seeds", "1",
+                              "--workers", workers, "--results", tmp_path / "r", "--cache", demo.root))
+    assert f"WORKERS={workers}" in line and "give 1 to 2" in line
