@@ -84,11 +84,31 @@ def _slice(batch: FeatureBatch, idx: Tensor) -> FeatureBatch:
     )
 
 
+#: PyTorch's fused CPU SGD kernel updates each whole SIMD vector exactly as the default per-parameter loop
+#: does, but computes the elements after a tensor's last full vector in scalar code that rounds differently.
+#: A parameter whose size is a multiple of this (of every float vector width) has no such elements.
+_FUSED_SGD_MULTIPLE = 64
+
+
+def _sgd_groups(groups: list[dict]) -> list[dict]:
+    """Split each group so that the CPU parameters without a partial last vector run through the fused
+    SGD kernel (one pass per tensor instead of four; a CFRH epoch measured ~15% faster) and the others
+    through the default loop: bit-identical updates either way (tests/train/test_loop_speed.py)."""
+    out = []
+    for group in groups:
+        params = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
+        exact = [p.device.type == "cpu" and p.numel() % _FUSED_SGD_MULTIPLE == 0 for p in params]
+        fused = [p for p, ok in zip(params, exact) if ok]
+        rest = [p for p, ok in zip(params, exact) if not ok]
+        out += [dict(group, params=ps, fused=flag) for ps, flag in ((fused, True), (rest, None)) if ps]
+    return out
+
+
 def make_optimizer(method: HashingMethod) -> torch.optim.Optimizer:
     cfg = method.cfg
     groups = method.param_groups()
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        return torch.optim.SGD(_sgd_groups(groups), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)

@@ -95,3 +95,39 @@ def test_fusion_transformer_rows_never_interact():
     with pytest.raises(ValueError, match="divisible"):
         FusionTransformer(10, nhead=4)
     assert math.isfinite(float(whole.sum()))
+
+
+def _stock_and_fast(fusion: FusionTransformer, x0: torch.Tensor, seed: int, live: torch.Tensor | None = None):
+    """Output, input gradient, parameter gradients and RNG state after one training step of the stock
+    ``nn.TransformerEncoder`` on m one-token sequences and of FusionTransformer's training path (which
+    may compute the rows ``live`` only; the loss then reads those rows only)."""
+    results = []
+    rows = torch.arange(x0.shape[0]) if live is None else live
+    for stock in (True, False):
+        fusion.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_(True)
+        torch.manual_seed(seed)
+        out = fusion.encoder(x.unsqueeze(1)).squeeze(1) if stock else fusion(x, live)
+        out = out[rows]
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad, {n: p.grad for n, p in fusion.named_parameters()},
+                        torch.get_rng_state()))
+    return results
+
+
+@pytest.mark.parametrize("width,rows,dropout,dead", [(64, 33, 0.1, 0), (96, 50, 0.3, 0), (256, 40, 0.1, 0),
+                                                     (64, 48, 0.1, 16), (256, 64, 0.1, 20)])
+def test_fusion_transformer_training_path_is_bit_identical_to_the_stock_encoder(width, rows, dropout, dead):
+    torch.manual_seed(0)
+    fusion = FusionTransformer(width, nhead=4, num_layers=2, dim_feedforward=2 * width, dropout=dropout).train()
+    with torch.no_grad():  # non-zero biases, as after some training
+        for p in fusion.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    x0 = torch.randn(rows, width)
+    live = torch.randperm(rows)[dead:].sort().values if dead else None
+    for seed in range(3):
+        (out, x_grad, grads, rng), (out2, x_grad2, grads2, rng2) = _stock_and_fast(fusion, x0, seed, live)
+        assert torch.equal(out, out2) and torch.equal(x_grad, x_grad2) and torch.equal(rng, rng2)
+        assert [n for n in grads if not torch.equal(grads[n], grads2[n])] == []
+    in_proj = fusion.encoder.layers[0].self_attn.in_proj_weight
+    assert not in_proj.grad[:2 * width].any()  # query/key rows: exactly zero, as in the stock encoder

@@ -155,8 +155,9 @@ class MaskedFusion(nn.Module):
         self.missing_image = nn.Parameter(torch.zeros(self.widths[0]))  # stands in for an absent image
         self.missing_text = nn.Parameter(torch.zeros(self.widths[1]))
 
-    def _fuse(self, u_i: Tensor, u_t: Tensor) -> tuple[Tensor, Tensor]:
-        fused = F.normalize(self.transformer(torch.cat([u_i, u_t], dim=1)), dim=1)  # (m, w_i + w_t)
+    def _fuse(self, u_i: Tensor, u_t: Tensor, live: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``live``: rows whose halves are used (None: all); the others come back meaningless."""
+        fused = F.normalize(self.transformer(torch.cat([u_i, u_t], dim=1), live), dim=1)  # (m, w_i + w_t)
         return fused[:, : self.widths[0]], fused[:, self.widths[0]:]
 
     def paired(self, x_i: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
@@ -178,8 +179,10 @@ class MaskedFusion(nn.Module):
         s = rows.numel()
         inputs_i = torch.cat([u_i, u_i[rows], self.missing_image.expand(s, -1)])  # (m + 2s, w_i)
         inputs_t = torch.cat([u_t, self.missing_text.expand(s, -1), u_t[rows]])  # (m + 2s, w_t)
-        z_i_all, z_t_all = self._fuse(inputs_i, inputs_t)
         m = u_i.shape[0]
+        # the pair outputs of the solo rows are replaced below: the transformer may skip them (same numbers)
+        live = torch.cat([(~solo).nonzero().squeeze(1), torch.arange(m, m + 2 * s, device=solo.device)])
+        z_i_all, z_t_all = self._fuse(inputs_i, inputs_t, live)
         z_i = z_i_all[:m].index_copy(0, rows, z_i_all[m:m + s])  # image half: image alone on solo rows
         z_t = z_t_all[:m].index_copy(0, rows, z_t_all[m + s:])  # text half: text alone on solo rows
         return z_i, z_t
