@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.ground.settings import PROJECT_ROOT
+from pipeline.orchestration.reporting import default_plan
 from stages.present.results import readme_block, readme_block_in
 
 README = PROJECT_ROOT / "README.md"
@@ -24,8 +25,13 @@ def test_the_readme_has_a_generated_results_block():
 @pytest.mark.parametrize("dataset", _datasets())
 def test_readme_block_equals_the_command_output(dataset: str):
     figure = Path("docs") / f"{dataset}_map_vs_bits.png"
-    expected = readme_block(RESULTS, dataset, figure=figure)
+    expected = readme_block(RESULTS, dataset, figure=figure, plan=default_plan())
     assert readme_block_in(README, dataset) == expected, (
         f"README.md's {dataset} table differs from results/: run "
         f"`cmh report --results results/ --dataset {dataset} --readme README.md`")
     assert (PROJECT_ROOT / figure).exists()
+
+
+def test_the_readme_lists_the_missing_cells_and_the_reading_across_lengths():
+    block = readme_block_in(README, "mirflickr") or ""
+    assert "Across code lengths" in block and ("Missing cells (" in block or "Every planned cell" in block)

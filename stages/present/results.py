@@ -147,20 +147,43 @@ def _mean_std(row: dict[str, Any]) -> str:
     return f"{row['mean']:.4f}" if row["std"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}"
 
 
-def readme_block(results_root: Path, dataset: str, figure: Path | None = None) -> str:
-    """The README section for ``dataset``: table, provenance, spread and stale files, all from ``results/``."""
+@dataclass(frozen=True)
+class TablePlan:
+    """The cells the table is meant to hold (``cmh table``'s plan), for the list of missing ones."""
+
+    methods: tuple[str, ...]
+    bits: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+    @property
+    def cells(self) -> int:
+        return len(self.methods) * len(self.bits) * len(self.seeds)
+
+
+def readme_block(results_root: Path, dataset: str, figure: Path | None = None, plan: TablePlan | None = None) -> str:
+    """The README section for ``dataset``: table, provenance, spreads, the reading across code lengths, the
+    missing cells and stale files, all generated from ``results/``."""
+    from stages.present.reading import across_lengths, device_lines, missing_cells, missing_lines
+
     table, scan = results_tables(results_root, dataset)
-    rows = [r for p in scan.current for r in pq.read_table(p, columns=["hardware", "seed", "train_s", "metric"])
-            .to_pylist() if r["metric"] == "map@50"]
+    all_rows = read_report_rows(scan.current)
+    rows = [r for r in all_rows.select(["run_id", "method", "bits", "hardware", "seed", "train_s", "metric",
+                                        *(["device"] if "device" in all_rows.column_names else [])]).to_pylist()
+            if r["metric"] == "map@50"]
     hardware = sorted({r["hardware"] for r in rows})
     seeds = sorted({int(r["seed"]) for r in rows})
     train_s = sum(float(r["train_s"] or 0.0) for r in rows) / 2  # two map@50 rows (i2t, t2i) per run
+    stats = results_table(all_rows, dataset, "map@50")
     lines = [table.markdown.rstrip(), "",
              f"{len(scan.current)} runs, seeds {', '.join(map(str, seeds))}, code version {RESULTS_VERSION}; "
-             f"{_hours(train_s)} of training in all on: {'; '.join(hardware)}.", ""]
+             f"{_hours(train_s)} of training in all on: {'; '.join(hardware)}. " + device_lines(rows)[0], ""]
     lines += ["Within noise (a mean less than one std below the best of its column):", ""]
     lines += [f"- {line}" for line in within_noise(dataset, scan.current)]
-    published = comparison_markdown(results_table(read_report_rows(scan.current), dataset, "map@50"), dataset)
+    lines += ["", "Across code lengths (means told apart only by more than the larger std over seeds):", ""]
+    lines += [f"- {line}" for line in across_lengths(stats)]
+    if plan is not None:
+        lines += [""] + missing_lines(missing_cells(rows, plan.methods, plan.bits, plan.seeds), plan.cells)
+    published = comparison_markdown(stats, dataset)
     lines += ["", "Beside the papers' own numbers (other features and tie rules: compare trends):", "",
               published.split("\n", 2)[2].rstrip()]
     if scan.stale:
