@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.ground.settings import PROJECT_ROOT
-from pipeline.orchestration.reporting import default_plan
-from stages.present.results import readme_block, readme_block_in
+from stages.present.results import DEFAULT_PLAN, readme_block, readme_block_in
 
 README = PROJECT_ROOT / "README.md"
 RESULTS = PROJECT_ROOT / "results"
@@ -25,7 +24,7 @@ def test_the_readme_has_a_generated_results_block():
 @pytest.mark.parametrize("dataset", _datasets())
 def test_readme_block_equals_the_command_output(dataset: str):
     figure = Path("docs") / f"{dataset}_map_vs_bits.png"
-    expected = readme_block(RESULTS, dataset, figure=figure, plan=default_plan())
+    expected = readme_block(RESULTS, dataset, figure=figure, plan=DEFAULT_PLAN)
     assert readme_block_in(README, dataset) == expected, (
         f"README.md's {dataset} table differs from results/: run "
         f"`cmh report --results results/ --dataset {dataset} --readme README.md`")

@@ -2,13 +2,13 @@
 published rows under ``results/`` (with the README block and figure they generate)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
-from stages.present.results import TablePlan
+from stages.present.results import DEFAULT_PLAN, TablePlan
 
 
 @dataclass
@@ -52,15 +52,7 @@ class ResultsReportRequest:
     dataset: str | None
     readme: Path | None = None  # rewrite this README's generated block
     figure: Path | None = None  # default: docs/<dataset>_map_vs_bits.png beside the README (or here)
-    plan: TablePlan | None = field(default_factory=lambda: default_plan())  # the cells the table should hold
-
-
-def default_plan() -> "TablePlan":
-    """Every method at 16/32/64/128 bits and seeds 1-3: what ``cmh table`` trains by default."""
-    from pipeline.orchestration.table import ALL_METHODS
-    from stages.present.results import TablePlan
-
-    return TablePlan(tuple(ALL_METHODS), (16, 32, 64, 128), (1, 2, 3))
+    plan: TablePlan | None = DEFAULT_PLAN  # the cells the table should hold (for the list of missing ones)
 
 
 def report_results(req: ResultsReportRequest, echo: Callable[[str], None] = print,

@@ -21,19 +21,20 @@ from typing import Callable, Sequence
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
+from stages.present.results import DEFAULT_PLAN
 from pipeline.orchestration.grid import CellOutcome, GridRequest, check_workers, grid_cells, train_cells
 
 log = logging.getLogger(__name__)
 
-ALL_METHODS = ("baseline", "cca-itq", "djsrh", "dsah", "ccah", "ucmfh", "cfrh", "dsprh", "fjsph")
+ALL_METHODS = DEFAULT_PLAN.methods
 
 
 @dataclass
 class TableRequest:
     dataset: str = "mirflickr"
     methods: Sequence[str] = ALL_METHODS
-    bits: Sequence[int] = (16, 32, 64, 128)
-    seeds: Sequence[int] = (1, 2, 3)
+    bits: Sequence[int] = DEFAULT_PLAN.bits
+    seeds: Sequence[int] = DEFAULT_PLAN.seeds
     results: Path = Path("results")
     readme: Path | None = None  # regenerate this README's block and figure from results/ at the end
     budget: str | float | None = None  # hours after which no cell starts and running cells pause

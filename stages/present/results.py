@@ -160,6 +160,11 @@ class TablePlan:
         return len(self.methods) * len(self.bits) * len(self.seeds)
 
 
+#: The published table: every method at the papers' four code lengths and three seeds (``cmh table``).
+DEFAULT_PLAN = TablePlan(("baseline", "cca-itq", "djsrh", "dsah", "ccah", "ucmfh", "cfrh", "dsprh", "fjsph"),
+                         (16, 32, 64, 128), (1, 2, 3))
+
+
 def readme_block(results_root: Path, dataset: str, figure: Path | None = None, plan: TablePlan | None = None) -> str:
     """The README section for ``dataset``: table, provenance, spreads, the reading across code lengths, the
     missing cells and stale files, all generated from ``results/``."""
