@@ -4,13 +4,15 @@ Each method reads what it reads in `cmh train` (``alexnet:pool`` + ``bow`` for m
 ``alexnet`` branches for DSPRH). The baseline, measured in the same run on the same features and
 batch size, is one epoch of a plain two-layer MLP per modality with an MSE loss (about the least any
 deep method here can cost); each method's seconds per epoch is printed beside it, with the ratio and
-the time its paper's schedule would take at that speed. Needs `make extract DATASET=mirflickr` first;
+the time its paper's schedule would take at that speed. The last columns time one checkpoint (model,
+optimiser, RNG states) and its share of an epoch when saved every epoch and at the default interval. Needs `make extract DATASET=mirflickr` first;
 with --quick (or without that cache) it runs on the demo set it builds itself.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +49,7 @@ def main() -> None:
     from pipeline.ground.store.cache import Cache
     from stages.train import methods  # noqa: F401
     from stages.train.base import create_method
+    from pipeline.ground.store.checkpoints import DEFAULT_INTERVAL_S, RunCheckpoints
     from stages.train.loop import fit_method
     from stages.train.base import FeatureBatch, FeatureDims
 
@@ -69,7 +72,7 @@ def main() -> None:
     print(f"{dataset}: {args.bits} bits, {torch.get_num_threads()} threads; MLP = two 2-layer MLPs, same features "
           f"and batch size, measured in this run")
     print(f"{'method':8s} {'features':22s} {'s/epoch':>8s} {'MLP s/ep':>9s} {'ratio':>6s} {'paper ep':>8s} "
-          f"{'paper schedule':>15s}")
+          f"{'paper schedule':>15s} {'ckpt s':>7s} {'ckpt/epoch':>10s} {'ckpt/default':>12s}")
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         builder = METHODS.get(name).builder
         spec = (builder.default_image_features, builder.default_text_features)
@@ -90,10 +93,17 @@ def main() -> None:
         size = method.cfg.batch_size
         if size not in mlp:
             mlp[size] = _mlp_epoch(batch, args.bits, size)
-        per_epoch = fit_method(method, batch, seed=0, epochs=args.epochs).seconds_per_epoch
+        with tempfile.TemporaryDirectory() as tmp:  # one checkpoint, after epoch `epochs` of epochs + 1
+            store = RunCheckpoints(Path(tmp), {"bench": name}, every=args.epochs)
+            history = fit_method(method, batch, seed=0, epochs=args.epochs + 1, checkpoints=store)
+        per_epoch = (history.seconds - history.checkpoint_s) / (args.epochs + 1)
+        save_s = history.checkpoint_s / max(1, history.checkpoints)
         paper = resolve_config(name, dataset).epochs
+        # the default saves once per DEFAULT_INTERVAL_S of training (at least one epoch apart)
+        default_share = save_s / max(per_epoch, DEFAULT_INTERVAL_S)
         print(f"{name:8s} {'+'.join(spec):22s} {per_epoch:8.2f} {mlp[size]:9.2f} {per_epoch / mlp[size]:6.2f} "
-              f"{paper:8d} {per_epoch * paper / 60:13.1f} m")
+              f"{paper:8d} {per_epoch * paper / 60:13.1f} m {save_s:7.2f} {save_s / per_epoch:9.1%} "
+              f"{default_share:11.2%}")
 
 
 if __name__ == "__main__":
