@@ -8,7 +8,6 @@ status; the page shows the same error above its search box.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,7 +21,6 @@ from pipeline.orchestration.serving.refusals import Refusal
 from pipeline.orchestration.serving.service import SearchService
 from pipeline.orchestration.serving.upload import SEND_ONE
 
-log = logging.getLogger(__name__)
 
 ROUTES_HELP = ("the page is /; the API is GET /api/search?text=...&k=..., POST /api/search (a picture), "
                "GET /api/items/{item_id}, GET /thumbs/{item_id}.jpg and GET /health")

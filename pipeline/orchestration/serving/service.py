@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import anyio.to_thread
+import numpy as np
 
 from pipeline.ground.store.cache import Cache
 from pipeline.orchestration.searcher import TARGET, NoKnownTerms, Searcher
@@ -187,7 +188,7 @@ class SearchService:
                           "take item ids from a search result (its item_id)")
         items = s.items
         sep = ", " if items.text_kind == "tags" else " / "
-        labels = [name for name, on in zip(items.label_names, items.labels[row]) if on]
+        labels = [items.label_names[j] for j in np.flatnonzero(items.labels[row])]
         return {"item_id": int(item_id), "text": sep.join(items.texts[row]), "texts": list(items.texts[row]),
                 "text_kind": items.text_kind, "labels": labels, "image_url": f"/thumbs/{int(item_id)}.jpg"}
 
