@@ -1,6 +1,7 @@
 # Thin wrappers over `cmh` subcommands (python -m pipeline). Every target installs .venv first when missing.
 # Variables: DATASET DATA_DIR ENCODERS METHOD BITS IMAGE TEXT CACHE LIMIT EPOCHS SEED METHODS SEEDS WORKERS
 #            ENGINE RAY_ADDRESS CONCURRENCY (extract)
+#            RUN HOST PORT SEARCH (serve: SEARCH= a dataset the run encoded, instead of its database)
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -20,10 +21,10 @@ TABLE_SEEDS ?= 1,2,3
 opt = $(if $(2),$(1) $(2))
 COMMON   = $(call opt,--cache,$(CACHE))
 
-.PHONY: setup extract train demo test bench grid report table clean-cache help
+.PHONY: setup extract train demo serve test bench grid report table clean-cache help
 
 help:
-	@echo "make setup | extract | train | demo | test | bench | grid | report | table   (see README.md)"
+	@echo "make setup | extract | train | demo | serve RUN=... | test | bench | grid | report | table   (see README.md)"
 
 setup: $(STAMP)
 
@@ -63,6 +64,12 @@ report: $(STAMP)
 
 demo: $(STAMP)
 	$(CMH) demo $(COMMON)
+
+# The search page and API over one trained run (Ctrl-C stops it): make serve RUN=<run id> [PORT=8000]
+serve: $(STAMP)
+	$(if $(RUN),,$(error give the run to serve: make serve RUN=<run id> (`ls cache/runs`)))
+	$(CMH) serve --run $(RUN) $(call opt,--dataset,$(SEARCH)) $(call opt,--host,$(HOST)) \
+		$(call opt,--port,$(PORT)) $(COMMON)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,4 +1,4 @@
-"""The ``cmh`` command line: extract, train, report, query, encode, index, grid, list, demo.
+"""The ``cmh`` command line: extract, train, report, query, serve, encode, index, grid, list, demo.
 
 Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help`` stays fast.
 """
@@ -186,6 +186,27 @@ def query(
         typer.echo("\t".join(str(v) for v in row))
     if result.html is not None:
         typer.echo(f"html: {result.html}")
+
+
+@app.command()
+def serve(
+    run: str = typer.Option(..., help="run id (a folder under cache/runs) or a path to a run folder"),
+    dataset: Optional[str] = typer.Option(None, help="search a dataset the run encoded (`cmh encode`) instead of the run's database"),
+    host: str = typer.Option("127.0.0.1", help="IP address to listen on; any but loopback (e.g. 0.0.0.0) lets other machines search, and prints a warning"),
+    port: int = typer.Option(8000, help="TCP port (0: a free one, printed)"),
+    max_upload_mb: float = typer.Option(20.0, help="largest request body (a picture upload) in MB; a larger one gets 413"),
+    access_log: bool = typer.Option(False, "--access-log", help="log one line per request"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Serve a search page and JSON API over a trained run: text and picture queries, items, thumbnails.
+
+    Loads the run's encoders, model, index (or exact search) and items once, refusing a stale run, encoding or
+    index as `cmh query` does; stops cleanly on Ctrl-C or SIGTERM."""
+    from pipeline.orchestration.serving import ServeRequest, serve as run_server
+
+    run_server(_cache(cache), ServeRequest(run=run, dataset=dataset, host=host, port=port, max_upload_mb=max_upload_mb,
+                                           access_log=access_log),
+               say=lambda line: typer.echo(line, err=True))
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The HTML shell shared by the report page and ``cmh query --html``: styles, relative links, the results table.
+"""The HTML shell shared by the report page, ``cmh query --html`` and the search page of ``cmh serve``:
+styles, relative links, the results table.
 
 Plain HTML and a little CSS, no scripts or external resources, so a page opens offline from disk.
 Every text that comes from data goes through ``html.escape``.
@@ -48,10 +49,11 @@ def rel_url(target: Path, page_dir: Path) -> str:
     return quote(Path(os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())).as_posix(), safe="/=")
 
 
-def page_html(title: str, body: list[str], footer: str = "") -> str:
+def page_html(title: str, body: list[str], footer: str = "", css: str = "") -> str:
+    """A whole page: the shared styles plus ``css`` (a page's own), ``body`` and an optional footer."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+            f"<title>{esc(title)}</title><style>{CSS}{css}</style></head><body>"
             + "\n".join(body) + (f"<footer>{footer}</footer>" if footer else "") + "</body></html>\n")
 
 

@@ -1,0 +1,124 @@
+"""The HTTP face of the search service: Starlette routes over a ``SearchService``.
+
+``GET /`` and ``POST /`` are the search page; ``/api/search`` (GET text, POST picture), ``/api/items/{id}``,
+``/thumbs/{id}.jpg`` and ``/health`` are the API. Item ids are matched as integers by the router, so
+no path (``..``, ``%2f``) ever reaches the file system: a thumbnail is a file the thumbnail store made
+for a known item, under the cache. Every error of the API is JSON ``{"error", "fix"}`` with its 4xx
+status; the page shows the same error above its search box.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline.orchestration.serving.body_limit import BodyLimit
+from pipeline.orchestration.serving.refusals import Refusal
+from pipeline.orchestration.serving.service import SearchService
+from pipeline.orchestration.serving.upload import SEND_ONE
+
+
+ROUTES_HELP = ("the page is /; the API is GET /api/search?text=...&k=..., POST /api/search (a picture), "
+               "GET /api/items/{item_id}, GET /thumbs/{item_id}.jpg and GET /health")
+#: Thumbnails never change for a given item and run; the browser may keep them for an hour.
+THUMB_CACHE = "public, max-age=3600"
+
+
+def build_app(service: SearchService) -> Any:
+    """The ASGI application (Starlette inside the body-size limit) serving ``service``."""
+
+    async def api_search(request: Request) -> Response:
+        if request.method == "POST":
+            answer = await service.search_image(await _upload(request, service), request.query_params.get("k"))
+        else:
+            answer = await service.search_text(request.query_params.get("text"), request.query_params.get("k"))
+        return JSONResponse(answer)
+
+    async def api_item(request: Request) -> Response:
+        service.check_fresh()
+        return JSONResponse(service.item(request.path_params["item_id"]))
+
+    async def thumb(request: Request) -> Response:
+        import anyio.to_thread
+
+        service.check_fresh()
+        path = await anyio.to_thread.run_sync(service.thumbnail, request.path_params["item_id"])
+        return FileResponse(path, media_type="image/jpeg", headers={"cache-control": THUMB_CACHE})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(service.health())
+
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask for one; the page has none, and that is no error
+
+    async def page(request: Request) -> Response:
+        from stages.present.html.search_page import search_page
+
+        text = request.query_params.get("text")
+        k = request.query_params.get("k")
+        answer, error, status = None, None, 200
+        try:
+            if request.method == "POST":
+                answer = await service.search_image(await _upload(request, service), k, preview=True)
+            elif text is not None:
+                answer = await service.search_text(text, k)
+        except Refusal as refusal:
+            error, status = refusal.body(), refusal.status
+        html = search_page(service.info(), text=text or "", k=k or "", answer=answer, error=error)
+        return HTMLResponse(html, status_code=status)
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refusal)
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            body = {"error": f"nothing at {request.url.path[:200]}", "fix": ROUTES_HELP}
+        elif exc.status_code == 405:
+            body = {"error": f"{request.method} is not served at {request.url.path[:200]}", "fix": ROUTES_HELP}
+        else:
+            body = {"error": str(exc.detail), "fix": ROUTES_HELP}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def failed(request: Request, exc: Exception) -> Response:
+        # Starlette raises the exception again after this answer, and the server logs its traceback once
+        return JSONResponse({"error": f"the server failed on this request ({type(exc).__name__})",
+                             "fix": "the server log has the traceback; the server keeps serving other requests"},
+                            status_code=500)
+
+    routes = [
+        Route("/", page, methods=["GET", "POST"]),
+        Route("/api/search", api_search, methods=["GET", "POST"]),
+        Route("/api/items/{item_id:int}", api_item, methods=["GET"]),
+        Route("/thumbs/{item_id:int}.jpg", thumb, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/favicon.ico", no_icon, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={Refusal: refused, HTTPException: http_error,
+                                                       Exception: failed})
+    return BodyLimit(app, service.limits.max_body_bytes)
+
+
+async def _upload(request: Request, service: SearchService) -> bytes:
+    """The picture's bytes: the multipart field ``image``, or the raw body of an image content type."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=service.limits.max_body_bytes)
+        except HTTPException as exc:  # the multipart parser's own refusals (a malformed body, too many parts)
+            raise Refusal(400, f"the multipart body cannot be read ({exc.detail})", SEND_ONE) from None
+        try:
+            field = form.get("image")
+            if field is None or isinstance(field, str):
+                raise Refusal(400, "the multipart body has no file field `image`", SEND_ONE)
+            return await field.read()
+        finally:
+            await form.close()
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        return await request.body()
+    raise Refusal(400, f"a body of type {content_type or '(none given)'!r} is not a picture upload", SEND_ONE)
