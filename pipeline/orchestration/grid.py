@@ -47,7 +47,8 @@ class GridRequest:
 
 @dataclass
 class CellOutcome:
-    """What became of one cell: ``trained``, ``cached``, ``paused``, ``not started`` or ``skipped``."""
+    """What became of one cell: ``trained``, ``cached``, ``paused``, ``not started``, ``busy`` (another
+    process is training it) or ``skipped``."""
 
     status: str
     line: str
@@ -104,6 +105,7 @@ def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors
     """Runs in a worker (or in-process): one outcome per run of the cell."""
     import torch
 
+    from pipeline.ground.store.checkpoints import RunBusy
     from pipeline.orchestration.training import train_runs
 
     name = f"{train_req.method} {train_req.bits[0]}b s{train_req.seed}"
@@ -113,12 +115,24 @@ def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors
         torch.set_num_threads(threads)
     try:
         results = train_runs(cache, train_req)
+    except RunBusy as exc:  # the other cells go on; this one is someone else's for now
+        return [CellOutcome("busy", f"{name}: {exc}")]
     except ConfigError as exc:
         if not skip_config_errors:
             raise
         return [CellOutcome("skipped", f"{train_req.method} at {train_req.bits[0]} bits skipped: {exc}")]
     return [CellOutcome("paused" if r.paused else "cached" if r.skipped else "trained", r.describe(), r.run_id)
             for r in results]
+
+
+def _die_with_parent() -> None:
+    """In a worker: be killed when the grid process dies (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def train_cells(cache: Cache, cells: Sequence, *, workers: int | None, device: str | None,
@@ -139,8 +153,10 @@ def train_cells(cache: Cache, cells: Sequence, *, workers: int | None, device: s
     threads = max(1, (os.cpu_count() or 1) // workers)
     log.info("grid: %d cells on %d worker processes (%d CPU threads each)", len(cells), workers, threads)
     done: dict[int, list[CellOutcome]] = {}
-    # spawn: CUDA cannot be re-initialised in a forked child
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # spawn: CUDA cannot be re-initialised in a forked child; workers die with the grid (a kill -9 of the
+    # grid must not leave orphans training, and holding the runs' locks, behind a rerun)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
         futures = {pool.submit(_train_cell, cache, cell, threads, skip_config_errors): i
                    for i, cell in enumerate(cells)}
         for future in as_completed(futures):

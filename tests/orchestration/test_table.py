@@ -57,3 +57,42 @@ def test_workers_outside_one_to_the_cells_is_one_line(demo, cli, tmp_path, worke
     line = one_line_error(cli("table", "--dataset", "demo", "--methods", "djsrh,dsah", "--bits", "16", "--seeds", "1",
                               "--workers", workers, "--results", tmp_path / "r", "--cache", demo.root))
     assert f"WORKERS={workers}" in line and "give 1 to 2" in line
+
+
+def test_a_cell_another_process_trains_is_left_to_it_and_the_rest_goes_on(demo, tmp_path):
+    from pipeline.ground.store.checkpoints import training_lock
+    from pipeline.orchestration.grid import GridRequest, grid_cells
+    from pipeline.orchestration.training import planned_run_ids
+
+    req = _req(tmp_path / "results", seeds=(1,))
+    first = planned_run_ids(grid_cells(GridRequest("demo", ["djsrh"], (16,), (1,), epochs={"*": 2}))[0])[0]
+    with training_lock(demo.run(first).path, first):
+        out = build_table(demo, req, echo=lambda line: None)
+    busy = [o for o in out.outcomes if o.status == "busy"]
+    assert len(busy) == 1 and "being trained by process" in busy[0].line and len(out.published) == 1
+
+
+def test_killing_the_table_takes_its_workers_with_it(demo, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.ground.store.checkpoints import lock_holder
+    from tests.faults.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "table", "--dataset", "demo", "--methods", "djsrh,dsah",
+                             "--bits", "16", "--seeds", "1", "--epochs", "200", "--workers", "2", "--device", "cpu",
+                             "--results", str(tmp_path / "results"), "--cache", str(demo.root)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    runs = demo.root / "runs"
+    while time.time() < deadline and not (runs.is_dir() and any(lock_holder(p) for p in runs.iterdir())):
+        time.sleep(0.5)
+    assert runs.is_dir() and any(lock_holder(p) for p in runs.iterdir()), "no worker started training"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(lock_holder(p) for p in runs.iterdir()):
+        time.sleep(0.5)
+    assert not any(lock_holder(p) for p in runs.iterdir()), "a worker outlived the killed table"

@@ -35,6 +35,10 @@ LOCK_FILE = "train.lock"
 DEFAULT_INTERVAL_S = 300.0
 
 
+class RunBusy(CacheError):
+    """Another process holds the run's training lock."""
+
+
 class RunCheckpoints:
     """Load, save and drop one run's checkpoint; ``due`` says when the loop should save.
 
@@ -146,8 +150,8 @@ def training_lock(run_dir: Path, run_id: str) -> Iterator[None]:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise CacheError(f"run {run_id} is being trained by process {holder} (holding {path}); wait for it to "
-                             f"finish, or stop it, then run the command again") from None
+            raise RunBusy(f"run {run_id} is being trained by process {holder} (holding {path}); wait for it to "
+                          f"finish, or stop it, then run the command again") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
