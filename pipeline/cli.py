@@ -159,12 +159,14 @@ def publish(
     dataset: str = typer.Option(..., help="cached dataset whose runs to publish"),
     run: list[str] = typer.Option([], "--run", help="run id to publish (repeat; default: every finished run of the dataset)"),
     results: Path = typer.Option(Path("results"), help="the results registry folder"),
+    replace: bool = typer.Option(False, help="publish even when the split protocol, its sizes or the data differ from "
+                                 "the results already there (replacing a run's published file)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Copy finished runs' report rows (no codes, no models) into results/<dataset>/ to be committed."""
     from pipeline.orchestration.publishing import publish as publish_runs
 
-    for path in publish_runs(_cache(cache), dataset, run, results):
+    for path in publish_runs(_cache(cache), dataset, run, results, replace=replace):
         typer.echo(f"published {path}")
 
 

@@ -14,10 +14,11 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.ground.images import load_image
-from pipeline.ground.errors import ConfigError, WeightsError
+from pipeline.ground.errors import CacheError, ConfigError, WeightsError
 from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef
 from pipeline.ground.store.cache import Cache, DatasetCache
 from pipeline.ground.store.codes import pack_codes
+from pipeline.ground.store.lineage import train_command
 from pipeline.orchestration.indexing import CodesSource, load_index
 from stages.evaluate.hamming import topk
 
@@ -133,7 +134,7 @@ def query_run(cache: Cache, run: str, *, text: str | None = None, image: Path | 
 
     run_dir = cache.find_run(run)
     run_dir.require_trained()
-    config = run_dir.read_config()
+    config = cache.require_current(run_dir)  # its encoders and items are read from the cache as it is now
     searched = dataset  # None: the run's own database
     ds = cache.dataset(config["dataset"])  # the query is encoded with the encoders of the run's dataset
     if searched is not None:
@@ -148,6 +149,13 @@ def query_run(cache: Cache, run: str, *, text: str | None = None, image: Path | 
     found = _search(CodesSource(run_dir, searched, cache), target, pack_codes(code), top_k, say)
     items = (cache.dataset(searched) if searched else ds).items
     row_of = {int(i): r for r, i in enumerate(items.item_id)}
+    unknown = [item for item, _ in found if item not in row_of]
+    if unknown:  # codes of items the cache no longer holds: showing other items under their ids would mislead
+        fix = (f"`cmh encode --run {run_dir.run_id} --dataset {searched}`" if searched
+               else f"`{train_command(config)} --force`")
+        raise CacheError(f"the codes searched name item(s) {unknown[:5]} that {(searched or ds.name)!r} no longer "
+                         f"holds (the dataset was extracted again since they were written): make them again with "
+                         f"{fix}")
     rows = []
     for rank, (item, d) in enumerate(found, start=1):
         r = row_of[item]

@@ -108,9 +108,13 @@ def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
         spec = _spec(req, method_name, bits)
         run = cache.run(spec.run_id)
         if run.is_complete() and not req.force:
-            log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
-            results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
-            continue
+            changed = cache.data_change(run)  # the id is the config alone: the data may have been re-extracted
+            if changed is None:
+                log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
+                results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
+                continue
+            log.warning("run %s was trained on other data than %r holds now (%s): training it again",
+                        spec.run_id, req.dataset, changed)
         method = _new_method(spec, data, req)
         meta = _meta(spec, req, method, data, dataset, device)
         run.write_config({**meta, **_provenance(spec, req, data, dataset)})  # written before training starts

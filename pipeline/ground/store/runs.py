@@ -77,14 +77,21 @@ class RunDir:
     @classmethod
     def find(cls, layout: CacheLayout, run: str) -> "RunDir":
         """A run named by its id (under the cache's runs/) or by its directory; CacheError listing the runs."""
-        path = Path(run)
-        if not (path / CONFIG_FILE).exists():
-            path = layout.runs_dir() / run
-        if not (path / CONFIG_FILE).exists():
-            have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / REPORT_FILE).exists())[:20]
-            raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
-                             f"(train one with `make train`)")
-        return cls(path)
+        for path in (Path(run), layout.runs_dir() / run):
+            if (path / CONFIG_FILE).exists():
+                return cls(path)
+        named = layout.runs_dir() / run if Path(run).name == run and run not in (".", "..") else None
+        for path in (named, Path(run)):
+            if path is not None and path.is_dir() and (
+                    path == named or (path / REPORT_FILE).exists() or (path / MODEL_FILE).exists()):
+                raise CacheError(f"run folder {path} has no {CONFIG_FILE} (deleted, or damaged by hand), so what it "
+                                 f"was trained on is unknown: train it again with `cmh train ... --force`, or delete "
+                                 f"the folder")
+        have = sorted(p.name for p in layout.runs_dir().glob("*")
+                      if (p / REPORT_FILE).exists() and (p / CONFIG_FILE).exists())
+        listed = ", ".join(have[:20]) + (f" and {len(have) - 20} more" if len(have) > 20 else "")
+        raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {listed or 'none'} "
+                         f"(train one with `make train`)")
 
     @property
     def run_id(self) -> str:
