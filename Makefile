@@ -16,8 +16,14 @@ SEED     ?= 1
 METHODS  ?= baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph
 SEEDS    ?= 1
 
-opt = $(if $(2),$(1) $(2))
-COMMON   = $(call opt,--cache,$(CACHE))
+# Every value reaches cmh as one shell word, whatever it holds (spaces in DATA_DIR or CACHE, a quote):
+# $(call q,NAME) is the value of variable NAME in single quotes; $(call opt,--flag,NAME) adds the flag only
+# when NAME is set. They take the variable's name, not its value, so a value with commas (ENCODERS,
+# BITS) is not split into make arguments.
+q   = '$(subst ','\'',$($(1)))'
+opt = $(if $($(2)),$(1) $(call q,$(2)))
+COMMON   = $(call opt,--cache,CACHE)
+CACHED   = $(DATASET)$(if $(LIMIT),-n$(LIMIT))
 
 .PHONY: setup extract train demo test bench grid report table clean-cache help
 
@@ -35,27 +41,27 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 extract: $(STAMP)
-	$(CMH) extract --dataset $(DATASET) $(call opt,--data-dir,$(DATA_DIR)) --encoders $(ENCODERS) \
-		$(call opt,--limit,$(LIMIT)) --seed $(SEED) $(call opt,--engine,$(ENGINE)) \
-		$(call opt,--ray-address,$(RAY_ADDRESS)) $(call opt,--concurrency,$(CONCURRENCY)) $(COMMON)
+	$(CMH) extract --dataset $(call q,DATASET) $(call opt,--data-dir,DATA_DIR) --encoders $(call q,ENCODERS) \
+		$(call opt,--limit,LIMIT) --seed $(call q,SEED) $(call opt,--engine,ENGINE) \
+		$(call opt,--ray-address,RAY_ADDRESS) $(call opt,--concurrency,CONCURRENCY) $(COMMON)
 
 train: $(STAMP)
-	$(CMH) train --method $(METHOD) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		$(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) --seed $(SEED) $(call opt,--epochs,$(EPOCHS)) $(COMMON)
+	$(CMH) train --method $(call q,METHOD) --dataset $(call q,CACHED) --bits $(call q,BITS) \
+		$(call opt,--image,IMAGE) $(call opt,--text,TEXT) --seed $(call q,SEED) $(call opt,--epochs,EPOCHS) $(COMMON)
 
 grid: $(STAMP)
-	$(CMH) grid --methods $(METHODS) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		--seeds $(SEEDS) $(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) $(call opt,--epochs,$(EPOCHS)) \
-		$(call opt,--workers,$(WORKERS)) $(COMMON)
+	$(CMH) grid --methods $(call q,METHODS) --dataset $(call q,CACHED) --bits $(call q,BITS) \
+		--seeds $(call q,SEEDS) $(call opt,--image,IMAGE) $(call opt,--text,TEXT) $(call opt,--epochs,EPOCHS) \
+		$(call opt,--workers,WORKERS) $(COMMON)
 
 # The published table: the grid (papers' epochs unless EPOCHS= says otherwise), its report rows copied
 # into results/, and the README block and figure regenerated from results/ (commit all three).
 table: grid
-	$(CMH) publish --dataset $(DATASET) $(COMMON)
-	$(CMH) report --results results --dataset $(DATASET) --readme README.md
+	$(CMH) publish --dataset $(call q,DATASET) $(COMMON)
+	$(CMH) report --results results --dataset $(call q,DATASET) --readme README.md
 
 report: $(STAMP)
-	$(CMH) report --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --published --html $(COMMON)
+	$(CMH) report --dataset $(call q,CACHED) --published --html $(COMMON)
 
 demo: $(STAMP)
 	$(CMH) demo $(COMMON)

@@ -88,8 +88,8 @@ def check_request(req: TrainRequest) -> str:
         raise ConfigError(f"tie rule {req.tie!r}: use one of {', '.join(TIE_RULES)}")
     check_bits(req.bits)
     check_device(req.device)
-    if req.seed < 0:
-        raise ConfigError(f"training seed {req.seed}: give a whole number >= 0 (SEED=/--seed)")
+    if not 0 <= req.seed < 2**32:  # numpy's seed range
+        raise ConfigError(f"training seed {req.seed}: give a whole number from 0 to {2**32 - 1} (SEED=/--seed)")
     overrides = {**req.overrides, **({"epochs": req.epochs} if req.epochs is not None else {})}
     closed_form = METHODS.get(method_name).builder.closed_form
     check_training_length(method_name, resolve_config(method_name, req.dataset, overrides), closed_form)

@@ -200,14 +200,26 @@ class RunDir:
     def write_history(self, history: dict[str, Any]) -> Path:
         return write_json_atomic(history, self.history_path)
 
-    def write_model(self, save: Callable[[Path], None]) -> Path:
-        """``save(tmp)`` writes the model file; it is renamed into place only when complete."""
+    def write_model(self, save: Callable[[Any], None]) -> Path:
+        """``save(fh)`` writes the model into an open binary file; it is renamed into place only when complete.
+
+        An open file rather than a path, so that a full disk reaches the caller as the OSError it is
+        (``torch.save`` to a path wraps it in a RuntimeError that names no file)."""
         self.path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=MODEL_FILE + ".", suffix=".partial")
-        os.close(fd)
         try:
-            save(Path(tmp))
+            with os.fdopen(fd, "wb") as fh:
+                save(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, self.model_path)
+        except RuntimeError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, OSError):  # torch's writer wraps the OSError it met
+                raise OSError(cause.errno, cause.strerror, str(self.model_path)) from None
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.model_path)) from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
