@@ -270,6 +270,9 @@ def grid(
     if workers is not None and workers < 1:
         raise typer.BadParameter(f"--workers {workers}: give 1 or more")
     method_names = [x.strip() for x in methods.split(",") if x.strip()]
+    twice = sorted({m for m in method_names if method_names.count(m) > 1})
+    if twice:
+        raise typer.BadParameter(f"--methods names {', '.join(twice)} more than once; give each method once")
     req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), image=image,
                       text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
                       out_dir=out_dir)

@@ -23,7 +23,7 @@ def _from_env(name: str, default: Path) -> Path:
     if not value.strip():
         raise ConfigError(f"${name} is set but empty: unset it (`unset {name}`; default {default}) or set it to "
                           f"a folder")
-    return Path(value)
+    return Path(value).expanduser()  # a quoted "~/cache" reaches us unexpanded
 
 
 def data_root() -> Path:
@@ -35,7 +35,7 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
     path that is a file (every artifact is written in folders under it)."""
     if override is not None and not str(override).strip():
         raise ConfigError("--cache is empty: give a folder (or leave the option out for $CMH_CACHE or ./cache)")
-    root = Path(override) if override is not None else _from_env("CMH_CACHE", DEFAULT_CACHE_ROOT)
+    root = Path(override).expanduser() if override is not None else _from_env("CMH_CACHE", DEFAULT_CACHE_ROOT)
     for folder in (root, *root.parents):
         if folder.exists():
             if not folder.is_dir():

@@ -51,7 +51,7 @@ class DatasetRequest:
 def resolve_data_dir(req: DatasetRequest) -> Path:
     entry = get_dataset(req.dataset)
     if req.data_dir is not None:
-        path = Path(req.data_dir)
+        path = Path(req.data_dir).expanduser()  # make passes DATA_DIR quoted: the shell leaves "~" as it is
     else:
         default = entry.extra.get("default_dir")
         if default is None:
@@ -131,8 +131,13 @@ def prepare_dataset(layout: CacheLayout, req: DatasetRequest, overwrite: bool = 
     lock = DatasetLock(layout, name) if own else lock
     try:
         lock.shared()
-        if not (layout.items_path(name).exists() and not overwrite):
-            lock.exclusive()
+        cached = layout.items_path(name).exists() and not overwrite
+        if not cached and not lock.exclusive():
+            # another process holds the dataset: it may be writing these very items (a --shard worker started
+            # at the same moment); once they are written they are checked like any cached items
+            lock.shared()
+            if overwrite or not layout.items_path(name).exists():
+                raise lock.busy()
         if layout.items_path(name).exists() and not overwrite:  # also when another process wrote it meanwhile
             lock.shared()
             return _cached(layout, name, table, data_dir, split_params)

@@ -76,10 +76,10 @@ def check_optimisation(name: str, cfg: Any, given: Mapping[str, Any], defaults: 
     notes = []
     changed = [k for k, v in given.items() if hasattr(defaults, k) and v is not None and v != getattr(defaults, k)]
     if closed_form:
-        ignored = [k for k in changed if k in LOOP_SETTINGS]
+        ignored = [k for k in changed if k in ("epochs", *LOOP_SETTINGS)]
         if ignored:
-            notes.append(f"{name} is fitted in closed form, without an optimiser: --set {', '.join(ignored)} "
-                         f"is ignored")
+            notes.append(f"{name} is fitted in closed form, without an optimiser: its setting(s) "
+                         f"{', '.join(ignored)} are ignored")
         return notes
     optimizer = getattr(cfg, "optimizer", None)
     if optimizer is None:

@@ -204,3 +204,36 @@ def test_a_lock_is_released_when_its_extraction_fails(built, cli, tmp_path):
     assert one_line_error(_extract(cli, data, cache, "--seed", "3"))  # refused: other splits than cached
     assert _extract(cli, data, cache, "--overwrite", "--seed", "3", encoders="bow").code == 0
     assert os.path.exists(cache / "locks" / "dataset=pairs.lock")
+
+
+# -- beyond the list ------------------------------------------------------------------------------------------
+def test_shard_workers_that_start_together_share_the_dataset(tmp_path):
+    """The lock must not refuse the --shard workers of one extraction, which start at the same moment."""
+    data, cache = write_pairs(tmp_path / "src").parent, tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "extract", "--dataset", "pairs", "--data-dir", data,
+                               "--cache", cache, "--encoders", "bow", "-o", "dataset.text_kind=tags",
+                               "--shard", f"{k}/2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(2)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    from pipeline.ground.store.cache import Cache
+
+    assert Cache(cache).dataset("pairs").manifest("bow")["complete"]
+
+
+def test_results_copied_twice_or_into_another_datasets_folder_are_refused(cli, tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "mirflickr", results / "mirflickr")
+    one = results / "mirflickr" / "mirflickr-cca-itq-16b-s1-1dd3cf89.parquet"
+    shutil.copy(one, results / "mirflickr" / "copy.parquet")
+    line = one_line_error(cli("report", "--results", results, "--dataset", "mirflickr"))
+    assert "both hold run mirflickr-cca-itq-16b-s1-1dd3cf89: delete the copy" in line
+    (results / "mirflickr" / "copy.parquet").unlink()
+    (results / "coco").mkdir()
+    shutil.copy(one, results / "coco" / one.name)
+    line = one_line_error(cli("report", "--results", results, "--dataset", "coco"))
+    assert "its rows are of dataset mirflickr, not of 'coco' (its folder)" in line
+    (results / "coco" / one.name).unlink()
+    assert "no published results for 'coco'" in one_line_error(cli("report", "--results", results, "--dataset", "coco"))

@@ -3,6 +3,7 @@ user wrong name the right fix (issue 22, classes 5-7)."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shlex
@@ -84,7 +85,9 @@ def test_a_key_or_value_given_twice_is_refused(cli, built, args, expect):
     ("djsrh", ["--set", "optimizer=adam", "--set", "momentum=0.5", "--epochs", "1"],
      "optimizer adam does not read momentum (it reads lr, betas, weight_decay): --set momentum is ignored"),
     ("djsrh", ["--set", "betas=[0.5,0.9]", "--epochs", "1"], "optimizer sgd does not read betas"),
-    ("baseline", ["--set", "lr=0.1"], "baseline is fitted in closed form, without an optimiser: --set lr is ignored"),
+    ("baseline", ["--set", "lr=0.1"], "baseline is fitted in closed form, without an optimiser: its setting(s) lr are "
+                                      "ignored"),
+    ("baseline", ["--epochs", "5"], "its setting(s) epochs are ignored"),
 ])
 def test_settings_the_optimiser_ignores_are_said_once(cli, built, caplog, method, extra, expect):
     _, cache, _ = built
@@ -125,17 +128,21 @@ def test_a_cache_a_report_folder_or_a_results_folder_that_is_a_file(cli, built, 
     assert "is a file, not a folder" in line
 
 
+class _FullDisk(io.FileIO):
+    """A file whose every write fails as on a full disk."""
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 def test_a_full_disk_while_the_model_is_saved_is_one_line_and_leaves_no_partial(cli, built, monkeypatch):
     import pipeline.ground.store.runs as runs
 
     _, cache, _ = built
     real_fdopen = os.fdopen
 
-    def full_disk(fd, mode="r", *args, **kwargs):
-        if "b" in mode:  # the model file: writes go to /dev/full, which answers ENOSPC
-            os.close(fd)
-            return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode)
-        return real_fdopen(fd, mode, *args, **kwargs)
+    def full_disk(fd, mode="r", *args, **kwargs):  # the model file is the one binary file written here
+        return _FullDisk(fd, "wb") if "b" in mode else real_fdopen(fd, mode, *args, **kwargs)
 
     monkeypatch.setattr(runs.os, "fdopen", full_disk)
     line = one_line_error(_train(cli, cache, "--epochs", "1"))
@@ -278,3 +285,39 @@ def test_a_failed_json_write_leaves_no_partial_file(tmp_path):
         write_json_atomic({"a": Unwritable()}, tmp_path / "x.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+# -- beyond the list ------------------------------------------------------------------------------------------
+def test_a_grid_naming_a_method_twice_is_refused(cli, built):
+    _, cache, _ = built
+    result = cli("grid", "--methods", "baseline,baseline", "--dataset", "pairs", "--cache", cache, "--bits", "8")
+    assert result.code == 2 and "--methods names baseline more than once" in " ".join(result.err.split())
+
+
+def test_a_cache_under_the_home_folder_is_expanded_not_made_here(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CMH_CACHE", "~/cache")
+    line = one_line_error(cli("train", "--method", "baseline", "--dataset", "mirflickr-n300", "--bits", "8"))
+    assert f"no cached dataset 'mirflickr-n300' under {tmp_path / 'home' / 'cache'}" in line
+    assert "`cmh extract --dataset mirflickr --limit 300`" in line  # the source and its limit, not the cache name
+    assert not (tmp_path / "~").exists()
+
+
+def test_a_full_disk_while_features_are_written_names_the_shard(cli, tmp_path, monkeypatch):
+    import pipeline.ground.store.parquet as parquet
+
+    data = tmp_path / "d"
+    write_pairs(data)
+    real = parquet.pq.write_table
+
+    def full(table, where, **kwargs):
+        if "features" in str(where):
+            raise OSError(errno.ENOSPC, "Error writing bytes to file")  # as Arrow raises it: no file name
+        return real(table, where, **kwargs)
+
+    monkeypatch.setattr(parquet.pq, "write_table", full)
+    line = one_line_error(cli("extract", "--dataset", "pairs", "--data-dir", data, "--cache", tmp_path / "c",
+                              "--encoders", "bow"))
+    assert "/features/dataset=pairs/encoder=bow/" in line and "No space left on device" in line
+    assert not list((tmp_path / "c").rglob("*.partial"))

@@ -209,3 +209,33 @@ def test_a_query_image_of_unknown_scale_is_one_line(cli, built, tmp_path):
     Image.fromarray((_grey_ramp() * -5).astype(np.float32)).save(tmp_path / "neg.tif")
     line = one_line_error(cli("query", "--run", run, "--cache", cache, "--image", tmp_path / "neg.tif"))
     assert "neg.tif: floating-point samples from -5 to 0" in line and "scale it to [0, 1]" in line
+
+
+# -- beyond the list ------------------------------------------------------------------------------------------
+def test_a_csv_separated_by_semicolons_with_capitalised_headers_is_read(cli, tmp_path):
+    data = tmp_path / "d"
+    _images(data, 40)
+    lines = [f"img/{i}.png;a picture, number {i};{'dog' if i % 2 else 'cat'}|pet" for i in range(40)]
+    (data / "pairs.csv").write_text("Image; Text; Labels\n" + "\n".join(lines) + "\n")
+    result = _extract(cli, data, tmp_path / "c")
+    assert result.code == 0, result.err
+    items = _items(tmp_path / "c")
+    assert len(items) == 40 and items.texts[3] == ["a picture, number 3"] and items.label_names == ["cat", "dog", "pet"]
+
+
+def test_an_image_path_under_the_home_folder_is_read(cli, tmp_path, monkeypatch):
+    data = tmp_path / "d"
+    write_pairs(data)
+    monkeypatch.setenv("HOME", str(data))
+    rows = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
+    (data / "pairs.jsonl").write_text("\n".join(json.dumps({**r, "image": "~/" + r["image"]}) for r in rows) + "\n")
+    assert _extract(cli, "~/pairs.jsonl", tmp_path / "c").code == 0
+    assert len(_items(tmp_path / "c")) == 40
+
+
+def test_coco_categories_listed_twice_are_refused(cli, tmp_path):
+    data = _coco(tmp_path / "coco", lambda i: [1])
+    (data / "categories.json").write_text(json.dumps([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]))
+    line = one_line_error(cli("extract", "--dataset", "coco", "--data-dir", data, "--cache", tmp_path / "c",
+                              "--encoders", "bow"))
+    assert "categories.json: category id(s) [1] are listed more than once" in line

@@ -55,8 +55,8 @@ def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
     path = layout.items_path(dataset)
     if not path.exists():
         raise CacheError(
-            f"no cached dataset {dataset!r} under {layout.root}: run `cmh extract --dataset ...` "
-            f"(or `make extract DATASET=...`) first, or point CACHE= at the cache that holds it"
+            f"no cached dataset {dataset!r} under {layout.root}: extract it first (`{extract_command(layout, dataset)}`"
+            f", or `make extract DATASET=...`), or point CACHE= at the cache that holds it"
         )
     meta = read_metadata(path, _FIX)
     check_schema_version(meta, path)

@@ -10,8 +10,10 @@ the process ends, however it ends):
 * **shared** while they are checked and while features are extracted, so the ``--shard i/n``
   workers of one extraction, and extractions of other encoders of the same data, run side by side.
 
-A writer that needs the exclusive lock while another process holds the dataset does not wait (an
-extraction can take hours): it is refused with a one-line error. Readers take no lock; they compare
+A writer that needs the exclusive lock while another process holds the dataset does not wait for it
+(an extraction can take hours): it waits only for the items to be written, then reads them like any
+other extraction (the ``--shard`` workers that start together), or is refused with a one-line error
+when it was to replace them. Readers take no lock; they compare
 fingerprints instead (``aligned.check_features_match_items``).
 """
 from __future__ import annotations
@@ -55,8 +57,8 @@ class DatasetLock:
             fcntl.flock(fd, fcntl.LOCK_SH)
         self.mode = "shared"
 
-    def exclusive(self, attempts: int = 5) -> None:
-        """Hold the lock alone, or CacheError when another process keeps the dataset (an extraction running).
+    def exclusive(self, attempts: int = 5) -> bool:
+        """Hold the lock alone; False (holding nothing) when another process keeps the dataset.
 
         A few short retries let extractions that start at the same moment, each holding the lock shared
         while it looks at the cache, sort themselves out."""
@@ -65,13 +67,17 @@ class DatasetLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a failed conversion drops the shared lock
                 self.mode = "exclusive"
-                return
+                return True
             except BlockingIOError:
                 self.mode = None
                 time.sleep(0.1 + random.random() * 0.4)
-        raise CacheError(f"dataset {self.dataset!r} in this cache is being extracted by another process (lock "
-                         f"{self.path}): let it finish, then run this command again, or write to another --name "
-                         f"or CACHE=")
+        return False
+
+    def busy(self) -> CacheError:
+        """The refusal of a writer that would replace a dataset another process holds."""
+        return CacheError(f"dataset {self.dataset!r} in this cache is being extracted by another process (lock "
+                          f"{self.path}): let it finish, then run this command again, or write to another --name "
+                          f"or CACHE=")
 
     def release(self) -> None:
         if self._fd is not None:

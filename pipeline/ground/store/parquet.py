@@ -6,7 +6,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -74,10 +74,18 @@ def write_table_atomic(
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        _discard(tmp, exc, path)
     return path
+
+
+def _discard(tmp: str, exc: BaseException, path: Path) -> NoReturn:
+    """Remove the ``.partial`` file of a failed write and re-raise; an OSError without a file name (Arrow's
+    writer raises a full disk so) is raised again naming ``path``, which the CLI's one-line error shows."""
+    Path(tmp).unlink(missing_ok=True)
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+    raise exc
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -91,9 +99,8 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        _discard(tmp, exc, path)
     return path
 
 
@@ -109,9 +116,8 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; pages and images are meant to be read by others
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        _discard(tmp, exc, path)
     return path
 
 

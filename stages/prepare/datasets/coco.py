@@ -161,6 +161,9 @@ def _build(records: Iterable[tuple[Any, str, Any, Any, str]], categories: list[d
         ordered = sorted(((whole_id(c["id"], cat_source, "category id"), str(c["name"])) for c in categories))
     except (KeyError, TypeError) as exc:
         raise DataError(f"{cat_source}: categories need integer 'id' and 'name' fields ({exc})") from None
+    twice = sorted({cid for cid, _ in ordered if [c for c, _ in ordered].count(cid) > 1})
+    if twice:  # two label columns for one id: which one an annotation means is unknown
+        raise DataError(f"{cat_source}: category id(s) {twice} are listed more than once; give each id once")
     column = {cid: j for j, (cid, _) in enumerate(ordered)}
     records = sorted(((whole_id(r[0], r[4], "image_id"), *r[1:]) for r in records), key=lambda r: r[0])
     n = len(records)

@@ -127,7 +127,8 @@ def read_pairs_file(
     if skipped:
         report_skipped(dataset, skipped, path)
     base = path.parent
-    refs = [str(Path(r["image"]) if Path(r["image"]).is_absolute() else base / r["image"]) for r in rows]
+    images = [Path(r["image"]).expanduser() for r in rows]  # "~/photos/a.jpg" means the home folder
+    refs = [str(image if image.is_absolute() else base / image) for image in images]
     sel = np.asarray(keep, dtype=np.int64)
     table = ItemTable(
         dataset=dataset,
@@ -169,15 +170,16 @@ def _read_csv(path: Path, text_sep: str, label_sep: str, text_kind: str) -> list
     rows = []
     multiline = 0
     lines = open_text(path).readlines()  # physical lines, as the csv reader counts them
+    delimiter = _delimiter(lines, path)
     # strict: a quote never closed, or text after a closing quote, is an error instead of a guess
-    reader = csv.reader(lines, strict=True)
+    reader = csv.reader(lines, strict=True, delimiter=delimiter)
     header, end = _csv_header(reader, path)
     while True:
         start = end + 1
         try:
             cells = next(reader, None)
         except csv.Error as exc:
-            raise _quote_error(path, lines, header, start, reader.line_num, exc) from None
+            raise _quote_error(path, lines, header, start, reader.line_num, exc, delimiter) from None
         if cells is None:
             break
         end = reader.line_num
@@ -185,9 +187,10 @@ def _read_csv(path: Path, text_sep: str, label_sep: str, text_kind: str) -> list
             continue
         where = f"{path} line {start}" if end == start else f"{path} lines {start}-{end}"
         if end > start:
-            swallowed = _row_inside(lines, header, path.parent, start, end)
+            swallowed = _row_inside(lines, header, path.parent, start, end, delimiter)
             if swallowed is not None:
-                raise DataError(f"{path} line {start}: the quote that opens in column {_open_column(lines, header, start)} "
+                raise DataError(f"{path} line {start}: the quote that opens in column "
+                                f"{_open_column(lines, header, start, delimiter)} "
                                 f"closes only on line {end}, so line {swallowed[0]} ({swallowed[1]!r}) and the lines "
                                 f"between were read into that cell; {_CLOSE.format(line=start)}")
             multiline += 1
@@ -205,17 +208,35 @@ _CLOSE = "close the quote that opens on line {line} (a quote inside a cell is wr
 
 
 def _csv_header(reader: Any, path: Path) -> tuple[list[str], int]:
+    """The column names, as written but for case and surrounding spaces (``Image`` is ``image``)."""
     for cells in reader:
         if any(c.strip() for c in cells):
-            return [c.strip() for c in cells], reader.line_num
+            return [c.strip().lower() for c in cells], reader.line_num
     raise DataError(f"{path} is empty; expected a header line image,text,labels[,id]")
 
 
-def _quote_error(path: Path, lines: list[str], header: list[str], start: int, stop: int, exc: csv.Error) -> DataError:
+def _delimiter(lines: list[str], path: Path) -> str:
+    """``,``, or the ``;`` or tab that the header line separates its columns with (spreadsheet programs in
+    many locales write ``;``); said when it is not a comma."""
+    head = next((line for line in lines if line.strip()), "")
+    for delimiter in (",", ";", "\t"):
+        try:
+            names = {c.strip().lower() for c in next(csv.reader([head], delimiter=delimiter), [])}
+        except csv.Error:
+            continue
+        if {"image", "text", "labels"} <= names:
+            if delimiter != ",":
+                log.info("%s: cells are separated by %r (read from its header line)", path, delimiter)
+            return delimiter
+    return ","
+
+
+def _quote_error(path: Path, lines: list[str], header: list[str], start: int, stop: int, exc: csv.Error,
+                 delimiter: str) -> DataError:
     """The one-line error for a record the strict reader refused (started on ``start``, failed on ``stop``)."""
     at_end = stop >= len(lines) and "end of data" in str(exc)
-    swallowed = _row_inside(lines, header, path.parent, start, stop + 1)
-    column = _open_column(lines, header, start)
+    swallowed = _row_inside(lines, header, path.parent, start, stop + 1, delimiter)
+    column = _open_column(lines, header, start, delimiter)
     if at_end:
         return DataError(f"{path} line {start}: the quote that opens in column {column} is never closed, so every "
                          f"line after it was read into that cell; {_CLOSE.format(line=start)}")
@@ -227,17 +248,18 @@ def _quote_error(path: Path, lines: list[str], header: list[str], start: int, st
                      f"in the cell; {_CLOSE.format(line=start)}")
 
 
-def _open_column(lines: list[str], header: list[str], line: int) -> str:
+def _open_column(lines: list[str], header: list[str], line: int, delimiter: str) -> str:
     """The column whose quote opens on ``line`` and stays open: the last cell that line holds."""
     try:
-        cells = next(csv.reader([lines[line - 1]]), [])
+        cells = next(csv.reader([lines[line - 1]], delimiter=delimiter), [])
     except (csv.Error, IndexError):
         return "?"
     at = len(cells) - 1
     return repr(header[at]) if 0 <= at < len(header) else f"{at + 1}"
 
 
-def _row_inside(lines: list[str], header: list[str], base: Path, start: int, end: int) -> tuple[int, str] | None:
+def _row_inside(lines: list[str], header: list[str], base: Path, start: int, end: int,
+                delimiter: str) -> tuple[int, str] | None:
     """(line number, text) of the first line after ``start`` and before ``end`` that is a row of its own.
 
     A quote that opens in one row and closes rows later makes one cell of those rows, so they vanish and
@@ -246,7 +268,7 @@ def _row_inside(lines: list[str], header: list[str], base: Path, start: int, end
     for number in range(start + 1, min(end, len(lines) + 1)):
         text = lines[number - 1].rstrip("\r\n")
         try:
-            parsed = next(csv.reader([text]), [])
+            parsed = next(csv.reader([text], delimiter=delimiter), [])
         except csv.Error:
             continue
         if len(parsed) >= len(header) and _names_an_image(parsed[image_at].strip(), base):
