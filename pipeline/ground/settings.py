@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from pipeline.ground.errors import ConfigError
+from pipeline.ground.paths import require_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,10 +37,4 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
     if override is not None and not str(override).strip():
         raise ConfigError("--cache is empty: give a folder (or leave the option out for $CMH_CACHE or ./cache)")
     root = Path(override).expanduser() if override is not None else _from_env("CMH_CACHE", DEFAULT_CACHE_ROOT)
-    for folder in (root, *root.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                source = "--cache" if override is not None else "$CMH_CACHE"
-                raise ConfigError(f"{source} {root}: {folder} is a file, not a folder; give a folder for the cache")
-            break
-    return root
+    return require_folder(root, "--cache" if override is not None else "$CMH_CACHE", "a folder for the cache")

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.lineage import stale_summary
 
@@ -14,9 +15,9 @@ def publish(cache: Cache, dataset: str, run_ids: Sequence[str], results: Path, *
 
     A run trained on data that ``dataset`` no longer holds is refused (its numbers describe the old data),
     and so are rows of other splits or data than those published for the dataset unless ``replace``."""
-    from stages.present.results import check_results_root, publish_runs
+    from stages.present.results import publish_runs
 
-    check_results_root(Path(results))
+    require_folder(Path(results), "--results", "the results registry folder (results/)")
     runs = [cache.find_run(r) for r in run_ids] if run_ids else cache.runs(dataset)
     if not runs:
         raise CacheError(f"no finished runs of {dataset!r} under {cache.runs_dir()}; train them first (`cmh train`)")

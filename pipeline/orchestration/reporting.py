@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.lineage import stale_summary
 
@@ -33,7 +34,7 @@ def report(cache: Cache, req: ReportRequest, echo: Callable[[str], None] = print
     run_ids = _current_run_ids(cache, req.dataset)
     rows = cache.report_rows(req.dataset, run_ids)
     out_dir = req.out_dir or cache.reports_dir
-    check_out_dir(out_dir, "--out-dir")
+    require_folder(Path(out_dir), "--out-dir")
     table = methods_by_bits(rows, dataset=req.dataset, metric=req.metric, out_dir=out_dir, beside=f"val_{req.metric}")
     echo(table.markdown)
     echo("written: " + ", ".join(str(p) for p in table.paths.values()))
@@ -63,16 +64,6 @@ def _current_run_ids(cache: Cache, dataset: str | None) -> list[str] | None:
         raise CacheError(f"no run to report: {summary}")
     log.warning("left out of the table: %s", summary)
     return [r.run_id for r in current]
-
-
-def check_out_dir(path: Path, option: str) -> None:
-    """ConfigError when ``path`` (or a folder above it) is a file: the tables and pages are written under it."""
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ConfigError(f"{option} {path}: {folder} is a file, not a folder; give a folder (it is made "
-                                  f"when missing)")
-            return
 
 
 @dataclass

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ground.versions import RESULTS_VERSION
 from pipeline.ground.errors import CacheError, DataError
+from pipeline.ground.paths import require_folder
 from pipeline.ground.store.parquet import read_metadata, read_table, write_bytes_atomic, write_table_atomic
 from stages.present.published import comparison_markdown
 from pipeline.ground.store.cache import read_report_rows
@@ -100,7 +101,7 @@ def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool
     replace, and the others its table is drawn from) are refused unless ``replace``: a run of a
     ``LIMIT=`` extraction named like the benchmark would otherwise replace the benchmark's numbers."""
     results_root = Path(results_root)
-    check_results_root(results_root)
+    require_folder(results_root, "--results", "the results registry folder (results/)")
     planned = []
     for run in runs:
         run = run if isinstance(run, RunDir) else RunDir(Path(run))
@@ -110,16 +111,6 @@ def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool
             _refuse_other_data(dest, table, meta)
         planned.append((table, dest, meta))
     return [write_table_atomic(table, dest, metadata=meta) for table, dest, meta in planned]
-
-
-def check_results_root(results_root: Path) -> None:
-    """DataError when the registry folder (or a folder above it) is a file."""
-    for folder in (results_root, *results_root.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise DataError(f"--results {results_root}: {folder} is a file, not a folder; give the results "
-                                f"registry folder (results/)")
-            return
 
 
 def _publishable(run: RunDir) -> tuple[pa.Table, dict[str, Any]]:
@@ -149,12 +140,12 @@ def _publishable(run: RunDir) -> tuple[pa.Table, dict[str, Any]]:
 
 def _published_data(path: Path) -> tuple[str | None, str | None]:
     """(split protocol with sizes, data fingerprint or None) of a published file."""
-    try:
-        protocols = set(pq.read_table(path, columns=["split_protocol"]).column(0).to_pylist())
-        fingerprint = read_metadata(path).get("data_fingerprint")
-    except (pa.ArrowException, OSError, KeyError, CacheError) as exc:
-        raise DataError(f"{path} cannot be read ({str(exc).splitlines()[0][:120]}); delete it, or pass --replace to "
-                        f"publish over it") from None
+    fix = "delete it, or pass --replace to publish over it"
+    table = read_table(path, fix=fix)
+    if "split_protocol" not in table.column_names:
+        raise DataError(f"{path} has no split_protocol column: {fix}")
+    protocols = set(table.column("split_protocol").to_pylist())
+    fingerprint = read_metadata(path, fix).get("data_fingerprint")
     return (protocols.pop() if len(protocols) == 1 else ", ".join(sorted(map(str, protocols)))), fingerprint
 
 
@@ -179,7 +170,7 @@ def _refuse_other_data(dest: Path, table: pa.Table, meta: dict[str, Any]) -> Non
 def scan_results(results_root: Path, dataset: str) -> ResultsScan:
     """Split the published files of ``dataset`` into current and stale (another code version)."""
     folder = Path(results_root) / dataset
-    check_results_root(Path(results_root))
+    require_folder(Path(results_root), "--results", "the results registry folder (results/)")
     if not folder.is_dir():
         raise CacheError(f"no published results for {dataset!r} under {results_root}; publish runs first "
                          f"(cmh publish --dataset {dataset})")
