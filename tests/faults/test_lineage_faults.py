@@ -78,9 +78,11 @@ def test_report_leaves_out_a_stale_run_and_publish_refuses_it(changed, cli, tmp_
     assert not results.exists()
     # a current run beside it: the table shows that one and counts the one left out
     assert cli("train", "--method", "cca-itq", "--dataset", "pairs", "--cache", cache, "--bits", "8").code == 0
-    result = cli("report", "--cache", cache, "--dataset", "pairs")
+    result = cli("report", "--cache", cache, "--dataset", "pairs", "--html")
     assert result.code == 0 and "cca-itq" in result.out and "| baseline" not in result.out
     assert "left out of the table: 1 of 2 run(s)" in caplog.text
+    page = (cache / "reports" / "pairs.html").read_text()
+    assert "cca-itq" in page and run not in page  # no gallery of old codes beside new pictures
 
 
 def test_a_new_split_seed_makes_the_run_stale(built, cli):
