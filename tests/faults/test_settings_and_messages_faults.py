@@ -238,11 +238,16 @@ def test_a_missing_manifest_is_not_listed_as_cached(cli, built):
     assert "--encoders alexnet --overwrite" in line
 
 
-def test_a_run_folder_without_its_config_is_named_as_such(cli, built):
+def test_a_run_folder_without_its_config_is_named_as_such(cli, built, caplog):
     _, cache, run = built
     (cache / "runs" / run / "config.json").unlink()
     line = one_line_error(cli("query", "--run", run, "--cache", cache, "--text", "dog"))
     assert f"run folder {cache / 'runs' / run} has no config.json" in line and "runs:" not in line
+    line = one_line_error(cli("report", "--cache", cache, "--dataset", "pairs"))
+    assert "no run to report" in line and "its config.json is missing" in line
+    result = cli("train", "--method", "baseline", "--dataset", "pairs", "--cache", cache, "--bits", "16")
+    assert result.code == 0 and "(cached)" not in result.out and "its config.json is missing" in caplog.text
+    assert (cache / "runs" / run / "config.json").exists()
 
 
 def test_an_empty_cmh_cache_is_refused_not_the_current_folder(cli, tmp_path, monkeypatch):

@@ -239,3 +239,29 @@ def test_coco_categories_listed_twice_are_refused(cli, tmp_path):
     line = one_line_error(cli("extract", "--dataset", "coco", "--data-dir", data, "--cache", tmp_path / "c",
                               "--encoders", "bow"))
     assert "categories.json: category id(s) [1] are listed more than once" in line
+
+
+def test_the_same_picture_in_8_bit_16_bit_and_float_files_gets_the_same_features(cli, tmp_path):
+    """At the level the user meets it: the cached AlexNet features of one grey picture saved three ways."""
+    from pipeline.ground.store.cache import Cache
+
+    data = tmp_path / "d"
+    write_pairs(data)
+    grey = (_grey_ramp() * 255).round().astype(np.uint8)
+    Image.fromarray(grey).save(data / "img" / "0.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(data / "img" / "1.png")
+    Image.fromarray(grey.astype(np.float32) / 255).save(data / "img" / "2.tif")
+    rows = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
+    rows[2]["image"] = "img/2.tif"
+    (data / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = cli("extract", "--dataset", "pairs", "--data-dir", data, "--cache", tmp_path / "c", "--encoders",
+                 "alexnet", "-o", "dataset.text_kind=tags")
+    assert result.code == 0, result.err
+    ds = Cache(tmp_path / "c").dataset("pairs")
+    refs = ds.feature_refs("alexnet:pool", "image")
+    rows_of = {}
+    for split in ("query", "database"):
+        chunk = ds.features(split, refs, [])
+        rows_of.update({int(i): chunk.image_matrix[k] for k, i in enumerate(chunk.item_id)})
+    assert np.allclose(rows_of[0], rows_of[1], atol=1e-3) and np.allclose(rows_of[0], rows_of[2], atol=1e-3)
+    assert not np.allclose(rows_of[0], rows_of[3], atol=1e-3)  # a different picture differs

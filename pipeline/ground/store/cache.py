@@ -28,7 +28,7 @@ from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef, parse_fea
 from pipeline.ground.store.features import read_manifest, splits_fingerprint
 from pipeline.ground.store.items import Splits, items_meta, read_items, read_splits, splits_meta
 from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.lineage import data_change, stale_run_error
+from pipeline.ground.store.lineage import MISSING_RECORD, data_change, stale_run_error
 from pipeline.ground.store.runs import CONFIG_FILE, REPORT_FILE, RunDir
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class Cache(CacheLayout):
 
     def data_change(self, run: RunDir) -> str | None:
         """Why ``run`` was trained on other data than its dataset holds now, or None (``lineage``)."""
+        if not run.config_path.exists():
+            return MISSING_RECORD
         config = run.read_config()
         return data_change(config, self.dataset(config["dataset"])) if config.get("dataset") else None
 
@@ -96,6 +98,9 @@ class Cache(CacheLayout):
         handles: dict[str, DatasetCache] = {}
         current, stale = [], []
         for run in runs:
+            if not run.config_path.exists():
+                stale.append((run, MISSING_RECORD))
+                continue
             config = run.read_config()
             name = config.get("dataset")
             reason = data_change(config, handles.setdefault(name, self.dataset(name))) if name else None

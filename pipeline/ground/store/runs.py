@@ -192,6 +192,9 @@ class RunDir:
         return write_json_atomic(config, self.config_path)
 
     def read_config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            raise CacheError(f"{self.config_path} is missing, so what run {self.run_id} was trained on is unknown; "
+                             f"{RETRAIN_HINT}")
         try:
             return json.loads(self.config_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
