@@ -265,3 +265,9 @@ def test_the_same_picture_in_8_bit_16_bit_and_float_files_gets_the_same_features
         rows_of.update({int(i): chunk.image_matrix[k] for k, i in enumerate(chunk.item_id)})
     assert np.allclose(rows_of[0], rows_of[1], atol=1e-3) and np.allclose(rows_of[0], rows_of[2], atol=1e-3)
     assert not np.allclose(rows_of[0], rows_of[3], atol=1e-3)  # a different picture differs
+
+
+@pytest.mark.parametrize("option", ["dataset.label_sep=", "dataset.text_sep= "])
+def test_an_empty_separator_option_is_refused(cli, tmp_path, option):
+    line = one_line_error(_extract(cli, _csv(tmp_path / "d", _rows()), tmp_path / "c", "-o", option))
+    assert "give the character that separates the items of a cell" in line

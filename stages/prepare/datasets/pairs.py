@@ -91,6 +91,10 @@ def read_pairs_file(
     """Parse a pairs file into an ItemTable (also used by the demo source, which writes one)."""
     if text_kind not in ("captions", "tags"):
         raise ConfigError(f"pairs option text_kind={text_kind!r}: use 'captions' or 'tags'")
+    for option, sep in (("text_sep", text_sep), ("label_sep", label_sep)):
+        if not isinstance(sep, str) or not sep or sep.isspace() and sep != "\t":
+            raise ConfigError(f"pairs option {option}={sep!r}: give the character that separates the items of a "
+                              f"cell, e.g. -o dataset.{option}='|'")
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown pairs file type {path.suffix!r}; use .jsonl or .csv (docs/pairs-format.md)")
