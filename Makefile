@@ -18,8 +18,14 @@ METHODS  ?= baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph
 SEEDS    ?= 1
 TABLE_SEEDS ?= 1,2,3
 
-opt = $(if $(2),$(1) $(2))
-COMMON   = $(call opt,--cache,$(CACHE))
+# Every value reaches cmh as one shell word, whatever it holds (spaces in DATA_DIR or CACHE, a quote):
+# $(call q,NAME) is the value of variable NAME in single quotes; $(call opt,--flag,NAME) adds the flag only
+# when NAME is set. They take the variable's name, not its value, so a value with commas (ENCODERS,
+# BITS) is not split into make arguments.
+q   = '$(subst ','\'',$($(1)))'
+opt = $(if $($(2)),$(1) $(call q,$(2)))
+COMMON   = $(call opt,--cache,CACHE)
+CACHED   = $(DATASET)$(if $(LIMIT),-n$(LIMIT))
 
 .PHONY: setup extract train demo serve test bench grid report table clean-cache help
 
@@ -37,30 +43,31 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 extract: $(STAMP)
-	$(CMH) extract --dataset $(DATASET) $(call opt,--data-dir,$(DATA_DIR)) --encoders $(ENCODERS) \
-		$(call opt,--limit,$(LIMIT)) --seed $(SEED) $(call opt,--engine,$(ENGINE)) \
-		$(call opt,--ray-address,$(RAY_ADDRESS)) $(call opt,--concurrency,$(CONCURRENCY)) $(COMMON)
+	$(CMH) extract --dataset $(call q,DATASET) $(call opt,--data-dir,DATA_DIR) --encoders $(call q,ENCODERS) \
+		$(call opt,--limit,LIMIT) --seed $(call q,SEED) $(call opt,--engine,ENGINE) \
+		$(call opt,--ray-address,RAY_ADDRESS) $(call opt,--concurrency,CONCURRENCY) $(COMMON)
 
 train: $(STAMP)
-	$(CMH) train --method $(METHOD) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		$(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) --seed $(SEED) $(call opt,--epochs,$(EPOCHS)) \
-		$(call opt,--checkpoint-every,$(CHECKPOINT_EVERY)) $(COMMON)
+	$(CMH) train --method $(call q,METHOD) --dataset $(call q,CACHED) --bits $(call q,BITS) \
+		$(call opt,--image,IMAGE) $(call opt,--text,TEXT) --seed $(call q,SEED) $(call opt,--epochs,EPOCHS) \
+		$(call opt,--checkpoint-every,CHECKPOINT_EVERY) $(COMMON)
 
 grid: $(STAMP)
-	$(CMH) grid --methods $(METHODS) --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --bits $(BITS) \
-		--seeds $(SEEDS) $(call opt,--image,$(IMAGE)) $(call opt,--text,$(TEXT)) $(call opt,--epochs,$(EPOCHS)) \
-		$(call opt,--workers,$(WORKERS)) $(call opt,--device,$(DEVICE)) $(call opt,--checkpoint-every,$(CHECKPOINT_EVERY)) $(COMMON)
+	$(CMH) grid --methods $(call q,METHODS) --dataset $(call q,CACHED) --bits $(call q,BITS) \
+		--seeds $(call q,SEEDS) $(call opt,--image,IMAGE) $(call opt,--text,TEXT) $(call opt,--epochs,EPOCHS) \
+		$(call opt,--workers,WORKERS) $(call opt,--device,DEVICE) $(call opt,--checkpoint-every,CHECKPOINT_EVERY) \
+		$(COMMON)
 
 # The published table: only the cells results/ lacks (every seed 1 first), each published as it finishes,
 # then the README block and figure regenerated from results/ (commit all three). BUDGET= hours, PACK= archive.
 table: $(STAMP)
-	$(CMH) table --dataset $(DATASET) --methods $(METHODS) --bits $(BITS) --seeds $(TABLE_SEEDS) --results results \
-		--readme README.md $(call opt,--budget,$(BUDGET)) $(call opt,--workers,$(WORKERS)) \
-		$(call opt,--device,$(DEVICE)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--checkpoint-every,$(CHECKPOINT_EVERY)) \
-		$(call opt,--pack,$(PACK)) $(COMMON)
+	$(CMH) table --dataset $(call q,DATASET) --methods $(call q,METHODS) --bits $(call q,BITS) \
+		--seeds $(call q,TABLE_SEEDS) --results results --readme README.md $(call opt,--budget,BUDGET) \
+		$(call opt,--workers,WORKERS) $(call opt,--device,DEVICE) $(call opt,--epochs,EPOCHS) \
+		$(call opt,--checkpoint-every,CHECKPOINT_EVERY) $(call opt,--pack,PACK) $(COMMON)
 
 report: $(STAMP)
-	$(CMH) report --dataset $(DATASET)$(if $(LIMIT),-n$(LIMIT)) --published --html $(COMMON)
+	$(CMH) report --dataset $(call q,CACHED) --published --html $(COMMON)
 
 demo: $(STAMP)
 	$(CMH) demo $(COMMON)
@@ -68,8 +75,8 @@ demo: $(STAMP)
 # The search page and API over one trained run (Ctrl-C stops it): make serve RUN=<run id> [PORT=8000]
 serve: $(STAMP)
 	$(if $(RUN),,$(error give the run to serve: make serve RUN=<run id> (`ls cache/runs`)))
-	$(CMH) serve --run $(RUN) $(call opt,--dataset,$(SEARCH)) $(call opt,--host,$(HOST)) \
-		$(call opt,--port,$(PORT)) $(COMMON)
+	$(CMH) serve --run $(call q,RUN) $(call opt,--dataset,SEARCH) $(call opt,--host,HOST) \
+		$(call opt,--port,PORT) $(COMMON)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

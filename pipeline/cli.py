@@ -29,12 +29,16 @@ def _cache(cache: Optional[Path]):
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise typer.BadParameter(f"expected a comma list of integers, got {text!r}") from None
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:  # a repeated value would train or tabulate one cell twice
+        raise typer.BadParameter(f"{text!r} names {', '.join(map(str, twice))} more than once; give each value once")
+    return values
 
 
-def _key_values(pairs: list[str]) -> dict:
+def _key_values(pairs: list[str], option: str = "--set") -> dict:
     import json
 
     out: dict = {}
@@ -43,9 +47,12 @@ def _key_values(pairs: list[str]) -> dict:
         if not sep:
             raise typer.BadParameter(f"expected key=value, got {pair!r}")
         try:
-            out[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            parsed = value
+        if key in out and out[key] != parsed:  # the last one would win without a word
+            raise typer.BadParameter(f"{option} {key} is given twice ({out[key]!r} and {parsed!r}); give it once")
+        out[key] = parsed
     return out
 
 
@@ -89,7 +96,7 @@ def extract(
     req = ExtractRequest(dataset=dataset, data_dir=data_dir, encoders=tuple(encoders.split(",")), limit=limit,
                          name=name, seed=seed, protocol=protocol, n_query=n_query, n_train=n_train,
                          n_validation=validation, shard=shard, device=device, batch_size=batch_size, workers=workers,
-                         engine=engine, ray_address=ray_address, concurrency=concurrency, options=_key_values(option),
+                         engine=engine, ray_address=ray_address, concurrency=concurrency, options=_key_values(option, "-o"),
                          overwrite=overwrite)
     run(_cache(cache), req, echo=typer.echo)
 
@@ -156,12 +163,14 @@ def publish(
     dataset: str = typer.Option(..., help="cached dataset whose runs to publish"),
     run: list[str] = typer.Option([], "--run", help="run id to publish (repeat; default: every finished run of the dataset)"),
     results: Path = typer.Option(Path("results"), help="the results registry folder"),
+    replace: bool = typer.Option(False, help="publish even when the split protocol, its sizes or the data differ from "
+                                 "the results already there (replacing a run's published file)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Copy finished runs' report rows (no codes, no models) into results/<dataset>/ to be committed."""
     from pipeline.orchestration.publishing import publish as publish_runs
 
-    for path in publish_runs(_cache(cache), dataset, run, results):
+    for path in publish_runs(_cache(cache), dataset, run, results, replace=replace):
         typer.echo(f"published {path}")
 
 
@@ -278,6 +287,9 @@ def grid(
     from pipeline.orchestration.grid import GridRequest, run_grid
 
     method_names = [x.strip() for x in methods.split(",") if x.strip()]
+    twice = sorted({m for m in method_names if method_names.count(m) > 1})
+    if twice:
+        raise typer.BadParameter(f"--methods names {', '.join(twice)} more than once; give each method once")
     req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), image=image,
                       text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
                       out_dir=out_dir, checkpoint_every=checkpoint_every)
@@ -337,6 +349,9 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
         name = name.strip()
         if methods is not None and name not in methods:
             raise typer.BadParameter(f"epochs for {name!r}, which is not among --methods {','.join(methods)}")
+        if name in out:  # the last one would win without a word
+            raise typer.BadParameter(f"epochs for {name} are given twice ({out[name]} and {value.strip()}); "
+                                     f"give each method once")
         out[name] = number(value, f"for {name} ")
     return out
 
@@ -364,6 +379,8 @@ def list_(what: str = typer.Argument(..., help="methods, encoders or datasets"),
 
 #: OSErrors of the storage rather than of the program: permission denied, read-only file system, disk or quota full.
 _STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+#: OSErrors of a path given where another kind of entry is: a file where a folder is needed, or the reverse.
+_SHAPE_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
 
 def main() -> None:
@@ -374,15 +391,20 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except OSError as exc:
-        if exc.errno not in _STORAGE_ERRNOS:
+        if exc.errno not in _STORAGE_ERRNOS + _SHAPE_ERRNOS:
             raise
-        # a read-only run folder, a full disk: every write is atomic, so what was there is intact
+        # a read-only run folder, a full disk, a file in a folder's place: every write is atomic, so what was
+        # there is intact
         logging.getLogger("cmh").debug("error", exc_info=True)
-        where = exc.filename or "a cache file"
-        fix = ("free space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-               else "make it readable and writable for you")
-        typer.echo(f"error: {where}: {exc.strerror}: {fix}, or give another --cache, and run the command again",
-                   err=True)
+        where = exc.filename or "a file being written"
+        if exc.errno in _SHAPE_ERRNOS:
+            fix = ("a file stands where a folder is needed (or a folder where a file is): move it, or give the "
+                   "option another path")
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free space on that disk (or write to another one)"
+        else:
+            fix = "make it readable and writable for you (or write elsewhere)"
+        typer.echo(f"error: {where}: {exc.strerror}: {fix}, and run the command again", err=True)
         sys.exit(2)
     except KeyError as exc:  # registry lookups: the message already lists the alternatives
         if exc.args and isinstance(exc.args[0], str) and "registered:" in exc.args[0]:

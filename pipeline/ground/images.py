@@ -39,11 +39,48 @@ def load_image(ref: str) -> Image.Image:
             return Image.fromarray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))).astype(np.uint8)).convert("RGB")
         with Image.open(ref) as im:
             im.load()
-            return im.convert("RGB")
+            return as_rgb(im, ref)
     except DataError:
         raise
     except Exception as exc:  # PIL/h5py raise many types; all mean "this image is unusable"
         raise DataError(f"cannot read image {ref}: {type(exc).__name__}: {exc}") from exc
+
+
+def as_rgb(im: Image.Image, ref: str) -> Image.Image:
+    """8-bit RGB as the picture is meant to be seen; DataError for a sample format whose scale is unknown.
+
+    ``convert("RGB")`` clips 16-bit samples at 255 (a 16-bit grey PNG reads as almost white) and
+    truncates float samples (a [0, 1] float TIFF reads as black), so those are scaled here: 16-bit
+    integers by 255/65535, floats in [0, 1] by 255. Transparent pixels are laid over white, as a
+    viewer shows them, instead of the colour hidden under them (often black)."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        bits = 16 if mode.startswith("I;16") or im.format == "PNG" else _tiff_bits(im)
+        if bits not in (8, 16):
+            raise DataError(f"cannot read image {ref}: {bits or 'an unknown number of'}-bit integer samples have no "
+                            f"known brightness scale; save it with 8 or 16 bits per sample")
+        grey = np.asarray(im, dtype=np.float64) * (255.0 / (2**bits - 1))
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        low, high = (float(values.min()) + 0.0, float(values.max()) + 0.0) if values.size else (0.0, 0.0)
+        if not (np.isfinite(values).all() and low >= 0.0 and high <= 1.0):
+            raise DataError(f"cannot read image {ref}: floating-point samples from {low:g} to {high:g}; cmh reads "
+                            f"float images as brightness in [0, 1]: scale it to [0, 1] or save it with 8 bits")
+        return Image.fromarray(np.rint(values * 255.0).astype(np.uint8)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _tiff_bits(im: Image.Image) -> int | None:
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # BitsPerSample
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if bits is not None else None
 
 
 def _is_stack(ref: str) -> bool:
@@ -72,6 +109,8 @@ def check_image(ref: str) -> str | None:
         with Image.open(ref) as im:
             im.draft("RGB", (CHECK_DRAFT_SIDE, CHECK_DRAFT_SIDE))
             im.load()
+            if im.mode not in ("RGB", "L", "CMYK", "YCbCr", "1"):  # a sample format it may refuse
+                as_rgb(im, ref)
     except DataError as exc:
         return str(exc)
     except Exception as exc:  # PIL raises many types; all mean "this image is unusable"

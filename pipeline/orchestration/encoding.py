@@ -112,7 +112,7 @@ def encode_dataset(cache: Cache, run: str, dataset: str, *, chunk_rows: int = CH
     run_dir = cache.find_run(run)
     ds = cache.dataset(dataset)
     run_dir.require_trained()
-    config = run_dir.read_config()
+    config = cache.require_current(run_dir)
     method = load_method(run_dir.model_path)
     refs = {m: _refs_for(ds, run_dir, config, method.dims, dataset, m) for m in ("image", "text")}
     encoders = sorted({r.encoder for rs in refs.values() for r in rs})

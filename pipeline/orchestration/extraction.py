@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.lock import DatasetLock
 from pipeline.orchestration.engines import check_engine_options
 
 
@@ -61,23 +62,27 @@ def extract(cache: Cache, req: ExtractRequest, echo: Callable[[str], None] = pri
     dataset_req = DatasetRequest(dataset=req.dataset, data_dir=req.data_dir, limit=req.limit, name=req.name,
                                  protocol=req.protocol, seed=req.seed, n_query=req.n_query, n_train=req.n_train,
                                  n_validation=req.n_validation, options=by_prefix["dataset"])
-    items, splits = prepare_dataset(cache, dataset_req, overwrite=req.overwrite)
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-    echo(f"dataset {dataset_req.cache_name}: {len(items)} items ({sizes}) -> {cache.dataset_dir(dataset_req.cache_name)}")
-    session: Any = contextlib.nullcontext()
-    if req.engine == "ray":  # ray is imported on this path only
-        from stages.extract.ray_engine import ray_session, run_extraction_ray
+    # the dataset's lock, held shared from the items' check (or write) to the last encoder, so no other
+    # extraction can replace the items whose features these are
+    with DatasetLock(cache, dataset_req.cache_name) as lock:
+        items, splits = prepare_dataset(cache, dataset_req, overwrite=req.overwrite, lock=lock)
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+        echo(f"dataset {dataset_req.cache_name}: {len(items)} items ({sizes}) -> "
+             f"{cache.dataset_dir(dataset_req.cache_name)}")
+        session: Any = contextlib.nullcontext()
+        if req.engine == "ray":  # ray is imported on this path only
+            from stages.extract.ray_engine import ray_session, run_extraction_ray
 
-        session = ray_session(req.ray_address)
-        run = functools.partial(run_extraction_ray, concurrency=req.concurrency)
-    else:
-        run = functools.partial(run_extraction, workers=req.workers)
-    with session:
-        for name in names:
-            encoder = create_encoder(name, **by_prefix[encoder_kind(name)])
-            summary = run(cache, items, splits, encoder, shard=shard, device=req.device,
-                          batch_size=req.batch_size, overwrite=req.overwrite)
-            echo(f"{summary.describe()}\n  -> {cache.encoder_dir(dataset_req.cache_name, encoder.id)}")
+            session = ray_session(req.ray_address)
+            run = functools.partial(run_extraction_ray, concurrency=req.concurrency)
+        else:
+            run = functools.partial(run_extraction, workers=req.workers)
+        with session:
+            for name in names:
+                encoder = create_encoder(name, **by_prefix[encoder_kind(name)])
+                summary = run(cache, items, splits, encoder, shard=shard, device=req.device,
+                              batch_size=req.batch_size, overwrite=req.overwrite)
+                echo(f"{summary.describe()}\n  -> {cache.encoder_dir(dataset_req.cache_name, encoder.id)}")
 
 
 def encoder_kind(name: str) -> str:

@@ -101,7 +101,7 @@ def build_indexes(cache: Cache, run: str, *, dataset: str | None = None, kind: s
 
     binary_index.check_kind(kind)
     source = CodesSource(cache.find_run(run), dataset, cache)
-    config = source.run.read_config()
+    config = cache.require_current(source.run)
     codes = source.read()
     n, bits = len(codes["item_id"]), int(codes["bits"])
     if n == 0:

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from pipeline.ground.images import load_image
 from pipeline.ground.errors import ConfigError
+from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
 from pipeline.orchestration.searcher import TARGET, Searcher
 
@@ -40,6 +41,8 @@ def query(cache: Cache, req: QueryRequest, say: Callable[[str], None] = log.info
         raise ConfigError("give exactly one of --text or --image")
     if req.html is not None and (req.html.is_dir() or req.html.suffix.lower() not in (".html", ".htm")):
         raise ConfigError(f"--html expects a file name ending in .html, got {str(req.html)!r}")
+    if req.html is not None:
+        require_folder(req.html.parent, "--html's folder")  # before the search, not after it
     rows = query_run(cache, req.run, text=req.text, image=req.image, top_k=req.top_k, dataset=req.dataset, say=say)
     page = None
     if req.html is not None:

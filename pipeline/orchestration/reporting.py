@@ -2,13 +2,18 @@
 published rows under ``results/`` (with the README block and figure they generate)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.ground.errors import ConfigError
+from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.lineage import stale_summary
 from stages.present.results import DEFAULT_PLAN, TablePlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,8 +32,10 @@ def report(cache: Cache, req: ReportRequest, echo: Callable[[str], None] = print
     """Tabulate every run of the cache (of ``req.dataset``), write the table files and, asked, the page."""
     from stages.present.tables import methods_by_bits
 
-    rows = cache.report_rows(req.dataset)
+    run_ids = _current_run_ids(cache, req.dataset)
+    rows = cache.report_rows(req.dataset, run_ids)
     out_dir = req.out_dir or cache.reports_dir
+    require_folder(Path(out_dir), "--out-dir")
     table = methods_by_bits(rows, dataset=req.dataset, metric=req.metric, out_dir=out_dir, beside=f"val_{req.metric}")
     echo(table.markdown)
     echo("written: " + ", ".join(str(p) for p in table.paths.values()))
@@ -36,7 +43,7 @@ def report(cache: Cache, req: ReportRequest, echo: Callable[[str], None] = print
         from stages.present.html.report import GallerySettings, build_html_report
 
         settings = GallerySettings(seed=req.gallery_seed, per_task=req.gallery_queries, top_k=req.top_k)
-        page = build_html_report(cache, table, out_dir=out_dir, settings=settings)
+        page = build_html_report(cache, table, out_dir=out_dir, settings=settings, run_ids=run_ids)
         missing = f"; {len(page.missing_images)} unreadable image(s) shown as placeholders" if page.missing_images else ""
         echo(f"html report ({page.runs} runs{missing}): {page.page}")
     if req.published:
@@ -44,6 +51,20 @@ def report(cache: Cache, req: ReportRequest, echo: Callable[[str], None] = print
         from stages.present.tables import results_table
 
         echo(comparison_markdown(results_table(rows, table.dataset, "map@50"), table.dataset))
+
+
+def _current_run_ids(cache: Cache, dataset: str | None) -> list[str] | None:
+    """The runs to tabulate: None (all) when every run still describes its cached data; otherwise the current
+    ones, with a warning that counts the others (CacheError when none is current)."""
+    runs = cache.runs(dataset)
+    current, stale = cache.split_current(runs)
+    if not stale:
+        return None
+    summary = stale_summary(stale, len(runs))
+    if not current:
+        raise CacheError(f"no run to report: {summary}")
+    log.warning("left out of the table: %s", summary)
+    return [r.run_id for r in current]
 
 
 @dataclass
@@ -60,10 +81,12 @@ def report_results(req: ResultsReportRequest, echo: Callable[[str], None] = prin
     """The table, spreads and comparison of the published rows; the README block and figure when asked."""
     from pipeline.ground.store.cache import read_report_rows
     from stages.present.plots import plot_map_vs_bits
-    from stages.present.results import readme_block, scan_results, update_readme
+    from stages.present.results import readme_block, readme_markers, scan_results, update_readme
 
     if req.dataset is None:
         raise ConfigError("--results needs --dataset (the folder name under results/)")
+    if req.readme is not None:
+        readme_markers(req.readme, req.dataset)  # a README it cannot update is refused before the figure is drawn
     base = req.readme.parent if req.readme is not None else Path.cwd()  # never the install location
     figure = req.figure or base / "docs" / f"{req.dataset}_map_vs_bits.png"
     scan = scan_results(req.results, req.dataset)

@@ -109,7 +109,7 @@ class Searcher:
         self.cache = cache
         self.run = cache.find_run(run)
         self.run.require_trained()
-        self.config = self.run.read_config()
+        self.config = cache.require_current(self.run)  # its encoders and items are read from the cache as it is now
         self.searched = dataset  # None: the run's own database
         self.ds = cache.dataset(self.config["dataset"])  # queries are encoded with the run's dataset's encoders
         if dataset is not None:

@@ -112,8 +112,8 @@ def check_request(req: TrainRequest) -> str:
         raise ConfigError(f"tie rule {req.tie!r}: use one of {', '.join(TIE_RULES)}")
     check_bits(req.bits)
     check_device(req.device)
-    if req.seed < 0:
-        raise ConfigError(f"training seed {req.seed}: give a whole number >= 0 (SEED=/--seed)")
+    if not 0 <= req.seed < 2**32:  # numpy's seed range
+        raise ConfigError(f"training seed {req.seed}: give a whole number from 0 to {2**32 - 1} (SEED=/--seed)")
     if req.checkpoint_every is not None and req.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every {req.checkpoint_every}: give a number of epochs >= 1 (CHECKPOINT_EVERY=), "
                           f"or leave it out to checkpoint every few minutes")
@@ -142,22 +142,29 @@ def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
         spec = _spec(req, method_name, bits)
         run = cache.run(spec.run_id)
         if run.is_complete() and not req.force:
-            log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
-            results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
-            continue
+            changed = cache.data_change(run)  # the id is the config alone: the data may have been re-extracted
+            if changed is None:
+                log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
+                results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
+                continue
+            log.warning("run %s was trained on other data than %r holds now (%s): training it again",
+                        spec.run_id, req.dataset, changed)
+            fresh = True
+        else:
+            fresh = req.force
         with training_lock(run.path, spec.run_id):
-            results.append(_train_one(run, spec, req, dataset, data, device))
+            results.append(_train_one(run, spec, req, dataset, data, device, fresh=fresh))
     return results
 
 
 def _train_one(run: RunDir, spec: "_Spec", req: TrainRequest, dataset: DatasetCache, data: "_Data",
-               device: str) -> RunResult:
+               device: str, *, fresh: bool = False) -> RunResult:
     """One run, holding its lock: fit (resuming a checkpoint) -> codes -> evaluate -> write."""
     checkpoints = RunCheckpoints(run.path, {"config_hash": RunId.parse(spec.run_id).key, "code_version": RESULTS_VERSION,
                                             "data_fingerprint": dataset.items_meta.get("fingerprint")},
                                  every=req.checkpoint_every)
-    if req.force:
-        checkpoints.discard()  # --force: from scratch
+    if fresh:  # --force, or the data changed: from scratch, and the old report is no longer the run's
+        checkpoints.discard()
         run.mark_incomplete()
     method = _new_method(spec, data, req)
     meta = _meta(spec, req, method, data, dataset, device)

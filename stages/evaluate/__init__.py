@@ -7,6 +7,7 @@ Modules (imports stay lazy: numba compiles only when a ranking is first computed
 - ``metrics``       mAP@K, mAP, P@K, precision within a radius, PR curves; stable or reference tie rule
 - ``binary_index``  faiss binary indexes (flat, IVF, hash, multi-hash) and their parameter rules
 - ``report``        evaluate a run's codes into report rows and curves, and write them to the run
+- ``code_health``   distinct codes and constant bits: whether a run's codes can rank at all
 
 The codes themselves (sign rule, packing, files) belong to the store (``pipeline.ground.store.codes``);
 tables, figures and pages across runs to ``stages.present``.

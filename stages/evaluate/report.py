@@ -9,7 +9,8 @@ as scalar columns, so every run is one SQL away::
 Metrics (definitions in ``stages.evaluate.metrics``): ``map@K`` (k = K), ``map`` (whole ranking,
 k NULL), ``p@K`` (k = K), ``p@r2`` (precision within Hamming radius 2, k NULL; 0 for a query that
 retrieves nothing). Tasks: ``i2t`` (image queries, text database), ``t2i``; with ``intra=True`` also
-``i2i`` and ``t2t``.
+``i2i`` and ``t2t``. Rows whose task is a modality (``image``, ``text``) describe that modality's
+database codes: ``distinct_codes`` and ``constant_bits`` (``stages.evaluate.code_health``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from pipeline.ground.errors import CacheError, ConfigError, DataError
 from pipeline.ground.store.parquet import read_table, write_table_atomic
 from pipeline.ground.store.runs import RunDir
 from pipeline.ground.store.codes import CODE_CONVENTIONS
+from stages.evaluate.code_health import degenerate_note, health_rows
 from stages.evaluate.metrics import (
     TIE_RULES,
     map_from_stats,
@@ -105,7 +107,12 @@ def evaluate_codes_and_curves(query: Mapping[str, Any], database: Mapping[str, A
     if any(k > n_db for k in ks):
         log.warning("K=%s exceeds the database size %d: the top K is the whole database (P@K still divides by K)",
                     [k for k in ks if k > n_db], n_db)
-    out = Evaluation()
+    out = Evaluation(rows=health_rows(database))
+    bits = next((np.asarray(database[m]).shape[1] for m in ("image", "text") if database.get(m) is not None), 0)
+    collapsed = degenerate_note(out.rows, n_db, bits)
+    if collapsed:  # ties everywhere: the scores below measure the tie order and the label prior
+        log.warning("degenerate codes: %s; the scores of this run do not measure retrieval (train longer, lower "
+                    "the learning rate, or use the method's own optimiser)", collapsed)
     for task in wanted:
         q_mod, d_mod = known[task]
         stats = ranking_stats(_task_inputs(query, q_mod, "query"), _task_inputs(database, d_mod, "database"),

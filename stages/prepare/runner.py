@@ -23,6 +23,7 @@ from stages.prepare.fingerprint import FINGERPRINT_KIND, origin_fingerprint
 from pipeline.ground.settings import data_root
 from pipeline.ground.store.items import Splits, items_meta, read_items, read_splits, splits_meta, write_items, write_splits
 from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.lock import DatasetLock
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class DatasetRequest:
 def resolve_data_dir(req: DatasetRequest) -> Path:
     entry = get_dataset(req.dataset)
     if req.data_dir is not None:
-        path = Path(req.data_dir)
+        path = Path(req.data_dir).expanduser()  # make passes DATA_DIR quoted: the shell leaves "~" as it is
     else:
         default = entry.extra.get("default_dir")
         if default is None:
@@ -100,8 +101,14 @@ def check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
                 break
 
 
-def prepare_dataset(layout: CacheLayout, req: DatasetRequest, overwrite: bool = False) -> tuple[ItemTable, Splits]:
-    from stages.prepare.splits import default_protocol, make_splits
+def prepare_dataset(layout: CacheLayout, req: DatasetRequest, overwrite: bool = False,
+                    lock: DatasetLock | None = None) -> tuple[ItemTable, Splits]:
+    """The dataset's items and splits: read from the source, then checked against the cache or written to it.
+
+    They are checked and written under the dataset's lock (``pipeline.ground.store.lock``), which is
+    left held shared when ``lock`` is given, so the caller extracts features of exactly these items;
+    without ``lock`` it is taken and released here."""
+    from stages.prepare.splits import default_protocol
 
     check_request(req)
     name = req.cache_name
@@ -120,30 +127,66 @@ def prepare_dataset(layout: CacheLayout, req: DatasetRequest, overwrite: bool = 
     protocol = req.protocol or default_protocol(req.dataset)
     split_params = {"protocol": protocol, "seed": req.seed, "n_query": req.n_query, "n_train": req.n_train,
                     "n_validation": req.n_validation}
+    own = lock is None
+    lock = DatasetLock(layout, name) if own else lock
+    try:
+        lock.shared()
+        cached = layout.items_path(name).exists() and not overwrite
+        if not cached and not lock.exclusive():
+            # another process holds the dataset: it may be writing these very items (a --shard worker started
+            # at the same moment); once they are written they are checked like any cached items
+            lock.shared()
+            if overwrite or not layout.items_path(name).exists():
+                raise lock.busy()
+        if layout.items_path(name).exists() and not overwrite:  # also when another process wrote it meanwhile
+            lock.shared()
+            return _cached(layout, name, table, data_dir, split_params)
+        written = _write(layout, req, table, data_dir, protocol, split_params)
+        lock.shared()  # the conversion lets another writer in for a moment: check nobody did
+        if items_meta(layout, name).get("fingerprint") != written[0].fingerprint():
+            raise CacheError(f"another `cmh extract` replaced dataset {name!r} in this cache while this one wrote it; "
+                             f"run this command again once it has finished (or use another --name or CACHE=)")
+        return written
+    finally:
+        if own:
+            lock.release()
 
-    if layout.items_path(name).exists() and not overwrite:
-        cached = items_meta(layout, name)
-        if cached.get("fingerprint_kind") != FINGERPRINT_KIND:
-            raise CacheError(
-                f"the cache {layout.dataset_dir(name)} was written by an older cmh whose fingerprint covered file "
-                f"names only, so it cannot tell whether {data_dir} still holds the same images and options: pass "
-                f"--overwrite to re-read the data and rebuild its features, or use another CACHE= "
-                f"(training on the existing cache still works)"
-            )
-        if cached.get("fingerprint") != table.fingerprint():
-            raise CacheError(
-                f"the cache {layout.dataset_dir(name)} holds dataset {name!r} read from {cached.get('source')}, "
-                f"which differs from {data_dir} (fingerprint {cached.get('fingerprint')} vs {table.fingerprint()}); "
-                f"use another CACHE= or --name, or pass --overwrite to replace it (its features are then rebuilt)"
-            )
-        cached_params = splits_meta(layout, name).get("params")
-        if cached_params != split_params:
-            raise CacheError(
-                f"dataset {name!r} is cached with splits {cached_params}, but {split_params} were requested; "
-                f"every method must see the same splits, so use another --name/CACHE= or --overwrite"
-            )
-        return read_items(layout, name), read_splits(layout, name)
 
+def _cached(layout: CacheLayout, name: str, table: ItemTable, data_dir: Path,
+            split_params: dict[str, Any]) -> tuple[ItemTable, Splits]:
+    """The cached items and splits, when they are the ones requested; CacheError naming the fix otherwise."""
+    cached = items_meta(layout, name)
+    if cached.get("fingerprint_kind") != FINGERPRINT_KIND:
+        raise CacheError(
+            f"the cache {layout.dataset_dir(name)} was written by an older cmh whose fingerprint covered file "
+            f"names only, so it cannot tell whether {data_dir} still holds the same images and options: pass "
+            f"--overwrite to re-read the data and rebuild its features, or use another CACHE= "
+            f"(training on the existing cache still works)"
+        )
+    if cached.get("fingerprint") != table.fingerprint():
+        raise CacheError(
+            f"the cache {layout.dataset_dir(name)} holds dataset {name!r} read from {cached.get('source')}, "
+            f"which differs from {data_dir} (fingerprint {cached.get('fingerprint')} vs {table.fingerprint()}); "
+            f"use another CACHE= or --name, or pass --overwrite to replace it (its features are then rebuilt)"
+        )
+    if not layout.splits_path(name).exists():
+        raise CacheError(f"dataset {name!r} has its items but no {layout.splits_path(name).name} (deleted, or an "
+                         f"interrupted extraction): pass --overwrite to draw the splits and extract again")
+    cached_params = splits_meta(layout, name).get("params")
+    if cached_params != split_params:
+        raise CacheError(
+            f"dataset {name!r} is cached with splits {cached_params}, but {split_params} were requested; "
+            f"every method must see the same splits, so use another --name/CACHE= or --overwrite"
+        )
+    return read_items(layout, name), read_splits(layout, name)
+
+
+def _write(layout: CacheLayout, req: DatasetRequest, table: ItemTable, data_dir: Path, protocol: str,
+           split_params: dict[str, Any]) -> tuple[ItemTable, Splits]:
+    """Draw the splits and write the item table and split membership (under the exclusive lock)."""
+    from stages.prepare.splits import make_splits
+
+    name = table.dataset
     table = _drop_unreadable_images(table)
     result = make_splits(table, protocol=protocol, seed=req.seed, n_query=req.n_query, n_train=req.n_train,
                          n_validation=req.n_validation)

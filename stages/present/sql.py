@@ -45,6 +45,20 @@ GROUP BY ALL
 ORDER BY dataset, method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, device, task, bits
 """
 
+#: Per configuration and code length, the health of the runs' codes (``stages.evaluate.code_health``): the
+#: fewest distinct database codes and the most constant bits over its seeds and modalities, and the database
+#: size. Runs from before these rows were written have none and are not listed.
+HEALTH_SQL = """
+SELECT method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, bits,
+       min(value) FILTER (WHERE metric = 'distinct_codes') AS distinct_codes,
+       max(value) FILTER (WHERE metric = 'constant_bits') AS constant_bits,
+       min(n_database) AS n_database, list(DISTINCT run_id) AS run_ids
+FROM rows
+WHERE metric IN ('distinct_codes', 'constant_bits') AND ($dataset IS NULL OR dataset = $dataset)
+  AND ($run_ids IS NULL OR list_contains($run_ids, run_id))
+GROUP BY ALL
+"""
+
 #: The same numbers pivoted to the papers' layout (rows = method, columns = bits), for one task.
 PIVOT_SQL_EXAMPLE = """
 PIVOT (SELECT method, bits, value FROM read_parquet('cache/runs/*/report.parquet', union_by_name = true)

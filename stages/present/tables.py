@@ -6,6 +6,7 @@ and writes it as Markdown, Parquet and PNG (for ``cmh grid`` / ``cmh report``).
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,9 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.ground.errors import CacheError, ConfigError
-from pipeline.ground.store.parquet import write_table_atomic
-from stages.present.sql import RESULTS_SQL
+from pipeline.ground.store.parquet import write_bytes_atomic, write_table_atomic
+from stages.evaluate.code_health import is_degenerate
+from stages.present.sql import HEALTH_SQL, RESULTS_SQL
 
 TASK_ORDER = ("i2t", "t2i", "i2i", "t2t")
 #: What makes two runs the same configuration (seeds of one configuration are averaged). The device is part
@@ -27,6 +29,27 @@ def results_table(rows: pa.Table, dataset: str | None = None, metric: str = "map
                   run_ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Mean, std (sample, NULL for one seed) and seed count of ``metric`` per configuration, task and bits,
     over report rows (``Cache.report_rows`` or ``read_report_rows`` of published files)."""
+    return _query(rows, RESULTS_SQL, {"metric": metric, "dataset": dataset, "run_ids": run_ids})
+
+
+def degenerate_cells(rows: pa.Table, dataset: str | None = None,
+                     run_ids: list[str] | None = None) -> dict[tuple, str]:
+    """(configuration identity, bits) -> what is degenerate, for the configurations whose codes collapsed in
+    some seed (few distinct codes or constant bits; ``stages.evaluate.code_health``)."""
+    if "metric" not in rows.column_names:
+        return {}
+    out = {}
+    for r in _query(rows, HEALTH_SQL, {"dataset": dataset, "run_ids": run_ids}):
+        distinct, constant, n, bits = r["distinct_codes"], r["constant_bits"], r["n_database"], int(r["bits"])
+        if distinct is None or constant is None or n is None:
+            continue
+        if is_degenerate(distinct, constant, int(n), bits):
+            out[(tuple(r[c] for c in IDENTITY), bits)] = (f"{int(distinct)} distinct database code(s), {int(constant)} "
+                                                          f"of {bits} bits constant")
+    return out
+
+
+def _query(rows: pa.Table, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     import duckdb
 
     if "device" not in rows.column_names:  # rows written before the device was recorded: one unknown device
@@ -34,7 +57,7 @@ def results_table(rows: pa.Table, dataset: str | None = None, metric: str = "map
     con = duckdb.connect()
     try:
         con.register("rows", rows)
-        cur = con.execute(RESULTS_SQL, {"metric": metric, "dataset": dataset, "run_ids": run_ids})
+        cur = con.execute(sql, params)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
     except duckdb.Error as exc:
@@ -58,6 +81,17 @@ class MethodsTable:
     beside: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)  # label -> cell -> 2nd metric
     beside_metric: str | None = None
     paths: dict[str, Path] = field(default_factory=dict)
+    #: (label, bits) -> what collapsed: cells of runs whose codes are degenerate (marked, never the best)
+    degenerate: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def is_degenerate(self, label: str, col: tuple[str, int]) -> bool:
+        return (label, col[1]) in self.degenerate
+
+
+#: The mark of a degenerate cell, and the line that explains it under a table.
+DEGENERATE_MARK = "†"
+DEGENERATE_NOTE = (f"{DEGENERATE_MARK} degenerate codes in at least one seed (few distinct codes, or bits that "
+                   f"never change): the score measures ties and the label prior, not retrieval")
 
 
 def _labels(rows: list[dict[str, Any]]) -> dict[tuple, str]:
@@ -84,10 +118,11 @@ def cell_text(cell: tuple[float, float | None, int] | None, show_n: bool) -> str
 
 
 def best_by_column(table: MethodsTable) -> dict[tuple[str, int], float | None]:
-    """The highest mean in each (task, bits) column (None for an empty column)."""
+    """The highest mean in each (task, bits) column (None for an empty column); degenerate cells never win."""
     best = {}
     for col in table.columns:
-        means = [table.cells[lab][col][0] for lab in table.labels if col in table.cells[lab]]
+        means = [table.cells[lab][col][0] for lab in table.labels
+                 if col in table.cells[lab] and not table.is_degenerate(lab, col)]
         best[col] = max(means) if means else None
     return best
 
@@ -107,9 +142,13 @@ def _markdown(table: MethodsTable) -> str:
             cell = table.cells[lab].get(col)
             text = cell_text(cell, show_n)
             text = f"**{text}**" if cell is not None and cell[0] == best[col] else text
+            text += DEGENERATE_MARK if cell is not None and table.is_degenerate(lab, col) else ""
             second = table.beside.get(lab, {}).get(col)
             cells.append(text if second is None else f"{text} ({second:.4f})")
         lines.append(f"| {_row_label(lab, table.identity.get(lab, {}))} | " + " | ".join(cells) + " |")
+    if table.degenerate:
+        lines += ["", DEGENERATE_NOTE + ": " + "; ".join(f"{lab} {bits} bits ({why})"
+                                                         for (lab, bits), why in sorted(table.degenerate.items()))]
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +166,9 @@ def _png(table: MethodsTable, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    text = [[cell_text(table.cells[lab].get(col), False) for col in table.columns] for lab in table.labels]
+    text = [[cell_text(table.cells[lab].get(col), False)
+             + (DEGENERATE_MARK if col in table.cells[lab] and table.is_degenerate(lab, col) else "")
+             for col in table.columns] for lab in table.labels]
     width = 1.8 + 1.25 * len(table.columns)
     fig = Figure(figsize=(width, 0.9 + 0.32 * (len(table.labels) + 1)), dpi=120)
     FigureCanvasAgg(fig)
@@ -139,9 +180,9 @@ def _png(table: MethodsTable, path: Path) -> Path:
     grid.set_fontsize(7)
     grid.scale(1.0, 1.3)
     ax.set_title(f"{table.metric} · {table.dataset} (mean ± std over seeds)", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return write_bytes_atomic(buf.getvalue(), path)
 
 
 def methods_by_bits(report_rows: pa.Table, dataset: str | None = None, metric: str = "map@50",
@@ -175,6 +216,9 @@ def methods_by_bits(report_rows: pa.Table, dataset: str | None = None, metric: s
                                                                   int(r["n_seeds"]))
     table = MethodsTable(dataset=dataset, metric=metric, columns=columns, labels=sorted(cells), cells=cells,
                          identity=identity)
+    for (key, bits), why in degenerate_cells(report_rows, dataset, run_ids).items():
+        if key in labels:
+            table.degenerate[(labels[key], bits)] = why
     if beside:
         for r in results_table(report_rows, dataset, beside, run_ids):
             lab = labels.get(tuple(r[c] for c in IDENTITY))
@@ -186,8 +230,7 @@ def methods_by_bits(report_rows: pa.Table, dataset: str | None = None, metric: s
         out_dir = Path(out_dir)
         stem = f"{dataset}_{metric.replace('@', '_at_')}"
         md = out_dir / f"{stem}.md"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        md.write_text(table.markdown)
+        write_bytes_atomic(table.markdown.encode("utf-8"), md)
         arrays: dict[str, pa.Array] = {"label": pa.array(table.labels, pa.string())}
         for name in IDENTITY:
             values = [identity[lab][name] for lab in table.labels]
@@ -197,6 +240,8 @@ def methods_by_bits(report_rows: pa.Table, dataset: str | None = None, metric: s
             arrays[f"{task}@{bits}"] = pa.array([c[0] if c else None for c in got], pa.float64())
             arrays[f"{task}@{bits}_std"] = pa.array([c[1] if c else None for c in got], pa.float64())
             arrays[f"{task}@{bits}_n"] = pa.array([c[2] if c else None for c in got], pa.int64())
+            arrays[f"{task}@{bits}_degenerate"] = pa.array([table.is_degenerate(lab, (task, bits)) if c else None
+                                                            for lab, c in zip(table.labels, got)], pa.bool_())
         parquet = write_table_atomic(pa.table(arrays), out_dir / f"{stem}.parquet",
                                      metadata={"dataset": dataset, "metric": metric, "layout": "method x (task, bits)"})
         table.paths = {"markdown": md, "parquet": parquet, "png": _png(table, out_dir / f"{stem}.png")}

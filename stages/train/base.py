@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from pipeline.ground.config import merge_config
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.registry import Registry
 from pipeline.ground.store.aligned import AlignedFeatures
+from stages.train.checks import check_optimisation
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +217,15 @@ def resolve_config(name: str, dataset: str | None = None, overrides: Mapping[str
         if bad:
             raise ConfigError(f"{entry.name} has no loss term(s) {sorted(bad)}; terms: {', '.join(defaults)}")
         cfg = dataclasses.replace(cfg, weights={**defaults, **merged["weights"]})
+    for note in check_optimisation(entry.name, cfg, overrides or {}, cfg_cls(), entry.builder.closed_form):
+        _say_once(note)
     return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(note: str) -> None:
+    """A warning about the settings, once per process (a config is resolved several times per run)."""
+    log.warning("%s", note)
 
 
 def create_method(name: str, *, dims: FeatureDims, bits: int, dataset: str | None = None,
@@ -227,8 +237,9 @@ def create_method(name: str, *, dims: FeatureDims, bits: int, dataset: str | Non
     return method
 
 
-def save_method(method: HashingMethod, path: Path) -> None:
-    """Write a trained method to ``path``: weights, resolved config (JSON form), dims, name and bits."""
+def save_method(method: HashingMethod, path: Path | BinaryIO) -> None:
+    """Write a trained method to ``path`` (or an open binary file): weights, resolved config (JSON form),
+    dims, name and bits."""
     config = json.loads(json.dumps(dataclasses.asdict(method.cfg), default=str))
     torch.save({"state_dict": method.state_dict(), "config": config, "dims": dataclasses.asdict(method.dims),
                 "method": method.name, "bits": method.bits}, path)

@@ -6,7 +6,8 @@ fails after training, ``--epochs 0`` writes a run that trained nothing, and ``--
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 from pipeline.ground.errors import ConfigError
 
@@ -54,3 +55,59 @@ def check_training_length(name: str, cfg: Any, closed_form: bool) -> None:
     lr = getattr(cfg, "lr", None)
     if lr is not None and not lr > 0:
         raise ConfigError(f"{name}: lr={lr} never moves the weights; give a learning rate > 0")
+
+
+#: The settings each optimiser reads (``stages.train.loop.make_optimizer`` builds it from them).
+OPTIMIZER_SETTINGS: dict[str, tuple[str, ...]] = {"sgd": ("lr", "momentum", "nesterov", "weight_decay"),
+                                                  "adam": ("lr", "betas", "weight_decay")}
+#: Settings of the gradient loop; a closed-form method (fit once, no optimiser) reads none of them.
+LOOP_SETTINGS = ("batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "betas", "drop_last",
+                 "weights")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_optimisation(name: str, cfg: Any, given: Mapping[str, Any], defaults: Any,
+                       closed_form: bool) -> list[str]:
+    """ConfigError for an optimisation setting the loop cannot use (found mid-training otherwise, after a
+    run folder was started); returns a note for each setting in ``given`` (``--set``) that will be ignored."""
+    notes = []
+    changed = [k for k, v in given.items() if hasattr(defaults, k) and v is not None and v != getattr(defaults, k)]
+    if closed_form:
+        ignored = [k for k in changed if k in ("epochs", *LOOP_SETTINGS)]
+        if ignored:
+            notes.append(f"{name} is fitted in closed form, without an optimiser: its setting(s) "
+                         f"{', '.join(ignored)} are ignored")
+        return notes
+    optimizer = getattr(cfg, "optimizer", None)
+    if optimizer is None:
+        return notes
+    if optimizer not in OPTIMIZER_SETTINGS:
+        raise ConfigError(f"{name}: optimizer={optimizer!r} is not one cmh trains with; use "
+                          f"{' or '.join(OPTIMIZER_SETTINGS)} (--set optimizer=adam)")
+    for key in ("lr", "weight_decay", "momentum"):
+        value = getattr(cfg, key, None)
+        if value is not None and not (_number(value) and value >= 0):
+            raise ConfigError(f"{name}: {key}={value!r}: give a finite number >= 0")
+    if optimizer == "sgd" and getattr(cfg, "nesterov", False) and not getattr(cfg, "momentum", 0) > 0:
+        raise ConfigError(f"{name}: nesterov=true needs momentum > 0 (momentum={cfg.momentum}); set --set "
+                          f"momentum=0.9, or nesterov=false")
+    betas = getattr(cfg, "betas", None)
+    if betas is not None and not (len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"{name}: betas={list(betas)!r}: give two numbers in [0, 1), e.g. --set betas=[0.9,0.999]")
+    weights = getattr(cfg, "weights", None) or {}
+    bad = {k: v for k, v in weights.items() if not (_number(v) and v >= 0)}
+    if bad:
+        term, value = next(iter(bad.items()))
+        raise ConfigError(f"{name}: loss weight {term}={value!r}: give a number >= 0 (0 switches the term off), "
+                          f"e.g. --set 'weights={{\"{term}\": 0.5}}'")
+    if weights and not any(weights.values()):
+        raise ConfigError(f"{name}: every loss weight is 0, so nothing would be trained; keep at least one term > 0")
+    ignored = [k for k in changed if k in LOOP_SETTINGS and k not in OPTIMIZER_SETTINGS[optimizer]
+               and k in ("momentum", "nesterov", "betas")]
+    if ignored:
+        notes.append(f"{name}: optimizer {optimizer} does not read {', '.join(ignored)} "
+                     f"(it reads {', '.join(OPTIMIZER_SETTINGS[optimizer])}): --set {', '.join(ignored)} is ignored")
+    return notes

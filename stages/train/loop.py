@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch, HashingMethod
+from stages.train.checks import OPTIMIZER_SETTINGS
 from stages.train.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,8 @@ class TrainHistory:
         return self.seconds / max(1, len(self.epochs))
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(ConfigError):
+    """A loss term became NaN or inf: the settings (a learning rate too large, say) cannot train this method."""
 
 
 class TrainingPaused(Exception):
@@ -112,7 +114,7 @@ def make_optimizer(method: HashingMethod) -> torch.optim.Optimizer:
                                weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use {' or '.join(OPTIMIZER_SETTINGS)}")
 
 
 def fit_method(
@@ -280,8 +282,8 @@ def _epoch(method: HashingMethod, optimizer: torch.optim.Optimizer, train: Featu
     record = {k: float(v) / max(1, steps) for k, v in sums.items()}  # the epoch's one sync
     bad = [k for k, v in record.items() if k != "total" and not math.isfinite(v)]
     if bad:
-        raise NonFiniteLoss(f"loss term {bad[0]!r} became non-finite during epoch {epoch}; "
-                            f"lower the learning rate or check the input features")
+        raise NonFiniteLoss(f"loss term {bad[0]!r} became non-finite during epoch {epoch + 1}; lower the learning "
+                            f"rate (--set lr=...) or check the input features, then train again")
     return record
 
 

@@ -25,7 +25,9 @@ def test_rows_have_every_task_metric_and_k():
     for task in ("i2t", "t2i", "i2i", "t2t"):
         assert {(task, "map@5", 5), (task, "map@50", 50), (task, "map", None), (task, "p@5", 5),
                 (task, "p@50", 50), (task, "p@r2", None)} <= keys
-    assert len(rows) == 4 * 6 and all(set(r) == {"task", "metric", "k", "value"} for r in rows)
+    assert {(r["task"], r["metric"]) for r in rows if r["task"] in ("image", "text")} == {
+        (m, h) for m in ("image", "text") for h in ("distinct_codes", "constant_bits")}
+    assert len(rows) == 4 * 6 + 2 * 2 and all(set(r) == {"task", "metric", "k", "value"} for r in rows)
 
 
 def test_row_values_equal_the_metric_functions():

@@ -15,7 +15,8 @@ def test_a_run_says_how_far_it_got(tmp_path):
     assert not run.is_trained() and not run.is_complete()
     with pytest.raises(CacheError, match="model.pt, codes/split=database missing.*again"):
         run.require_trained()
-    run.write_model(lambda path: path.write_bytes(b"weights"))
+    run.write_model(lambda fh: fh.write(b"weights"))
+    assert run.model_path.read_bytes() == b"weights"
     (run.codes_dir / "split=database").mkdir(parents=True)
     assert run.is_trained() and not run.is_complete()
     run.require_trained()
@@ -26,8 +27,8 @@ def test_a_run_says_how_far_it_got(tmp_path):
 def test_a_failed_model_write_leaves_neither_model_nor_partial_file(tmp_path):
     run = RunDir(tmp_path / "run")
 
-    def crash(path):
-        path.write_bytes(b"half")
+    def crash(fh):
+        fh.write(b"half")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):

@@ -154,7 +154,7 @@ def test_reader_aligns_encoders_and_drops_failed_pairs(tmp_path):
     assert np.array_equal(db.labels, t.labels[[row[int(i)] for i in db.item_id]])
     with pytest.raises(CacheError, match="text feature|image feature"):
         layout.dataset("toy").feature_refs("txt", "image")
-    with pytest.raises(CacheError, match="make extract"):
+    with pytest.raises(CacheError, match="extract them with `cmh extract --dataset toy --encoders clip`"):
         layout.dataset("toy").feature_refs("clip", "image")
     with pytest.raises(CacheError, match="no split 'validation'"):
         layout.dataset("toy").features("validation", image_refs, text_refs)

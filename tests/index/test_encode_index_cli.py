@@ -75,7 +75,8 @@ def test_encode_refuses_a_dataset_without_the_runs_features(cli, built):
     data, cache, run = built
     _extract(cli, data, cache, "pairs-bow", "--encoders", "bow")
     line = one_line_error(cli("encode", "--run", run, "--dataset", "pairs-bow", "--cache", cache))
-    assert "lacks the run's image features" in line and "alexnet" in line and "make extract" in line
+    assert "lacks the run's image features" in line and "alexnet" in line
+    assert "cmh extract --dataset pairs" in line and "--name pairs-bow" in line and "--encoders alexnet" in line
     assert not (cache / "runs" / run / "encoded" / "pairs-bow").exists()
 
 

@@ -44,7 +44,7 @@ def test_a_report_without_provenance_is_refused(tmp_path: Path):
     run = make_run(tmp_path / "cache", "old-run", "alpha", 16, 1, 1.0)  # an older report: no provenance
     with pytest.raises(DataError, match="provenance column"):
         publish_runs([run], tmp_path / "results")
-    with pytest.raises(CacheError, match="did not finish"):
+    with pytest.raises(CacheError, match="has no report.parquet: its training was interrupted"):
         publish_runs([tmp_path / "cache" / "runs" / "missing"], tmp_path / "results")
 
 

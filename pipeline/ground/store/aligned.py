@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.ground.errors import CacheError
 from pipeline.ground.item_table import ItemTable
+from pipeline.ground.store.items import extract_command
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from pipeline.ground.store.parquet import arrow_to_vectors, read_table
 
@@ -34,7 +35,13 @@ class DatasetCache(Protocol):
     def items(self) -> ItemTable: ...
 
     @property
+    def items_meta(self) -> dict[str, Any]: ...
+
+    @property
     def splits(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def splits_fingerprint(self) -> str: ...
 
     def manifest(self, encoder: str) -> dict[str, Any]: ...
 
@@ -113,7 +120,7 @@ def parse_feature_spec(dataset: DatasetCache, spec: str, modality: str) -> list[
 
 def resolve_cached_encoder(dataset: DatasetCache, name: str) -> str:
     """A short name (``alexnet``, ``clip``) stands for the one cached id it prefixes (``alexnet.imagenet``)."""
-    cached = dataset.encoders()
+    cached = dataset.layout.encoder_folders(dataset.name)  # a folder without its manifest is named by read_manifest
     if name in cached:
         return name
     matches = [e for e in cached if e.startswith(name + ".") or e.startswith(name + "-")]
@@ -130,7 +137,8 @@ class _ShardCursor:
         manifest = dataset.manifest(encoder)
         if not manifest.get("complete"):
             raise CacheError(f"features of encoder {encoder!r} for {dataset.name!r} are incomplete: re-run "
-                             f"`cmh extract --dataset {dataset.name} --encoders {encoder.split('.')[0]}` to finish them")
+                             f"`{extract_command(dataset.layout, dataset.name, encoders=[encoder])}` to finish them")
+        check_features_match_items(dataset, encoder, manifest)
         self.dataset, self.encoder, self.split = dataset, encoder, split
         self.columns = sorted(set(columns))
         self.shard_size = int(manifest["shard_size"])
@@ -147,11 +155,10 @@ class _ShardCursor:
         if p not in self._cache:
             name = self.dataset.name
             path = self.dataset.layout.shard_path(name, self.encoder, self.split, p)
+            fix = f"re-run `{extract_command(self.dataset.layout, name, encoders=[self.encoder])}`"
             if not path.exists():
-                raise CacheError(f"feature shard {path} is missing: re-run `cmh extract --dataset {name} "
-                                 f"--encoders {self.encoder.split('.')[0]}`, which rebuilds it")
-            table = read_table(path, ["item_id", *self.columns],
-                               f"re-run `cmh extract --dataset {name}`, which rebuilds damaged shards")
+                raise CacheError(f"feature shard {path} is missing: {fix}, which rebuilds it")
+            table = read_table(path, ["item_id", *self.columns], f"{fix}, which rebuilds damaged shards")
             self._cache[p] = {"item_id": table.column("item_id").to_numpy(),
                               **{c: arrow_to_vectors(table.column(c)) for c in self.columns}}
         return self._cache[p]
@@ -172,6 +179,24 @@ class _ShardCursor:
         return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
+def check_features_match_items(dataset: DatasetCache, encoder: str, manifest: dict[str, Any]) -> None:
+    """CacheError unless ``encoder``'s features were extracted from the items and splits cached now.
+
+    Features are joined to items by id alone, so features of one collection beside the item table of
+    another (an extraction with --overwrite that rebuilt some encoders only, or two extractions into
+    one cache at once) would pair rows of different pictures and texts without a word."""
+    checks = (("items", manifest.get("dataset_fingerprint"), lambda: dataset.items_meta.get("fingerprint")),
+              ("splits", manifest.get("splits_fingerprint"), lambda: dataset.splits_fingerprint))
+    for what, recorded, now in checks:
+        current = now() if recorded is not None else None
+        if recorded is not None and recorded != current:
+            raise CacheError(
+                f"the {encoder} features of {dataset.name!r} were extracted from other {what} than the cache holds "
+                f"now (fingerprint {recorded} vs {current}): the dataset was extracted again without them, or by "
+                f"two `cmh extract` at once; rebuild them with "
+                f"`{extract_command(dataset.layout, dataset.name, encoders=[encoder], overwrite=True)}`")
+
+
 def _locate(stored: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row in ``stored`` of each wanted id, whether it is there); rows of absent ids are 0 (masked by callers)."""
     if len(stored) == 0:
@@ -188,8 +213,8 @@ def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef],
     splits = dataset.splits
     if split not in splits:
         raise CacheError(f"dataset {dataset.name!r} has no split {split!r} (splits: {', '.join(sorted(splits))}); "
-                         f"the cache predates validation splits: re-run `cmh extract --dataset {dataset.name} "
-                         f"--overwrite` (or another CACHE=)")
+                         f"the cache predates validation splits: re-run "
+                         f"`{extract_command(dataset.layout, dataset.name, overwrite=True)}` (or another CACHE=)")
     members = splits[split]
     if chunk_rows is not None and chunk_rows < 1:
         raise CacheError(f"chunk size {chunk_rows}: give 1 or more rows")
@@ -234,7 +259,7 @@ def _label_rows(dataset: DatasetCache):
         at = np.searchsorted(sorted_ids, wanted)
         if len(wanted) and (at.max() >= len(ids) or not np.array_equal(sorted_ids[np.minimum(at, len(ids) - 1)], wanted)):
             raise CacheError(f"split members of {dataset.name!r} are missing from its item table: re-run "
-                             f"`cmh extract --dataset {dataset.name} --overwrite`")
+                             f"`{extract_command(dataset.layout, dataset.name, overwrite=True)}`")
         return order[at]
 
     return rows

@@ -25,9 +25,10 @@ import pyarrow as pa
 from pipeline.ground.errors import CacheError
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef, parse_feature_spec, read_aligned
-from pipeline.ground.store.features import read_manifest
+from pipeline.ground.store.features import read_manifest, splits_fingerprint
 from pipeline.ground.store.items import Splits, items_meta, read_items, read_splits, splits_meta
 from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.lineage import MISSING_RECORD, data_change, stale_run_error
 from pipeline.ground.store.runs import CONFIG_FILE, REPORT_FILE, RunDir
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,35 @@ class Cache(CacheLayout):
     def find_run(self, run: str) -> RunDir:
         """A run named by its id or by its folder; CacheError listing the closest runs otherwise."""
         return RunDir.find(self.layout, run)
+
+    def data_change(self, run: RunDir) -> str | None:
+        """Why ``run`` was trained on other data than its dataset holds now, or None (``lineage``)."""
+        if not run.config_path.exists():
+            return MISSING_RECORD
+        config = run.read_config()
+        return data_change(config, self.dataset(config["dataset"])) if config.get("dataset") else None
+
+    def require_current(self, run: RunDir) -> dict[str, Any]:
+        """The run's config; CacheError naming the retrain command when its data changed since it was trained."""
+        config = run.read_config()
+        reason = data_change(config, self.dataset(config["dataset"])) if config.get("dataset") else None
+        if reason:
+            raise stale_run_error(run.run_id, config, reason)
+        return config
+
+    def split_current(self, runs: Sequence[RunDir]) -> tuple[list[RunDir], list[tuple[RunDir, str]]]:
+        """``runs`` as (current, [(stale run, why), ...]); a run's dataset handle is shared by its siblings."""
+        handles: dict[str, DatasetCache] = {}
+        current, stale = [], []
+        for run in runs:
+            if not run.config_path.exists():
+                stale.append((run, MISSING_RECORD))
+                continue
+            config = run.read_config()
+            name = config.get("dataset")
+            reason = data_change(config, handles.setdefault(name, self.dataset(name))) if name else None
+            (stale.append((run, reason)) if reason else current.append(run))
+        return current, stale
 
     def runs(self, dataset: str | None = None, *, complete: bool = True) -> list[RunDir]:
         """Run folders (with a report when ``complete``), of ``dataset`` only when given, by id."""
@@ -166,6 +196,11 @@ class DatasetCache:
     @property
     def splits_meta(self) -> dict[str, Any]:
         return self._once("splits_meta", lambda: splits_meta(self.layout, self.name))
+
+    @property
+    def splits_fingerprint(self) -> str:
+        """The hash of the split membership, as feature manifests record it (``splits_fingerprint``)."""
+        return self._once("splits_fingerprint", lambda: splits_fingerprint(self.splits))
 
     def manifest(self, encoder: str) -> dict[str, Any]:
         return self._once(f"manifest:{encoder}", lambda: read_manifest(self.layout, self.name, encoder))

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ground.versions import CACHE_SCHEMA_VERSION
 from pipeline.ground.errors import CacheError
-from pipeline.ground.store.items import Splits, check_schema_version
+from pipeline.ground.store.items import Splits, check_schema_version, extract_command
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from pipeline.ground.store.parquet import (arrow_to_vectors, read_json, read_table, vectors_to_arrow,
                                     write_json_atomic, write_table_atomic)
@@ -277,13 +277,21 @@ def _bounded(provenance: Mapping[str, Any]) -> dict[str, Any]:
 def read_manifest(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, Any]:
     path = layout.manifest_path(dataset, encoder)
     if not path.exists():
+        from pipeline.ground.store.items import items_meta
+
+        items_meta(layout, dataset)  # a dataset that is not cached at all is said as such
+        if path.parent.is_dir():  # shards without the record of what wrote them cannot be trusted
+            raise CacheError(f"the features of encoder {encoder!r} at {path.parent} have no {path.name} (deleted, or "
+                             f"an extraction interrupted before it began): rebuild them with "
+                             f"`{extract_command(layout, dataset, encoders=[encoder], overwrite=True)}`")
         have = layout.encoders(dataset)
         raise CacheError(
             f"no cached features for encoder {encoder!r} of dataset {dataset!r} under {layout.root} "
-            f"(cached encoders: {', '.join(have) or 'none'}); run `make extract DATASET={dataset} ENCODERS={encoder}`"
+            f"(cached encoders: {', '.join(have) or 'none'}); extract them with "
+            f"`{extract_command(layout, dataset, encoders=[encoder])}`"
         )
-    manifest = read_json(path, f"re-run `cmh extract --dataset {dataset} --encoders {encoder.split('.')[0]} "
-                               f"--overwrite` to rebuild these features")
+    manifest = read_json(path, f"rebuild these features with "
+                               f"`{extract_command(layout, dataset, encoders=[encoder], overwrite=True)}`")
     check_schema_version(manifest, path)
     return manifest
 

@@ -4,7 +4,10 @@ Later stages read these instead of the raw dataset, so every method sees the sam
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import json
+import re
+import shlex
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +20,8 @@ from pipeline.ground.store.parquet import arrow_to_vectors, read_metadata, read_
 
 #: How a damaged items/splits file is repaired.
 _FIX = "re-run `cmh extract` for this dataset with --overwrite"
+
+_LIMITED = re.compile(r"^(?P<source>.+)-n(?P<limit>[0-9]+)$")
 
 Splits = dict[str, np.ndarray]  # split name -> item ids, in split order
 
@@ -50,8 +55,8 @@ def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
     path = layout.items_path(dataset)
     if not path.exists():
         raise CacheError(
-            f"no cached dataset {dataset!r} under {layout.root}: run `cmh extract --dataset ...` "
-            f"(or `make extract DATASET=...`) first, or point CACHE= at the cache that holds it"
+            f"no cached dataset {dataset!r} under {layout.root}: extract it first (`{extract_command(layout, dataset)}`"
+            f", or `make extract DATASET=...`), or point CACHE= at the cache that holds it"
         )
     meta = read_metadata(path, _FIX)
     check_schema_version(meta, path)
@@ -104,10 +109,56 @@ def write_splits(layout: CacheLayout, dataset: str, splits: Splits, meta: Mappin
                        metadata={"schema_version": CACHE_SCHEMA_VERSION, "sizes": sizes, **meta})
 
 
+def extract_command(layout: CacheLayout, dataset: str, *, encoders: Sequence[str] = (),
+                    overwrite: bool = False) -> str:
+    """The ``cmh extract`` command that (re)writes the cached dataset ``dataset``.
+
+    A cache name is not a source name (``mirflickr-n300`` is ``--dataset mirflickr --limit 300``), so
+    the command is rebuilt from what the item table recorded: source, folder, limit, options and name.
+    Without a readable item table, a ``<source>-n<N>`` name is read as a LIMIT= name."""
+    try:
+        meta = read_metadata(layout.items_path(dataset)) if layout.items_path(dataset).exists() else {}
+    except CacheError:
+        meta = {}
+    source, limit = meta.get("source_dataset"), meta.get("limit")
+    if source is None:
+        match = _LIMITED.match(dataset)
+        source, limit = (match["source"], int(match["limit"])) if match else (dataset, None)
+    parts = ["cmh extract", "--dataset", str(source)]
+    if meta.get("data_dir"):
+        parts += ["--data-dir", str(meta["data_dir"])]
+    if limit:
+        parts += ["--limit", str(limit)]
+    if dataset != (f"{source}-n{limit}" if limit else source):
+        parts += ["--name", dataset]
+    params = _split_params(layout, dataset)
+    if params.get("seed") not in (None, 1):
+        parts += ["--seed", str(params["seed"])]
+    for key, option in (("n_query", "--n-query"), ("n_train", "--n-train"), ("n_validation", "--validation")):
+        if params.get(key) is not None:
+            parts += [option, str(params[key])]
+    for key, value in sorted((meta.get("options") or {}).items()):
+        parts += ["-o", f"dataset.{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    if encoders:
+        parts += ["--encoders", ",".join(sorted({e.split(".")[0] for e in encoders}))]
+    if overwrite:
+        parts.append("--overwrite")
+    return " ".join(parts[:1] + [shlex.quote(p) for p in parts[1:]])
+
+
+def _split_params(layout: CacheLayout, dataset: str) -> dict[str, Any]:
+    try:
+        path = layout.splits_path(dataset)
+        return dict((read_metadata(path).get("params") or {}) if path.exists() else {})
+    except CacheError:
+        return {}
+
+
 def read_splits(layout: CacheLayout, dataset: str) -> Splits:
     path = layout.splits_path(dataset)
     if not path.exists():
-        raise CacheError(f"no split membership for {dataset!r} at {path}: run `cmh extract --dataset {dataset}` first")
+        raise CacheError(f"no split membership for {dataset!r} at {path} (deleted, or an interrupted extraction): "
+                         f"write it again with `{extract_command(layout, dataset, overwrite=True)}`")
     check_schema_version(read_metadata(path, _FIX), path)
     t = read_table(path, fix=_FIX)
     try:

@@ -39,6 +39,10 @@ class CacheLayout:
     def errors_path(self, dataset: str, encoder: str) -> Path:
         return self.encoder_dir(dataset, encoder) / "errors.parquet"
 
+    def lock_path(self, dataset: str) -> Path:
+        """The lock file writers of one dataset take (``pipeline.ground.store.lock``)."""
+        return self.root / "locks" / f"dataset={check_path_safe(dataset)}.lock"
+
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
@@ -46,7 +50,12 @@ class CacheLayout:
         return self.runs_dir() / check_path_safe(run_id)
 
     def encoders(self, dataset: str) -> list[str]:
+        """Encoders with features of ``dataset``: folders holding a manifest (one without it is not a cache)."""
+        return [e for e in self.encoder_folders(dataset) if self.manifest_path(dataset, e).exists()]
+
+    def encoder_folders(self, dataset: str) -> list[str]:
+        """Every ``encoder=<id>`` folder of ``dataset``, with or without its manifest."""
         base = self.root / "features" / f"dataset={dataset}"
-        if not base.exists():
+        if not base.is_dir():
             return []
         return sorted(p.name.split("=", 1)[1] for p in base.iterdir() if p.name.startswith("encoder="))

@@ -6,7 +6,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -74,21 +74,33 @@ def write_table_atomic(
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        _discard(tmp, exc, path)
     return path
 
 
+def _discard(tmp: str, exc: BaseException, path: Path) -> NoReturn:
+    """Remove the ``.partial`` file of a failed write and re-raise; an OSError without a file name (Arrow's
+    writer raises a full disk so) is raised again naming ``path``, which the CLI's one-line error shows."""
+    Path(tmp).unlink(missing_ok=True)
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+    raise exc
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as JSON to a ``.partial`` sibling, fsync, then rename; a failed write leaves nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _discard(tmp, exc, path)
     return path
 
 
@@ -104,9 +116,8 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; pages and images are meant to be read by others
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        _discard(tmp, exc, path)
     return path
 
 

@@ -77,14 +77,21 @@ class RunDir:
     @classmethod
     def find(cls, layout: CacheLayout, run: str) -> "RunDir":
         """A run named by its id (under the cache's runs/) or by its directory; CacheError listing the runs."""
-        path = Path(run)
-        if not (path / CONFIG_FILE).exists():
-            path = layout.runs_dir() / run
-        if not (path / CONFIG_FILE).exists():
-            have = sorted(p.name for p in layout.runs_dir().glob("*") if (p / REPORT_FILE).exists())[:20]
-            raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {', '.join(have) or 'none'} "
-                             f"(train one with `make train`)")
-        return cls(path)
+        for path in (Path(run), layout.runs_dir() / run):
+            if (path / CONFIG_FILE).exists():
+                return cls(path)
+        named = layout.runs_dir() / run if Path(run).name == run and run not in (".", "..") else None
+        for path in (named, Path(run)):
+            if path is not None and path.is_dir() and (
+                    path == named or (path / REPORT_FILE).exists() or (path / MODEL_FILE).exists()):
+                raise CacheError(f"run folder {path} has no {CONFIG_FILE} (deleted, or damaged by hand), so what it "
+                                 f"was trained on is unknown: train it again with `cmh train ... --force`, or delete "
+                                 f"the folder")
+        have = sorted(p.name for p in layout.runs_dir().glob("*")
+                      if (p / REPORT_FILE).exists() and (p / CONFIG_FILE).exists())
+        listed = ", ".join(have[:20]) + (f" and {len(have) - 20} more" if len(have) > 20 else "")
+        raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {listed or 'none'} "
+                         f"(train one with `make train`)")
 
     @property
     def run_id(self) -> str:
@@ -191,6 +198,9 @@ class RunDir:
         return write_json_atomic(config, self.config_path)
 
     def read_config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            raise CacheError(f"{self.config_path} is missing, so what run {self.run_id} was trained on is unknown; "
+                             f"{RETRAIN_HINT}")
         try:
             return json.loads(self.config_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -199,14 +209,26 @@ class RunDir:
     def write_history(self, history: dict[str, Any]) -> Path:
         return write_json_atomic(history, self.history_path)
 
-    def write_model(self, save: Callable[[Path], None]) -> Path:
-        """``save(tmp)`` writes the model file; it is renamed into place only when complete."""
+    def write_model(self, save: Callable[[Any], None]) -> Path:
+        """``save(fh)`` writes the model into an open binary file; it is renamed into place only when complete.
+
+        An open file rather than a path, so that a full disk reaches the caller as the OSError it is
+        (``torch.save`` to a path wraps it in a RuntimeError that names no file)."""
         self.path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=MODEL_FILE + ".", suffix=".partial")
-        os.close(fd)
         try:
-            save(Path(tmp))
+            with os.fdopen(fd, "wb") as fh:
+                save(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, self.model_path)
+        except RuntimeError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, OSError):  # torch's writer wraps the OSError it met
+                raise OSError(cause.errno, cause.strerror, str(self.model_path)) from None
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.model_path)) from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -14,7 +14,7 @@ from pipeline.ground.item_table import ItemTable, TextKind
 from pipeline.ground.registry import Registry
 
 __all__ = ["DATASETS", "ItemTable", "TextKind", "register_dataset", "require_dir", "require_file",
-           "report_skipped", "drop_unusable"]
+           "report_skipped", "drop_unusable", "whole_id"]
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +77,29 @@ def drop_unusable(table: ItemTable, *, check_image_files: bool = True, drop_empt
 
 def _is_stack_ref(ref: str) -> bool:
     return "#" in ref and ref.split("#", 1)[0].endswith(".mat")
+
+
+#: Item ids are stored as signed 64-bit integers (Arrow int64, numpy int64).
+ID_RANGE = (-(2**63), 2**63 - 1)
+
+
+def whole_id(value: Any, where: str, what: str = "id") -> int:
+    """``value`` as an item id: a whole number within 64 bits; DataError naming ``where`` otherwise.
+
+    ``int()`` would truncate ``0.7`` to 0 (two rows then share an id, or ids shift), read ``true`` as 1,
+    and an id beyond 64 bits would fail later as an OverflowError."""
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None:
+        raise DataError(f"{where}: {what} {value!r} is not an integer; give whole-number ids")
+    if not ID_RANGE[0] <= number <= ID_RANGE[1]:
+        raise DataError(f"{where}: {what} {number} does not fit in 64 bits (ids are stored as int64, "
+                        f"from {ID_RANGE[0]} to {ID_RANGE[1]}); number the rows with smaller ids")
+    return number

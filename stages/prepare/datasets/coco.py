@@ -23,8 +23,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from stages.prepare.datasets.base import ItemTable, drop_unusable, register_dataset, report_skipped, require_dir, require_file
-from stages.prepare.datasets.text import clean_texts, open_text, read_text
+from stages.prepare.datasets.base import (ItemTable, drop_unusable, register_dataset, report_skipped, require_dir,
+                                          require_file, whole_id)
+from stages.prepare.datasets.text import clean_texts, json_lines_hint, open_text, read_text
 from pipeline.ground.errors import DataError
 
 #: Sub-folder of the data root read when DATA_DIR is not given.
@@ -80,7 +81,10 @@ def _read_pairs_jsonl(root: Path, *, keep_unlabelled: bool) -> ItemTable:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where} is not valid JSON: {exc}") from exc
+                raise DataError(f"{where} is not valid JSON: {exc}{json_lines_hint(line, line_no)}") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: expected a JSON object with image, image_id, captions, category_ids"
+                                f"{json_lines_hint(line, line_no)}")
             missing = [k for k in ("image", "image_id", "captions", "category_ids") if k not in obj]
             if missing:
                 raise DataError(f"{where} lacks field(s) {missing}")
@@ -132,12 +136,16 @@ def _read_official(root: Path, files: dict[str, tuple[Path, Path]], *, image_dir
             raise DataError(f"{inst_path} lists other categories than the first split's; read the splits apart")
         captions: dict[int, list[tuple[int, str]]] = {}
         for ann in captions_json["annotations"]:
-            captions.setdefault(int(ann["image_id"]), []).append((int(ann.get("id", 0)), str(ann["caption"])))
+            where = f"{cap_path} caption annotation {ann.get('id')!r}"
+            captions.setdefault(whole_id(ann.get("image_id"), where, "image_id"), []).append(
+                (whole_id(ann.get("id", 0), where, "id"), str(ann["caption"])))
         cats: dict[int, set[int]] = {}
         for ann in instances_json["annotations"]:
-            cats.setdefault(int(ann["image_id"]), set()).add(int(ann["category_id"]))
+            where = f"{inst_path} instance annotation {ann.get('id')!r}"
+            cats.setdefault(whole_id(ann.get("image_id"), where, "image_id"), set()).add(
+                whole_id(ann.get("category_id"), where, "category_id"))
         for img in captions_json["images"]:
-            image_id = int(img["id"])
+            image_id = whole_id(img.get("id"), f"{cap_path} image {img.get('id')!r}", "image id")
             caps = [c for _, c in sorted(captions.get(image_id, []))]  # annotation-id order, stable
             records.append((image_id, str(folder / img["file_name"]), caps, sorted(cats.get(image_id, ())),
                             f"{cap_path} image {image_id}"))
@@ -150,29 +158,33 @@ def _build(records: Iterable[tuple[Any, str, Any, Any, str]], categories: list[d
            cat_source: str, keep_unlabelled: bool) -> ItemTable:
     """Records (image_id, image path, captions, category ids, where) -> ItemTable, labels by category id."""
     try:
-        ordered = sorted(((int(c["id"]), str(c["name"])) for c in categories))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{cat_source}: categories need integer 'id' and 'name' fields ({exc})") from exc
+        ordered = sorted(((whole_id(c["id"], cat_source, "category id"), str(c["name"])) for c in categories))
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{cat_source}: categories need integer 'id' and 'name' fields ({exc})") from None
+    twice = sorted({cid for cid, _ in ordered if [c for c, _ in ordered].count(cid) > 1})
+    if twice:  # two label columns for one id: which one an annotation means is unknown
+        raise DataError(f"{cat_source}: category id(s) {twice} are listed more than once; give each id once")
     column = {cid: j for j, (cid, _) in enumerate(ordered)}
-    records = sorted(records, key=lambda r: int(r[0]))
+    records = sorted(((whole_id(r[0], r[4], "image_id"), *r[1:]) for r in records), key=lambda r: r[0])
     n = len(records)
     labels = np.zeros((n, len(ordered)), dtype=np.uint8)  # (n, 80)
     item_ids, refs, texts = [], [], []
     skipped: list[tuple[Any, str]] = []
     keep = []
     for i, (image_id, ref, caps, cat_ids, where) in enumerate(records):
-        try:
-            item_ids.append(int(image_id))
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: image_id {image_id!r} is not an integer") from None
+        item_ids.append(image_id)
         if isinstance(caps, str) or not isinstance(caps, list):
             raise DataError(f"{where}: captions should be a list of strings, got {type(caps).__name__}")
+        if not isinstance(cat_ids, list):  # "12" would be read as the categories 1 and 2
+            raise DataError(f"{where}: category_ids should be a list of category ids, got {cat_ids!r}; "
+                            f"write [{cat_ids}] for one category")
         refs.append(ref)
         texts.append(clean_texts(caps))
         for cid in cat_ids:
-            if int(cid) not in column:
+            cid = whole_id(cid, where, "category id")
+            if cid not in column:
                 raise DataError(f"{where}: category id {cid} is not in {cat_source}")
-            labels[i, column[int(cid)]] = 1
+            labels[i, column[cid]] = 1
         if labels[i].any() or keep_unlabelled:
             keep.append(i)
         else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from stages.prepare.datasets.base import ItemTable, register_dataset
 from stages.prepare.datasets.pairs import read_pairs_file
 from pipeline.ground.errors import ConfigError, DataError
 from pipeline.ground.settings import DEFAULT_CACHE_ROOT
+from pipeline.ground.store.parquet import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -224,15 +225,14 @@ def _draw_tags(rng: np.random.Generator, present: list[int]) -> list[str]:
 
 
 def _save(img: Image.Image, path: Path, image_format: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    """The image written atomically (a failed write leaves neither a half file nor a .partial one)."""
+    buf = io.BytesIO()
     if image_format == "jpg":
-        img.save(tmp, format="JPEG", quality=92)
+        img.save(buf, format="JPEG", quality=92)
     else:
-        img.save(tmp, format="PNG", optimize=False)
-    os.replace(tmp, path)
+        img.save(buf, format="PNG", optimize=False)
+    write_bytes_atomic(buf.getvalue(), path)
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomic(text.encode("utf-8"), path)

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from stages.prepare.datasets.base import ItemTable, TextKind, drop_unusable, register_dataset, report_skipped
-from stages.prepare.datasets.text import clean_texts, open_text, read_lines
+from stages.prepare.datasets.base import ItemTable, TextKind, drop_unusable, register_dataset, report_skipped, whole_id
+from stages.prepare.datasets.text import clean_texts, json_lines_hint, open_text, read_lines
 from pipeline.ground.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 FILE_NAMES = ("pairs.jsonl", "pairs.csv")
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -88,10 +91,14 @@ def read_pairs_file(
     """Parse a pairs file into an ItemTable (also used by the demo source, which writes one)."""
     if text_kind not in ("captions", "tags"):
         raise ConfigError(f"pairs option text_kind={text_kind!r}: use 'captions' or 'tags'")
+    for option, sep in (("text_sep", text_sep), ("label_sep", label_sep)):
+        if not isinstance(sep, str) or not sep or sep.isspace() and sep != "\t":
+            raise ConfigError(f"pairs option {option}={sep!r}: give the character that separates the items of a "
+                              f"cell, e.g. -o dataset.{option}='|'")
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown pairs file type {path.suffix!r}; use .jsonl or .csv (docs/pairs-format.md)")
-    rows = _read_jsonl(path) if kind == "jsonl" else _read_csv(path, text_sep, label_sep)
+    rows = _read_jsonl(path) if kind == "jsonl" else _read_csv(path, text_sep, label_sep, text_kind)
     if not rows:
         raise DataError(f"{path} has no pairs")
 
@@ -99,12 +106,7 @@ def read_pairs_file(
     if any(has_id) and not all(has_id):
         where = rows[has_id.index(False)]["where"]
         raise DataError(f"{where}: has no id, but other rows do; give an id on every row or on none")
-    ids = []
-    for k, r in enumerate(rows):
-        try:
-            ids.append(int(r["id"]) if r["id"] is not None else k)
-        except (TypeError, ValueError):
-            raise DataError(f"{r['where']}: id {r['id']!r} is not an integer") from None
+    ids = [whole_id(r["id"], r["where"]) if r["id"] is not None else k for k, r in enumerate(rows)]
     uniq, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{path}: duplicate ids {uniq[counts > 1][:5].tolist()}; every row needs its own id")
@@ -129,7 +131,8 @@ def read_pairs_file(
     if skipped:
         report_skipped(dataset, skipped, path)
     base = path.parent
-    refs = [str(Path(r["image"]) if Path(r["image"]).is_absolute() else base / r["image"]) for r in rows]
+    images = [Path(r["image"]).expanduser() for r in rows]  # "~/photos/a.jpg" means the home folder
+    refs = [str(image if image.is_absolute() else base / image) for image in images]
     sel = np.asarray(keep, dtype=np.int64)
     table = ItemTable(
         dataset=dataset,
@@ -155,26 +158,151 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where} is not valid JSON: {exc}") from exc
+                raise DataError(f"{where} is not valid JSON: {exc}{json_lines_hint(line, line_no)}") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object with image, text, labels")
+                raise DataError(f"{where}: expected a JSON object with image, text, labels"
+                                f"{json_lines_hint(line, line_no)}")
             rows.append(_row(obj, where, split_text=None, split_labels=None))
+    commas = sorted({name for r in rows for name in r["labels"] if "," in name or ";" in name})
+    if commas:  # one JSON string is one label, as written; but say it, since "cat,dog" is usually two
+        log.warning("%s: %d label name(s) hold a comma or semicolon, each read as one label (e.g. %r); give several "
+                    "labels as separate strings: [\"cat\", \"dog\"]", path, len(commas), commas[0])
     return rows
 
 
-def _read_csv(path: Path, text_sep: str, label_sep: str) -> list[dict[str, Any]]:
+def _read_csv(path: Path, text_sep: str, label_sep: str, text_kind: str) -> list[dict[str, Any]]:
     rows = []
-    with open_text(path) as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise DataError(f"{path} is empty; expected a header line image,text,labels[,id]")
-        for obj in reader:
-            where = f"{path} line {reader.line_num}"
-            if None in obj:
-                raise DataError(f"{where}: more cells than header columns {reader.fieldnames}; quote cells "
-                                f"that contain commas")
-            rows.append(_row(obj, where, split_text=text_sep, split_labels=label_sep))
+    multiline = 0
+    lines = open_text(path).readlines()  # physical lines, as the csv reader counts them
+    delimiter = _delimiter(lines, path)
+    # strict: a quote never closed, or text after a closing quote, is an error instead of a guess
+    reader = csv.reader(lines, strict=True, delimiter=delimiter)
+    header, end = _csv_header(reader, path)
+    while True:
+        start = end + 1
+        try:
+            cells = next(reader, None)
+        except csv.Error as exc:
+            raise _quote_error(path, lines, header, start, reader.line_num, exc, delimiter) from None
+        if cells is None:
+            break
+        end = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        where = f"{path} line {start}" if end == start else f"{path} lines {start}-{end}"
+        if end > start:
+            swallowed = _row_inside(lines, header, path.parent, start, end, delimiter)
+            if swallowed is not None:
+                raise DataError(f"{path} line {start}: the quote that opens in column "
+                                f"{_open_column(lines, header, start, delimiter)} "
+                                f"closes only on line {end}, so line {swallowed[0]} ({swallowed[1]!r}) and the lines "
+                                f"between were read into that cell; {_CLOSE.format(line=start)}")
+            multiline += 1
+        if len(cells) > len(header):
+            raise DataError(f"{where}: more cells than header columns {header}; quote cells that contain commas")
+        obj: dict[str, Any] = dict(zip(header, cells))
+        _check_separators(obj, where, text_sep, label_sep, text_kind)
+        rows.append(_row(obj, where, split_text=text_sep, split_labels=label_sep))
+    if multiline:
+        log.info("%s: %d row(s) have a quoted cell with line breaks, each read as one cell", path, multiline)
     return rows
+
+
+_CLOSE = "close the quote that opens on line {line} (a quote inside a cell is written twice: \"\")"
+
+
+def _csv_header(reader: Any, path: Path) -> tuple[list[str], int]:
+    """The column names, as written but for case and surrounding spaces (``Image`` is ``image``)."""
+    for cells in reader:
+        if any(c.strip() for c in cells):
+            return [c.strip().lower() for c in cells], reader.line_num
+    raise DataError(f"{path} is empty; expected a header line image,text,labels[,id]")
+
+
+def _delimiter(lines: list[str], path: Path) -> str:
+    """``,``, or the ``;`` or tab that the header line separates its columns with (spreadsheet programs in
+    many locales write ``;``); said when it is not a comma."""
+    head = next((line for line in lines if line.strip()), "")
+    for delimiter in (",", ";", "\t"):
+        try:
+            names = {c.strip().lower() for c in next(csv.reader([head], delimiter=delimiter), [])}
+        except csv.Error:
+            continue
+        if {"image", "text", "labels"} <= names:
+            if delimiter != ",":
+                log.info("%s: cells are separated by %r (read from its header line)", path, delimiter)
+            return delimiter
+    return ","
+
+
+def _quote_error(path: Path, lines: list[str], header: list[str], start: int, stop: int, exc: csv.Error,
+                 delimiter: str) -> DataError:
+    """The one-line error for a record the strict reader refused (started on ``start``, failed on ``stop``)."""
+    at_end = stop >= len(lines) and "end of data" in str(exc)
+    swallowed = _row_inside(lines, header, path.parent, start, stop + 1, delimiter)
+    column = _open_column(lines, header, start, delimiter)
+    if at_end:
+        return DataError(f"{path} line {start}: the quote that opens in column {column} is never closed, so every "
+                         f"line after it was read into that cell; {_CLOSE.format(line=start)}")
+    if swallowed is not None:
+        return DataError(f"{path} line {start}: the quote that opens in column {column} closes only on line {stop}, "
+                         f"so line {swallowed[0]} ({swallowed[1]!r}) and the lines between were read into that cell; "
+                         f"{_CLOSE.format(line=start)}")
+    return DataError(f"{path} line {stop}: {exc}: a quoted cell must end with its quote and nothing may follow it "
+                     f"in the cell; {_CLOSE.format(line=start)}")
+
+
+def _open_column(lines: list[str], header: list[str], line: int, delimiter: str) -> str:
+    """The column whose quote opens on ``line`` and stays open: the last cell that line holds."""
+    try:
+        cells = next(csv.reader([lines[line - 1]], delimiter=delimiter), [])
+    except (csv.Error, IndexError):
+        return "?"
+    at = len(cells) - 1
+    return repr(header[at]) if 0 <= at < len(header) else f"{at + 1}"
+
+
+def _row_inside(lines: list[str], header: list[str], base: Path, start: int, end: int,
+                delimiter: str) -> tuple[int, str] | None:
+    """(line number, text) of the first line after ``start`` and before ``end`` that is a row of its own.
+
+    A quote that opens in one row and closes rows later makes one cell of those rows, so they vanish and
+    every later id shifts; a caption with a line break holds no line with an image cell of its own."""
+    image_at = header.index("image") if "image" in header else 0
+    for number in range(start + 1, min(end, len(lines) + 1)):
+        text = lines[number - 1].rstrip("\r\n")
+        try:
+            parsed = next(csv.reader([text], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        if len(parsed) >= len(header) and _names_an_image(parsed[image_at].strip(), base):
+            return number, text[:40]
+    return None
+
+
+def _names_an_image(cell: str, base: Path) -> bool:
+    return bool(cell) and (Path(cell).suffix.lower() in IMAGE_SUFFIXES or (base / cell).is_file())
+
+
+#: File name endings of images, for telling a row from a line of a caption.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _check_separators(obj: dict[str, Any], where: str, text_sep: str, label_sep: str, text_kind: str) -> None:
+    """DataError for list cells separated with another character than the file's separator: ``cat,dog``
+    in a label cell would be one label named "cat,dog"."""
+    cells = [("labels", label_sep)] + ([("text", text_sep)] if text_kind == "tags" else [])
+    for column, sep in cells:
+        value = obj.get(column)
+        if not isinstance(value, str):
+            continue
+        other = next((c for c in ",;" if c != sep and c in value), None)
+        if other is not None:
+            option = "label_sep" if column == "labels" else "text_sep"
+            joined = sep.join(p.strip() for p in value.split(other) if p.strip())
+            raise DataError(f"{where}: the {column} cell {value!r} holds {other!r}, but {column} are separated by "
+                            f"{sep!r}: write {joined!r}, or pass -o dataset.{option}={other} if {other!r} is the "
+                            f"separator of this file")
 
 
 def _row(obj: dict[str, Any], where: str, *, split_text: str | None, split_labels: str | None) -> dict[str, Any]:

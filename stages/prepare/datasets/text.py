@@ -29,6 +29,15 @@ def open_text(path: Path) -> io.StringIO:
     return io.StringIO(read_text(path), newline="")
 
 
+def json_lines_hint(line: str, line_no: int) -> str:
+    """Why a line may not parse: the file is one JSON document (an array, or a pretty-printed object)."""
+    head = line.strip()
+    if line_no == 1 and head.startswith("[") or head in ("{", "[", "}", "]", "},", "],") or head.endswith(("{", ",")):
+        return (" (the file looks like one JSON document, an array or an object spread over several lines; the "
+                "pairs format is JSON Lines: one complete object per line, see docs/pairs-format.md)")
+    return ""
+
+
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines of a small text file (vocabularies, label names)."""
     return [line.strip() for line in read_text(path).splitlines() if line.strip()]

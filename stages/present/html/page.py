@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from stages.present.tables import MethodsTable, best_by_column, cell_text
+from stages.present.tables import DEGENERATE_MARK, DEGENERATE_NOTE, MethodsTable, best_by_column, cell_text
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; padding: 0 1em; color: #222; }
@@ -76,8 +76,10 @@ def methods_table_html(table: MethodsTable) -> str:
             cell = table.cells[label].get(col)
             is_best = cell is not None and cell[0] == best[col]
             attr = ' class="best"' if is_best else ""
-            cells.append(f"<td{attr}>{esc(cell_text(cell, show_n))}</td>")
+            mark = DEGENERATE_MARK if cell is not None and table.is_degenerate(label, col) else ""
+            cells.append(f"<td{attr}>{esc(cell_text(cell, show_n) + mark)}</td>")
         rows.append(f"<tr><td>{esc(label)}</td>{''.join(cells)}</tr>")
     seeds = "" if show_n else f", n={next(iter(ns))} seed{'s' if next(iter(ns)) != 1 else ''}"
+    note = f'<p class="note">{esc(DEGENERATE_NOTE)}</p>' if table.degenerate else ""
     return (f"<p><b>{esc(table.metric)}</b> (mean ± sample std over seeds{esc(seeds)}; best per column in bold)</p>"
-            f'<table class="results"><tr><th>method</th>{head}</tr>{"".join(rows)}</table>')
+            f'<table class="results"><tr><th>method</th>{head}</tr>{"".join(rows)}</table>{note}')

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline.ground.errors import CacheError
 from pipeline.ground.provenance import environment
@@ -63,10 +63,11 @@ class HtmlReport:
     missing_images: dict[str, str]
 
 
-def list_runs(cache: Cache, dataset: str, metric: str) -> list[RunEntry]:
-    """Every run of ``dataset`` with a report, with its ``metric`` per task, ordered by method, bits, seed."""
+def list_runs(cache: Cache, dataset: str, metric: str, run_ids: Sequence[str] | None = None) -> list[RunEntry]:
+    """Every run of ``dataset`` with a report (of ``run_ids`` only, when given), with its ``metric`` per
+    task, ordered by method, bits, seed."""
     runs: dict[str, RunEntry] = {}
-    for r in cache.report_rows(dataset).to_pylist():
+    for r in cache.report_rows(dataset, run_ids).to_pylist():
         if r["metric"] != metric:
             continue
         epochs = r.get("epochs")
@@ -126,18 +127,21 @@ def _summary_html(run: RunEntry, metric: str) -> str:
 
 
 def build_html_report(cache: Cache, table: MethodsTable, *, out_dir: Path | None = None,
-                      settings: GallerySettings = GallerySettings(), progress: bool = True) -> HtmlReport:
-    """Write ``<out_dir>/<dataset>.html`` (default ``<cache>/reports``) for every run of ``table.dataset``."""
+                      settings: GallerySettings = GallerySettings(), progress: bool = True,
+                      run_ids: Sequence[str] | None = None) -> HtmlReport:
+    """Write ``<out_dir>/<dataset>.html`` (default ``<cache>/reports``) for every run of ``table.dataset``
+    (of ``run_ids`` only, when given: the use case leaves out runs whose data changed)."""
     from pipeline.ground.progress import progress_bar
 
     dataset, metric = table.dataset, table.metric
     out_dir = Path(out_dir) if out_dir is not None else cache.reports_dir
     page = out_dir / f"{dataset}.html"
     figures_dir = out_dir / dataset / "figures"
-    runs = list_runs(cache, dataset, metric)
+    runs = list_runs(cache, dataset, metric, run_ids)
     if not runs:
         raise CacheError(f"no runs of dataset {dataset!r} with metric {metric!r} under {cache.runs_dir()}")
-    map_png = plot_map_vs_bits(cache.report_rows(dataset), out_dir / f"{dataset}_map_vs_bits.png", dataset, metric)
+    map_png = plot_map_vs_bits(cache.report_rows(dataset, run_ids), out_dir / f"{dataset}_map_vs_bits.png", dataset,
+                               metric)
 
     ds = cache.dataset(dataset)
     items = Items(ds.items)
