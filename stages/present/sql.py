@@ -49,7 +49,7 @@ ORDER BY dataset, method, image_features, text_features, eval_mode, tie_rule, ep
 #: fewest distinct database codes and the most constant bits over its seeds and modalities, and the database
 #: size. Runs from before these rows were written have none and are not listed.
 HEALTH_SQL = """
-SELECT method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, bits,
+SELECT method, image_features, text_features, eval_mode, tie_rule, epochs, config_hash, device, bits,
        min(value) FILTER (WHERE metric = 'distinct_codes') AS distinct_codes,
        max(value) FILTER (WHERE metric = 'constant_bits') AS constant_bits,
        min(n_database) AS n_database, list(DISTINCT run_id) AS run_ids
