@@ -6,9 +6,14 @@ one, and its gallery. Images are relative links (thumbnails under ``<reports>/<d
 figures under ``<cache>/runs``), so the page opens from disk without a network. Beside the page,
 ``<dataset>.report.json`` records the settings, the chosen queries, the software versions, the data
 fingerprint and every image that could not be shown.
+
+Every file the page links is content- or input-addressed (``<dataset>/figures/map_vs_bits-<hash>.png``,
+``validation_<run>-<hash>.png``, thumbnails named by their image), so another command (``cmh grid``, a
+report over other runs) writes new names and never changes what an open page shows.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -111,11 +116,16 @@ def _run_figures(run: RunEntry, figures_dir: Path) -> tuple[list[Path], list[str
     points, problem = validation_points(run.run)
     if problem:
         notes.append(problem)
-    if points:
-        out = figures_dir / f"validation_{run.run_id}.png"
-        history = run.run.history_path
-        if not out.exists() or out.stat().st_mtime < history.stat().st_mtime:
-            plot_validation(points, out, f"{run.method} · {run.bits} bits · seed {run.seed}")
+    if len(points) == 1:  # a closed-form method scores its one fit: a number, not a curve
+        scores = ", ".join(f"{task} {points[0][task]:.4f}" for task in ("i2t", "t2i") if task in points[0])
+        notes.append(f"validation mAP@50 of its one fit (no epochs, so no curve): {scores}")
+    elif points:
+        # named by what it shows, so a page keeps its figure when a retrained run draws another one
+        title = f"{run.method} · {run.bits} bits · seed {run.seed}"
+        key = hashlib.sha256(json.dumps([points, title], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        out = figures_dir / f"validation_{run.run_id}-{key}.png"
+        if not out.exists():
+            plot_validation(points, out, title)
         plots.append(out)
     return plots, notes
 
@@ -140,8 +150,9 @@ def build_html_report(cache: Cache, table: MethodsTable, *, out_dir: Path | None
     runs = list_runs(cache, dataset, metric, run_ids)
     if not runs:
         raise CacheError(f"no runs of dataset {dataset!r} with metric {metric!r} under {cache.runs_dir()}")
-    map_png = plot_map_vs_bits(cache.report_rows(dataset, run_ids), out_dir / f"{dataset}_map_vs_bits.png", dataset,
-                               metric)
+    # content-addressed: `cmh grid` or a later report over other runs writes another name, never this page's figure
+    map_png = plot_map_vs_bits(cache.report_rows(dataset, run_ids), figures_dir / "map_vs_bits.png", dataset, metric,
+                               addressed=True)
 
     ds = cache.dataset(dataset)
     items = Items(ds.items)
