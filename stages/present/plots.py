@@ -68,6 +68,8 @@ def plot_run(run: RunDir | Path) -> list[Path]:
     if not curves:
         raise CacheError(f"{run.curves_path} is empty; re-evaluate the run")
     title = _run_title(curves)
+    # curves written before they stopped at the database size still hold larger K: not drawn
+    n_database = _n_database(run)
     paths = []
     for task in sorted({c["task"] for c in curves}):
         pr = sorted((c for c in curves if c["task"] == task and c["curve"] == "pr"), key=lambda c: c["x"])
@@ -89,7 +91,8 @@ def plot_run(run: RunDir | Path) -> list[Path]:
             ax.grid(alpha=0.3)
             fig.suptitle(title, fontsize=8)
             paths.append(_save(fig, run.plots_dir / f"pr_{task}.png"))
-        pk = sorted((c for c in curves if c["task"] == task and c["curve"] == "p@k"), key=lambda c: c["x"])
+        pk = sorted((c for c in curves if c["task"] == task and c["curve"] == "p@k" and c["x"] <= n_database),
+                    key=lambda c: c["x"])
         if pk:
             fig = _figure()
             ax = fig.add_subplot()
@@ -102,6 +105,14 @@ def plot_run(run: RunDir | Path) -> list[Path]:
     if not paths:
         raise DataError(f"{run.curves_path} holds no PR or P@K curve rows")
     return paths
+
+
+def _n_database(run: RunDir) -> float:
+    """The run's database size from its config (infinity when unrecorded: every K is drawn)."""
+    try:
+        return int(run.read_config().get("n_database") or 0) or float("inf")
+    except (CacheError, TypeError, ValueError):
+        return float("inf")
 
 
 def _report_rows(source: Iterable[Mapping[str, Any]] | pa.Table, dataset: str | None,

@@ -225,3 +225,44 @@ def test_a_one_point_validation_curve_is_a_note_not_a_figure(toy, tmp_path):
     page = build_html_report(cache, methods_by_bits(cache.report_rows(DATASET), DATASET), progress=False).page
     section = _sections(page.read_text())["toy-beta-16b-s1-bbbbbbbb"]
     assert "validation_" not in section and "one fit (no epochs, so no curve): i2t 0.7100, t2i 0.6900" in section
+
+
+def test_short_text_cuts_at_a_word_boundary():
+    from stages.present.html.gallery import short_text
+
+    text = "a dog runs along the beach, chasing seagulls under a grey sky"
+    cut = short_text(text, 30)
+    assert cut == "a dog runs along the beach…" and len(cut) <= 30
+    assert short_text("x" * 50, 10) == "x" * 9 + "…"  # one long word: cut inside it
+    assert short_text("short", 30) == "short"
+
+
+def test_query_page_shows_pictures_and_texts_both_ways_and_a_legend_without_marks(toy, tmp_path):
+    layout, table = toy
+    rows = [(1, 20, 3, "x", "y"), (2, 30, 4, "x", "y")]
+    for kw in ({"text": "label1 dog"}, {"image": Path(table.image[5])}):
+        page = write_query_page(layout, "toy-alpha-16b-s1-aaaaaaaa", rows, tmp_path / "q.html", **kw).read_text()
+        hits = re.findall(r'<div class="cell unk"(.*?)<div class="meta">', page, flags=re.S)
+        assert len(hits) == 2 and all("<img" in h and 'class="txt"' in h for h in hits)  # picture and text
+        assert "word20" in hits[0] and "labels: " in hits[0]  # its tags, and its labels on hover
+        legend = re.search(r'<p class="legend">(.*?)</p>', page, flags=re.S)[1]
+        assert "✓" not in legend and "✗" not in legend and "relevance unknown" in legend
+        assert "Labels (4): label0, label1, label2, label3" in legend
+
+
+def test_table_and_run_headers_mark_budget_runs_and_features(tmp_path):
+    from pipeline.ground.store.cache import Cache
+    from tests.present.html_fixtures import make_dataset, make_run
+
+    layout, table = make_dataset(tmp_path)
+    first = make_run(layout, table, "toy-alpha-16b-s1-aaaaaaaa", "alpha", 16, 1, paper_epochs=80)
+    make_run(layout, table, "toy-alpha-16b-s1-cccccccc", "alpha", 16, 1, plots_from=first / "plots",
+             image_features="other-img", config_hash="cccccccc")
+    cache = Cache(layout.root)
+    report = build_html_report(cache, methods_by_bits(cache.report_rows(DATASET), DATASET), progress=False)
+    page = report.page.read_text()
+    headers = re.findall(r"<summary>(.*?)</summary>", page)
+    assert len(headers) == 2 and len(set(re.sub(r'<code class="rid">.*', "", h) for h in headers)) == 2
+    assert any("toy-img / toy-txt" in h and "budget: 3 of 80 epochs" in h for h in headers)
+    assert any("other-img / toy-txt" in h and "budget" not in h for h in headers)
+    assert re.search(r'<td>alpha \(.*?\) <span class="budget">budget: 3 of 80 epochs</span></td>', page)
