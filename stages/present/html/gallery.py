@@ -25,7 +25,7 @@ from stages.present.html.thumbnails import Thumb
 
 log = logging.getLogger(__name__)
 
-TEXT_CHARS = 160  # a tag list or caption is cut here on the page; the full text is in the tooltip
+TEXT_CHARS = 70  # a tag list or caption is cut here (about five lines of a cell); the full text is in the tooltip
 
 
 @dataclass
@@ -172,7 +172,7 @@ def _text_html(text: str, limit: int = TEXT_CHARS) -> str:
 
 
 #: A retrieved item shows its picture and its text, so its text gets fewer characters than a text query.
-HIT_TEXT_CHARS = 60
+HIT_TEXT_CHARS = 45
 
 
 def _item_html(items: Items | None, thumb: "ImageSource", src: Callable[[Thumb], str | None], item_id: int) -> str:

@@ -33,6 +33,7 @@ details.run code.rid { color: #777; font-size: 12px; }
 .cell.query { border-color: #3366cc; background: #eef2fb; }
 .cell.rel { border-color: #2e8b3a; } .cell.irr { border-color: #c0392b; } .cell.unk { border-color: #999; }
 .cell .txt { max-height: 7.2em; overflow: hidden; word-wrap: break-word; }
+.cell.query .txt { max-height: none; }  /* cut at a word by the page (TEXT_CHARS), never by the cell */
 .cell .meta { color: #555; margin-top: 2px; } .cell.rel .mk { color: #2e8b3a; } .cell.irr .mk { color: #c0392b; }
 .missing { height: 80px; background: #f4f4f4; color: #a33; font-size: 10px; padding: 3px; word-break: break-all; overflow: hidden; }
 p.note { color: #a33; } .legend { font-size: 12px; color: #555; }
@@ -64,7 +65,7 @@ def legend_html(relevance: bool = True, labels: list[str] | None = None) -> str:
     """The gallery legend: what a row shows, what ✓/✗ mean (only when ``relevance`` is known: an ad-hoc query
     has no labels, so its results are all "?"), and the dataset's label names (``labels``)."""
     marks = ("Green ✓: shares at least one label with the query (relevant); red ✗: shares none."
-             if relevance else "? : relevance unknown, since a new query has no labels.")
+             if relevance else "?: relevance unknown, since a new query has no labels to compare.")
     names = (f' <span class="labels">Labels ({len(labels)}): {esc(", ".join(labels))}.</span>' if labels else "")
     return (f'<p class="legend">Each row: the query (blue) and its top retrievals by Hamming distance <i>d</i> '
             f'(ties broken by database order), each with its picture and its text; hover an item for its full '
