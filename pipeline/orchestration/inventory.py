@@ -44,6 +44,9 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
 def take_stock(cache: Cache, dataset: str | None = None, method: str | None = None) -> Inventory:
     """Every dataset and run of the cache, of ``dataset`` / ``method`` only when given; ConfigError naming the
     near matches when either is not in the cache."""
+    if not cache.root.is_dir():  # (a file there is refused when the cache is opened)
+        raise ConfigError(f"cache {cache.root} is missing: nothing was extracted there; give --cache (or CMH_CACHE) "
+                          f"the folder `cmh extract` wrote")
     names = dataset_names(cache)
     runs = [run_info(r) for r in run_folders(cache)]
     if dataset is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.errors import CacheError, CMHError, ConfigError
 from pipeline.ground.store import removal
 from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.inventory import DatasetInfo, RunInfo
 from pipeline.ground.store.near import did_you_mean
 from pipeline.orchestration.inventory import check_patterns, matches, mib, take_stock
 
@@ -77,7 +78,11 @@ def remove(cache: Cache, req: RmRequest, echo: Callable[[str], None] = print) ->
         raise CacheError(f"{held[0].name}: {held[0].held}; nothing removed: remove those first, or pass --force"
                          + (f" ({len(held)} entries are held back)" if len(held) > 1 else ""))
     for p in plan:
-        result.freed += p.remove()
+        try:
+            result.freed += p.remove()
+        except CMHError as exc:  # e.g. an extraction or a training started since the plan: say what is gone
+            gone = f"; removed before it: {_few(result.removed)}" if result.removed else "; nothing removed"
+            raise type(exc)(f"{p.name}: {exc}{gone}") from None
         result.removed.append(p.name)
     echo(f"removed {len(result.removed)} {req.kind}, freed {mib(result.freed)}")
     return result
@@ -107,7 +112,7 @@ def _plan(cache: Cache, req: RmRequest, patterns: list[str]) -> list[Planned]:
         return [_plan_checkpoint(candidates[n]) for n in chosen]
     if req.kind == "datasets":
         everything = take_stock(cache)  # runs of other --method filters depend on it too
-        return [_plan_dataset(candidates[n], everything.runs) for n in chosen]
+        return [_plan_dataset(cache, candidates[n], everything.runs) for n in chosen]
     return [Planned(n, candidates[n].thumb_bytes, lambda d=candidates[n]: removal.remove_thumbnails(d),
                     note="report pages show placeholders until `cmh report --html` makes them again")
             for n in chosen]
@@ -118,7 +123,7 @@ def _scope(req: RmRequest) -> str:
                    if value)
 
 
-def _plan_run(run) -> Planned:
+def _plan_run(run: RunInfo) -> Planned:
     p = Planned(run.run_id, run.bytes, lambda: removal.remove_run(run), note=run.state)
     if run.busy:
         p.busy = f"process {run.busy} is training it"
@@ -131,7 +136,7 @@ def _plan_run(run) -> Planned:
     return p
 
 
-def _plan_checkpoint(run) -> Planned:
+def _plan_checkpoint(run: RunInfo) -> Planned:
     p = Planned(run.run_id, run.checkpoint_bytes, lambda: removal.remove_checkpoint(run),
                 note="finished: the checkpoint is a leftover" if run.state == "complete"
                 else "unfinished: training it again starts from epoch 0")
@@ -140,8 +145,8 @@ def _plan_checkpoint(run) -> Planned:
     return p
 
 
-def _plan_dataset(dataset, runs) -> Planned:
-    p = Planned(dataset.name, dataset.bytes, lambda: removal.remove_dataset(dataset),
+def _plan_dataset(cache: Cache, dataset: DatasetInfo, runs: list[RunInfo]) -> Planned:
+    p = Planned(dataset.name, dataset.bytes, lambda: removal.remove_dataset(cache, dataset),
                 note="items, splits and features" + (" (its report thumbnails stay: --kind thumbnails)"
                                                      if dataset.thumbs else ""))
     trained = [r for r in runs if r.dataset == dataset.name]

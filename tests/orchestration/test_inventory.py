@@ -72,6 +72,23 @@ def test_ls_filters_by_kind_method_dataset_and_pattern(cli, stocked):
     assert "demo-baseline" in _ls(cli, stocked, "--dataset", "demo").out
 
 
+def test_ls_and_rm_of_a_cache_that_is_missing_or_a_file(cli, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for cmd in (["ls"], ["rm", "x"]):
+        assert "missing: nothing was extracted there" in one_line_error(cli(*cmd, "--cache", tmp_path / "nope"))
+        assert "is a file, not a folder" in one_line_error(cli(*cmd, "--cache", tmp_path / "file"))
+
+
+def test_rm_of_a_dataset_being_extracted_is_refused(cli, stocked):
+    from pipeline.ground.store.lock import DatasetLock
+
+    with DatasetLock(stocked, "demo") as lock:
+        lock.shared()  # as an extraction holds it while it writes features
+        line = one_line_error(_rm(cli, stocked, "--kind", "datasets", "demo", "--yes", "--force"))
+    assert "being extracted by another process" in line and "nothing removed" in line
+    assert stocked.dataset("demo").exists()
+
+
 @pytest.mark.parametrize("args, expect", [
     (["--kind", "models"], "choose datasets, runs, encodings"),
     (["--dataset", "dem"], "no dataset 'dem'"),

@@ -119,8 +119,8 @@ def dataset_info(layout: CacheLayout, name: str, reports_dir: Path) -> DatasetIn
                 incomplete.append(enc)
         except (OSError, ValueError):
             incomplete.append(enc)
-    paths = [p for p in (layout.dataset_dir(name), layout.root / "features" / f"dataset={name}",
-                         layout.lock_path(name)) if p.exists()]
+    # not its lock file: a process waiting on it would lock a file no other writer opens any more
+    paths = [p for p in (layout.dataset_dir(name), layout.root / "features" / f"dataset={name}") if p.exists()]
     thumbs = reports_dir / name / "thumbs"
     return DatasetInfo(name, items, splits, encoders, incomplete, paths, sum(tree_bytes(p) for p in paths),
                        thumbs if thumbs.is_dir() else None, tree_bytes(thumbs))

@@ -10,6 +10,8 @@ import shutil
 
 from pipeline.ground.store.checkpoints import RunBusy, lock_holder, training_lock
 from pipeline.ground.store.inventory import DatasetInfo, RunInfo
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.lock import DatasetLock
 
 
 def remove_run(run: RunInfo) -> int:
@@ -29,10 +31,14 @@ def remove_checkpoint(run: RunInfo) -> int:
     return run.checkpoint_bytes
 
 
-def remove_dataset(dataset: DatasetInfo) -> int:
-    """Delete the dataset's items, splits, features and lock file (not its thumbnails); the bytes freed."""
-    for path in dataset.paths:
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+def remove_dataset(layout: CacheLayout, dataset: DatasetInfo) -> int:
+    """Delete the dataset's items, splits and features (not its thumbnails), holding its lock alone so no
+    extraction writes it meanwhile; CacheError when one is; the bytes freed."""
+    with DatasetLock(layout, dataset.name) as lock:
+        if not lock.exclusive(attempts=1):
+            raise lock.busy()
+        for path in dataset.paths:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
     return dataset.bytes
 
 
