@@ -203,6 +203,9 @@ def test_train_and_report_on_an_uncached_name_name_the_limit_cache(cli, stocked,
     shutil.copytree(stocked.root / "runs", stocked2.root / "runs")
     line = one_line_error(cli("report", "--dataset", "dem", "--cache", stocked2.root))
     assert "runs are cached for: demo" in line
+    line = one_line_error(cli("publish", "--dataset", "dem", "--results", tmp_path / "results", "--cache",
+                              stocked2.root))
+    assert "runs are cached for: demo" in line
 
 
 def test_query_on_an_uncached_run_names_the_closest(cli, stocked):
