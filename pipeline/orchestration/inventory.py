@@ -8,8 +8,8 @@ from typing import Sequence
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
-from pipeline.ground.store.inventory import (DatasetInfo, RunInfo, dataset_info, dataset_names, run_folders,
-                                             run_info)
+from pipeline.ground.store.inventory import (COMPLETE, DatasetInfo, RunInfo, dataset_info, dataset_names,
+                                             run_folders, run_info)
 from pipeline.ground.store.near import did_you_mean
 
 KINDS = ("datasets", "runs", "encodings")
@@ -58,10 +58,11 @@ def take_stock(cache: Cache, dataset: str | None = None, method: str | None = No
         names = [n for n in names if n == dataset]
         runs = [r for r in runs if r.dataset == dataset]
     if method is not None:
-        methods = {r.method for r in runs if r.method}
+        methods = sorted({r.method for r in runs if r.method})
         if method not in methods:
+            close = did_you_mean(method, methods, "closest")
             raise ConfigError(f"no run of method {method!r} in {cache.root}"
-                              f"{did_you_mean(method, methods, 'methods with runs') or '; methods with runs: ' + (', '.join(sorted(methods)) or 'none')}")
+                              + (close or f"; methods with runs: {', '.join(methods) or 'none'}"))
         runs = [r for r in runs if r.method == method]
     return Inventory([dataset_info(cache, n, cache.reports_dir) for n in names], runs)
 
@@ -86,7 +87,7 @@ def list_cache(cache: Cache, req: LsRequest) -> list[str]:
         lines.append(f"datasets: {len(datasets)}, {mib(sum(d.bytes for d in datasets))}")
         lines += ["  " + _dataset_line(d) for d in datasets]
     if "runs" in kinds:
-        complete = sum(r.state == "complete" for r in runs)
+        complete = sum(r.state == COMPLETE for r in runs)
         models = [r for r in runs if r.model_bytes]
         ckpts = [r for r in runs if r.checkpoint_bytes]
         lines.append(f"runs: {len(runs)} ({complete} complete), {mib(sum(r.bytes for r in runs))}; "

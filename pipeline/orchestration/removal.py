@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from pipeline.ground.errors import CacheError, CMHError, ConfigError
 from pipeline.ground.store import removal
 from pipeline.ground.store.cache import Cache
-from pipeline.ground.store.inventory import DatasetInfo, RunInfo
+from pipeline.ground.store.inventory import COMPLETE, DatasetInfo, RunInfo
 from pipeline.ground.store.near import did_you_mean
 from pipeline.orchestration.inventory import check_patterns, matches, mib, take_stock
 
@@ -127,18 +127,16 @@ def _plan_run(run: RunInfo) -> Planned:
     p = Planned(run.run_id, run.bytes, lambda: removal.remove_run(run), note=run.state)
     if run.busy:
         p.busy = f"process {run.busy} is training it"
-    others = run.encodings + [i for i in run.indexes if i == "database"]
-    if others:
-        p.held = ("it holds " + ", ".join([f"codes of {', '.join(run.encodings)} (cmh encode)"] if run.encodings else [])
-                  + (", " if run.encodings and "database" in run.indexes else "")
-                  + ("an index of its database (cmh index)" if "database" in run.indexes else "")
-                  + ", which go with it")
+    holds = ([f"codes of {', '.join(run.encodings)} (cmh encode)"] if run.encodings else []) + \
+            (["an index of its database (cmh index)"] if "database" in run.indexes else [])
+    if holds:
+        p.held = f"it holds {' and '.join(holds)}, which go with it"
     return p
 
 
 def _plan_checkpoint(run: RunInfo) -> Planned:
     p = Planned(run.run_id, run.checkpoint_bytes, lambda: removal.remove_checkpoint(run),
-                note="finished: the checkpoint is a leftover" if run.state == "complete"
+                note="finished: the checkpoint is a leftover" if run.state == COMPLETE
                 else "unfinished: training it again starts from epoch 0")
     if run.busy:
         p.busy = f"process {run.busy} is training it"

@@ -16,8 +16,7 @@ from typing import Any
 from pipeline.ground.errors import CacheError
 from pipeline.ground.store.checkpoints import CHECKPOINT_FILE, lock_holder
 from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.runs import (CONFIG_FILE, ENCODE_RECORD, ENCODED_DIR, INDEX_DIR, MODEL_FILE, REPORT_FILE,
-                                        RunDir)
+from pipeline.ground.store.runs import ENCODE_RECORD, ENCODED_DIR, INDEX_DIR, RunDir
 
 #: A run's state, from the files its writer leaves in order (``runs.py``).
 COMPLETE, TRAINED, PARTIAL = "complete", "trained", "partial"
@@ -121,7 +120,7 @@ def dataset_info(layout: CacheLayout, name: str, reports_dir: Path) -> DatasetIn
             incomplete.append(enc)
     # not its lock file: a process waiting on it would lock a file no other writer opens any more
     paths = [p for p in (layout.dataset_dir(name), layout.root / "features" / f"dataset={name}") if p.exists()]
-    thumbs = reports_dir / name / "thumbs"
+    thumbs = reports_dir / name / "thumbs"  # where stages.present.html.thumbnails keeps them (thumbs_dir)
     return DatasetInfo(name, items, splits, encoders, incomplete, paths, sum(tree_bytes(p) for p in paths),
                        thumbs if thumbs.is_dir() else None, tree_bytes(thumbs))
 
@@ -172,7 +171,3 @@ def _map50(report: Path) -> dict[str, float]:
     return {task: float(value) for task, metric, value in zip(*(t.column(c).to_pylist() for c in t.column_names))
             if metric == "map@50" and value is not None}
 
-
-def is_run_folder(path: Path) -> bool:
-    """A folder that looks like a run's (config, report or model), for messages about a folder given by path."""
-    return any((path / f).exists() for f in (CONFIG_FILE, REPORT_FILE, MODEL_FILE))
