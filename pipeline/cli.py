@@ -1,4 +1,4 @@
-"""The ``cmh`` command line: extract, train, report, query, serve, encode, index, grid, list, demo.
+"""The ``cmh`` command line: extract, train, report, query, serve, encode, index, grid, list, ls, rm, demo.
 
 Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help`` stays fast.
 """
@@ -375,6 +375,45 @@ def list_(what: str = typer.Argument(..., help="methods, encoders or datasets"),
 
     for line in list_entries(what, pattern):
         typer.echo(line)
+
+
+@app.command("ls")
+def ls(
+    patterns: list[str] = typer.Argument(None, help="dataset names or run ids, globs allowed (quote them): 'demo-*'"),
+    kind: Optional[str] = typer.Option(None, help="datasets, runs or encodings (default: all three)"),
+    dataset: Optional[str] = typer.Option(None, help="only this dataset and the runs trained on it"),
+    method: Optional[str] = typer.Option(None, help="only runs of this method"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """List what the cache holds: datasets (items, splits, encoders, size), runs (method, bits, seed, epochs or
+    budget, mAP@50, size, complete or partial) and the runs' encodings and indexes."""
+    from pipeline.orchestration.inventory import LsRequest, list_cache
+
+    for line in list_cache(_cache(cache), LsRequest(patterns=patterns or (), kind=kind, dataset=dataset,
+                                                     method=method)):
+        typer.echo(line)
+
+
+@app.command("rm")
+def rm(
+    patterns: list[str] = typer.Argument(None, help="run ids or dataset names, globs allowed (quote them): 'demo-ucmfh-*'"),
+    kind: str = typer.Option("runs", help="runs, datasets (items, splits, features), thumbnails (report pictures) "
+                             "or checkpoints"),
+    dataset: Optional[str] = typer.Option(None, help="only this dataset (and the runs trained on it)"),
+    method: Optional[str] = typer.Option(None, help="only runs of this method"),
+    yes: bool = typer.Option(False, "--yes", help="remove; without it, only print what would be removed"),
+    all_: bool = typer.Option(False, "--all", help="every entry of the kind (within --dataset/--method)"),
+    force: bool = typer.Option(False, "--force", help="also what others depend on: a dataset runs were trained on, "
+                               "a run with encodings or indexes"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Remove runs, datasets, report thumbnails or checkpoints by pattern: a dry run unless --yes.
+
+    A run another process is training is refused (naming its pid); what others depend on needs --force."""
+    from pipeline.orchestration.removal import RmRequest, remove
+
+    remove(_cache(cache), RmRequest(patterns=patterns or (), kind=kind, dataset=dataset, method=method, yes=yes,
+                                    all=all_, force=force), echo=typer.echo)
 
 
 #: OSErrors of the storage rather than of the program: permission denied, read-only file system, disk or quota full.

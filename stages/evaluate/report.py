@@ -102,8 +102,11 @@ def evaluate_codes_and_curves(query: Mapping[str, Any], database: Mapping[str, A
     for name, split in (("query", query), ("database", database)):
         if "labels" not in split:
             raise DataError(f"the {name} split has no 'labels'; relevance (shared label) needs them")
-    all_ks = tuple(sorted(set(int(k) for k in ks) | set(int(k) for k in pk_curve_ks)))
     n_db = len(database["labels"])
+    # the P@K curve stops at the database size: beyond it the top K is the whole database and P@K only falls as 1/K
+    curve_ks = sorted({int(k) for k in pk_curve_ks if int(k) <= n_db}
+                      | ({n_db} if any(int(k) > n_db for k in pk_curve_ks) else set()))
+    all_ks = tuple(sorted(set(int(k) for k in ks) | set(curve_ks)))
     if any(k > n_db for k in ks):
         log.warning("K=%s exceeds the database size %d: the top K is the whole database (P@K still divides by K)",
                     [k for k in ks if k > n_db], n_db)
@@ -129,7 +132,7 @@ def evaluate_codes_and_curves(query: Mapping[str, Any], database: Mapping[str, A
             log.info("%s: %d of %d queries retrieve nothing within radius %d (counted as precision 0)",
                      task, within.n_empty, stats.n_query, radius)
         out.rows.append({"task": task, "metric": f"p@r{radius}", "k": None, "value": within.mean})
-        for k in pk_curve_ks:
+        for k in curve_ks:
             out.curves.append({"task": task, "curve": "p@k", "x": int(k), "precision": p_mean[int(k)],
                                "recall": None, "n_queries": stats.n_query})
         pr = pr_curve_from_stats(stats)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from pipeline.ground.errors import CacheError
 from pipeline.ground.registry import check_path_safe
 from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.parquet import write_json_atomic
 
 CONFIG_FILE = "config.json"
@@ -89,6 +90,10 @@ class RunDir:
                                  f"the folder")
         have = sorted(p.name for p in layout.runs_dir().glob("*")
                       if (p / REPORT_FILE).exists() and (p / CONFIG_FILE).exists())
+        close = near_matches(Path(run).name, have)
+        if close:
+            raise CacheError(f"no run {run!r} under {layout.runs_dir()}; closest: {', '.join(close)} "
+                             f"(`cmh ls --kind runs` lists them all)")
         listed = ", ".join(have[:20]) + (f" and {len(have) - 20} more" if len(have) > 20 else "")
         raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {listed or 'none'} "
                          f"(train one with `make train`)")
