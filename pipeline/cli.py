@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
 log = logging.getLogger("cmh")
 
-CacheOpt = typer.Option(None, "--cache", help="cache root (default: ./cache, or $CMH_CACHE)")
+CacheOpt = typer.Option(None, "--cache", help="cache root (default: $CMH_CACHE, else the cache/ folder of the cmh checkout, whatever the working directory)")
 
 
 def _cache(cache: Optional[Path]):
@@ -358,10 +358,11 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
 
 @app.command()
 def demo(
-    methods: str = typer.Option("baseline,cca-itq,djsrh,dsah,ucmfh", help="comma list of methods to train"),
+    methods: str = typer.Option("baseline,cca-itq,djsrh", help="comma list of methods to train (the default, "
+                                "plus e.g. dsah,ucmfh on short schedules)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
-    """The whole job on a generated demo set: extract, train at 16/32/64 bits, the table and its figure."""
+    """The whole job on a generated demo set: extract, train at 16 and 32 bits, the table and its figure."""
     from pipeline.orchestration.demo import run_demo
 
     run_demo(_cache(cache), [m.strip() for m in methods.split(",") if m.strip()], echo=typer.echo)
