@@ -121,8 +121,6 @@ def plan_extraction(layout: CacheLayout, items: ItemTable, splits: dict[str, np.
                             f"e.g. {unknown[:5]}; the splits and the item table disagree (re-create the splits)")
 
     encoder.prepare(items, splits)
-    for level, note in getattr(encoder, "notes", ()):
-        log.log(level, "%s", note)
     writer = FeatureWriter(
         layout, items.dataset, encoder.id, encoder_config=encoder.config(), columns=encoder.columns,
         default_columns=encoder.default_columns, dataset_fingerprint=items.fingerprint(), splits=splits,
@@ -134,6 +132,9 @@ def plan_extraction(layout: CacheLayout, items: ItemTable, splits: dict[str, np.
     was_complete = (not todo and bool(read_manifest(layout, items.dataset, encoder.id).get("complete"))
                     and (not gathered or writer.gathered_ok()))
     done = writer.done_parts()
+    if not was_complete:  # what prepare found was said when these features were written; a rerun stays quiet
+        for level, note in getattr(encoder, "notes", ()):
+            log.log(level, "%s", note)
     if todo and done:
         log.info("%s/%s: resuming: %d of %d shard(s) already on disk, %d to write", items.dataset, encoder.id, done,
                  sum(writer.manifest["parts"].values()), len(todo))
