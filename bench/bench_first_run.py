@@ -4,6 +4,8 @@
     python bench/bench_first_run.py --readme README.md  # ... and writes it between the first-run markers
     python bench/bench_first_run.py --venv .venv --skip-setup   # demo only, with an existing venv (no size of
                                                                 # a fresh install then: it says so)
+    python bench/bench_first_run.py --keep ... then --reuse <the kept folder>   # the demo again, on a fresh
+                        # cache, with the setup time and venv size that the kept run measured (a quieter moment)
 
 The clone is made with `git clone` of this checkout's HEAD into a temporary folder (removed afterwards unless
 --keep), so uncommitted changes are not measured. `make setup` there installs from the same wheel store and
@@ -13,6 +15,7 @@ average around each step, since other jobs on a shared machine stretch wall time
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -59,13 +62,22 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[f
     return seconds, before, _load()
 
 
-def measure(work: Path, venv: Path | None) -> dict[str, object]:
+def measure(work: Path, venv: Path | None, reuse: bool = False) -> dict[str, object]:
     repo = work / "repo"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CMH_CACHE", "VIRTUAL_ENV")}
-    facts: dict[str, object] = {"cores": os.cpu_count(), "commit": subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()}
-    if venv is None:
+    if reuse:  # the kept clone: its setup facts stand, the demo runs again on a fresh cache
+        facts = {k: v for k, v in json.loads((work / "facts.json").read_text()).items()
+                 if k in ("cores", "commit", "setup", "venv", "gpu_only")}
+        shutil.rmtree(repo / "cache", ignore_errors=True)
+        subprocess.run(["git", "checkout", "-q", "--", "cache"], cwd=repo, check=True)
+        venv = None
+    else:
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        facts = {"cores": os.cpu_count(), "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()}
+    if reuse:
+        pass
+    elif venv is None:
         facts["setup"] = _timed(["make", "setup"], repo, env, work / "setup.log")
         site = next((repo / ".venv" / "lib").glob("python*/site-packages"))
         facts["venv"] = _size(repo / ".venv")
@@ -77,6 +89,7 @@ def measure(work: Path, venv: Path | None) -> dict[str, object]:
     facts["demo"] = _timed([*make, "demo"], repo, env, work / "demo.log")
     facts["rerun"] = _timed([*make, "demo"], repo, env, work / "rerun.log")
     facts["demo_tail"] = (work / "demo.log").read_text().splitlines()
+    (work / "facts.json").write_text(json.dumps(facts))
     return facts
 
 
@@ -120,14 +133,17 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, help="use this venv instead of a fresh `make setup` (with --skip-setup)")
     parser.add_argument("--skip-setup", action="store_true", help="do not measure setup; needs --venv")
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone (its logs and cache)")
+    parser.add_argument("--reuse", type=Path, help="a folder kept by --keep: measure the demo again there")
     args = parser.parse_args()
     if args.skip_setup != (args.venv is not None):
         parser.error("--skip-setup and --venv go together")
-    work = Path(tempfile.mkdtemp(prefix="cmh-first-run-"))
+    if args.reuse is not None and not (args.reuse / "facts.json").is_file():
+        parser.error(f"--reuse {args.reuse}: no facts.json there (keep a run with --keep first)")
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="cmh-first-run-"))
     try:
-        text = block(measure(work, args.venv))
+        text = block(measure(work, args.venv, reuse=args.reuse is not None))
     finally:
-        if not args.keep:
+        if not args.keep and args.reuse is None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}", file=sys.stderr)

@@ -125,8 +125,16 @@ def train(
     req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
                        force=force, checkpoint_every=checkpoint_every)
-    for r in train_runs(_cache(cache), req):
+    import time
+
+    start, runs = time.perf_counter(), _cache(cache)
+    done = []
+    for r in train_runs(runs, req):  # each run's line as it finishes
         typer.echo(f"{r.describe()} -> {r.run_dir}")
+        done.append(r)
+    trained = sum(1 for r in done if not getattr(r, "skipped", False))
+    typer.echo(f"train finished in {time.perf_counter() - start:.0f} s: {len(done)} run(s) of {method} "
+               f"({trained} trained, {len(done) - trained} already there) under {runs.runs_dir()}")
 
 
 @app.command()

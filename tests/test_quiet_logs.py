@@ -43,6 +43,8 @@ def test_extract_says_each_thing_once_then_already_complete_then_resumed(cli, pa
     assert _count(both, "waiting for data") == 1  # the timing is in the summary only
     assert _count(both, "too few for the standard") == 1  # the split scaling: one warning
     assert _count(both, "distinct terms") == 1 and _count(both, "terms from train-top-n") == 1
+    last = first.out.strip().splitlines()[-1]  # one summary at the end: what, where, how long
+    assert last.startswith("extract finished in ") and str(cache) in last and _count(first.out, "finished in") == 1
 
     again = _extract(cli, pairs, cache)
     both = _said(again, caplog)
@@ -69,6 +71,10 @@ def test_grid_and_query_do_not_repeat_dataset_facts(cli, built, caplog):  # noqa
     assert _count(both, "exceeds the database size") <= 1  # a fact of the dataset: once, not per run
     assert "within radius" not in both  # per-run detail: debug only
     assert _count(both, "reads image=") <= 1  # the method's default features: once, not per code length
+    train = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16,32", "--cache", cache)
+    assert train.code == 0 and train.out.strip().splitlines()[-1].startswith("train finished in ")
+    assert "(1 trained, 1 already there)" in train.out or "(0 trained, 2 already there)" in train.out
+    caplog.clear()
     query = cli("query", "--run", run, "--text", "dog, beach", "--cache", cache)
     assert query.code == 0, query.err
     assert "bow:" not in _said(query, caplog)  # the vocabulary's facts were said by the extraction

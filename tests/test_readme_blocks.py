@@ -101,3 +101,20 @@ def test_block_runs(block: Block, demo_work: Path, monkeypatch):
     assert done.returncode == 0, (f"{block.name} failed (exit {done.returncode}); mark it "
                                   f"`<!-- not run: reason -->` if it cannot run on the demo cache\n"
                                   f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def _expand(path: str) -> list[str]:
+    """``a/b.{md,png}`` -> ``a/b.md``, ``a/b.png`` (the README's shorthand)."""
+    m = re.search(r"\{([^}]*)\}", path)
+    return [path] if not m else [q for part in m.group(1).split(",")
+                                 for q in _expand(path[:m.start()] + part + path[m.end():])]
+
+
+def test_the_files_the_first_section_names_are_what_the_demo_wrote(demo_work):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = readme[readme.index("## First run"):readme.index("## Real data")]
+    named = [p for ref in re.findall(r"`(cache/[^`\s]+)`", first) for p in _expand(ref)]
+    named += [f"cache/reports/{p}" for ref in re.findall(r"`(demo_[^`\s/]+)`", first) for p in _expand(ref)]
+    assert len(named) >= 6, named
+    missing = [p for p in named if not (demo_work / p).exists()]
+    assert not missing, f"README's first section names files the demo did not write: {missing}"
