@@ -118,3 +118,13 @@ def test_the_files_the_first_section_names_are_what_the_demo_wrote(demo_work):
     assert len(named) >= 6, named
     missing = [p for p in named if not (demo_work / p).exists()]
     assert not missing, f"README's first section names files the demo did not write: {missing}"
+
+
+def test_a_second_demo_redoes_nothing_and_says_so(demo_work):
+    done = subprocess.run([sys.executable, "-m", "pipeline", "demo"], cwd=demo_work, env=_env(demo_work), text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("already complete, nothing extracted") == 2  # alexnet and bow
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("demo finished in ") and "(0 trained now" in last, last
+    assert "shard(s) written" not in done.stdout and "distinct terms" not in done.stderr
