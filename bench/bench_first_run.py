@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -50,16 +51,23 @@ def _load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-def _timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, str, str]:
-    """(wall seconds, load average before, after) of one command; its output goes to ``log``; fails loudly."""
-    before = _load()
+def _cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, str, str, float]:
+    """(wall seconds, load average before, after, CPU seconds of the command and its children) of one
+    command; its output goes to ``log``; fails loudly. CPU seconds do not grow when other jobs share the
+    cores, wall seconds do: on an idle machine the wall time is about CPU seconds / cores used."""
+    before, cpu = _load(), _cpu()
     start = time.perf_counter()
     with open(log, "w") as out:
         done = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"bench_first_run: {' '.join(cmd)} failed (exit {done.returncode}); see {log}")
-    return seconds, before, _load()
+    return seconds, before, _load(), _cpu() - cpu
 
 
 def measure(work: Path, venv: Path | None, reuse: bool = False) -> dict[str, object]:
@@ -94,20 +102,23 @@ def measure(work: Path, venv: Path | None, reuse: bool = False) -> dict[str, obj
 
 
 def block(facts: dict[str, object]) -> str:
-    demo_s, demo_l0, demo_l1 = facts["demo"]  # type: ignore[misc]
-    rerun_s, _, _ = facts["rerun"]  # type: ignore[misc]
+    demo_s, demo_l0, demo_l1, demo_cpu = facts["demo"]  # type: ignore[misc]
+    rerun_s, _, _, rerun_cpu = facts["rerun"]  # type: ignore[misc]
     lines = [BEGIN, "", f"Measured by `python bench/bench_first_run.py` on this project's {facts['cores']}-core "
              f"machine (a fresh clone of commit {facts['commit']}; load average {demo_l0} before the demo, "
              f"{demo_l1} after: other jobs share the machine):", "",
-             "| step | wall time | |", "|---|---:|---|"]
+             "| step | wall time | CPU time | |", "|---|---:|---:|---|"]
     if "setup" in facts:
-        setup_s, s0, s1 = facts["setup"]  # type: ignore[misc]
-        lines.append(f"| `make setup` (fresh `.venv`) | {setup_s:.0f} s | the venv takes {_gib(facts['venv'])}, "
-                     f"{_gib(facts['gpu_only'])} of it NVIDIA CUDA libraries and triton |")
+        setup = list(facts["setup"])  # type: ignore[call-overload]
+        cpu = f"{setup[3]:.0f} s" if len(setup) > 3 else "–"
+        lines.append(f"| `make setup` (fresh `.venv`) | {setup[0]:.0f} s | {cpu} | the venv takes "
+                     f"{_gib(facts['venv'])}, {_gib(facts['gpu_only'])} of it NVIDIA CUDA libraries and triton |")
     else:
-        lines.append("| `make setup` | not measured in this run (`--skip-setup`) | |")
-    lines.append(f"| `make demo` (first run) | {demo_s:.0f} s | generates the demo set, extracts, trains |")
-    lines.append(f"| `make demo` again | {rerun_s:.0f} s | everything already there: nothing is redone |")
+        lines.append("| `make setup` | not measured in this run (`--skip-setup`) | | |")
+    lines.append(f"| `make demo` (first run) | {demo_s:.0f} s | {demo_cpu:.0f} s | generates the demo set, extracts, "
+                 f"trains |")
+    lines.append(f"| `make demo` again | {rerun_s:.0f} s | {rerun_cpu:.0f} s | everything already there: nothing "
+                 f"is redone |")
     tail = facts["demo_tail"]
     table = [ln for ln in tail if ln.startswith("|")]  # type: ignore[union-attr]
     last = [ln for ln in tail if ln.startswith("demo finished")]  # type: ignore[union-attr]
