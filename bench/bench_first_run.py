@@ -120,7 +120,7 @@ def block(facts: dict[str, object]) -> str:
     lines.append(f"| `make demo` again | {rerun_s:.0f} s | {rerun_cpu:.0f} s | everything already there: nothing "
                  f"is redone |")
     tail = facts["demo_tail"]
-    table = [ln for ln in tail if ln.startswith("|")]  # type: ignore[union-attr]
+    table = [ln for ln in tail if ln.startswith(("|", "†"))]  # type: ignore[union-attr]
     last = [ln for ln in tail if ln.startswith("demo finished")]  # type: ignore[union-attr]
     root = re.compile(r"/\S*?/repo/")  # the clone's absolute path, as the reader's checkout sees it
     lines += ["", "What `make demo` printed at the end (paths relative to the checkout):", "", "```", *table,
