@@ -137,3 +137,19 @@ def test_the_readme_says_how_to_reach_cmh_first():
 @pytest.mark.parametrize("path", ["README.md", "cache/README.md"])
 def test_no_document_names_the_old_grids_folder(path):
     assert "grids/" not in (ROOT / path).read_text(encoding="utf-8")
+
+
+def test_what_the_first_section_says_the_demo_runs_is_what_it_runs():
+    import inspect
+
+    from pipeline.orchestration.demo import DEMO_BITS, DEMO_EPOCHS, DEMO_METHODS
+    from stages.prepare.datasets.demo import LABELS, demo
+    from stages.train.methods.djsrh import DJSRHConfig
+
+    first = re.sub(r"\s+", " ", README[README.index("## First run"):README.index("## Real data")])
+    n_items = inspect.signature(demo).parameters["n_items"].default
+    assert f"generates {n_items} synthetic image–tag pairs with {len(LABELS)} labels" in first
+    assert DEMO_METHODS == ("baseline", "cca-itq", "djsrh")
+    assert "trains the no-learning baseline, CCA-ITQ and DJSRH" in first
+    assert f"DJSRH ({DEMO_EPOCHS['djsrh']} of its paper's {DJSRHConfig().epochs} epochs" in first
+    assert "at " + " and ".join(map(str, DEMO_BITS)) + " bits" in first
