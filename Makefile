@@ -30,11 +30,13 @@ CACHED   = $(DATASET)$(if $(LIMIT),-n$(LIMIT))
 
 .PHONY: setup extract train demo serve test bench grid report table ls rm clean-cache help
 
+# Every target of .PHONY is listed (tests/test_docs_claims.py checks it against the .PHONY line).
 help:
-	@echo "make setup | extract | train | demo | serve RUN=... | test | bench | grid | report | table   (see README.md)"
+	@echo "make setup | extract | train | demo | serve RUN=... | test | bench | grid | report | table | clean-cache   (see README.md)"
 	@echo "make ls | rm PATTERN='demo-*' [KIND=datasets] [YES=1]   (what the cache holds; remove by pattern)"
 
 setup: $(STAMP)
+	@echo "setup done. cmh is in $(VENV)/bin: run '. $(VENV)/bin/activate' to put cmh on PATH in this shell, or call $(VENV)/bin/cmh"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)

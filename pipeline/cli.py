@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
 log = logging.getLogger("cmh")
 
-CacheOpt = typer.Option(None, "--cache", help="cache root (default: ./cache, or $CMH_CACHE)")
+CacheOpt = typer.Option(None, "--cache", help="cache root (default: $CMH_CACHE, else the cache/ folder of the cmh checkout, whatever the working directory)")
 
 
 def _cache(cache: Optional[Path]):
@@ -125,8 +125,16 @@ def train(
     req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
                        force=force, checkpoint_every=checkpoint_every)
-    for r in train_runs(_cache(cache), req):
+    import time
+
+    start, runs = time.perf_counter(), _cache(cache)
+    done = []
+    for r in train_runs(runs, req):  # each run's line as it finishes
         typer.echo(f"{r.describe()} -> {r.run_dir}")
+        done.append(r)
+    trained = sum(1 for r in done if not getattr(r, "skipped", False))
+    typer.echo(f"train finished in {time.perf_counter() - start:.0f} s: {len(done)} run(s) of {method} "
+               f"({trained} trained, {len(done) - trained} already there) under {runs.runs_dir()}")
 
 
 @app.command()
@@ -358,10 +366,11 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
 
 @app.command()
 def demo(
-    methods: str = typer.Option("baseline,cca-itq,djsrh,dsah,ucmfh", help="comma list of methods to train"),
+    methods: str = typer.Option("baseline,cca-itq,djsrh", help="comma list of methods to train (the default, "
+                                "plus e.g. dsah,ucmfh on short schedules)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
-    """The whole job on a generated demo set: extract, train at 16/32/64 bits, the table and its figure."""
+    """The whole job on a generated demo set: extract, train at 16 and 32 bits, the table and its figure."""
     from pipeline.orchestration.demo import run_demo
 
     run_demo(_cache(cache), [m.strip() for m in methods.split(",") if m.strip()], echo=typer.echo)
