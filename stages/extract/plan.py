@@ -23,6 +23,7 @@ from pipeline.ground.errors import DataError
 from pipeline.ground.provenance import package_versions
 from pipeline.ground.store.features import (FeatureWriter, Shard, ShardSpec, bytes_on_disk, read_manifest,
                                             rows_on_disk)
+from pipeline.ground.store.items import kept_splits, skipped_ids
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from stages.extract.base import Encoder
 
@@ -106,20 +107,28 @@ def plan_extraction(layout: CacheLayout, items: ItemTable, splits: dict[str, np.
     """Check the splits, fit the encoder on train, create/check the manifest and list the missing shards."""
     started = time.perf_counter()
     row_of = {int(i): r for r, i in enumerate(items.item_id)}
+    dropped_before = skipped_ids(items)  # pairs the item table dropped after the splits were drawn
     for name, members in splits.items():
-        unknown = [int(i) for i in members if int(i) not in row_of]
+        unknown = [int(i) for i in members if int(i) not in row_of and int(i) not in dropped_before]
         if unknown:
             raise DataError(f"split {name!r} names {len(unknown)} item id(s) not in dataset {items.dataset!r}, "
                             f"e.g. {unknown[:5]}; the splits and the item table disagree (re-create the splits)")
+    kept = kept_splits(splits, items)
+    dropped = {int(i) for name, members in splits.items() for i in np.setdiff1d(members, kept[name])}
 
-    encoder.prepare(items, splits)
+    encoder.prepare(items, kept)  # fitted on the pairs that are still in the dataset
     writer = FeatureWriter(
         layout, items.dataset, encoder.id, encoder_config=encoder.config(), columns=encoder.columns,
         default_columns=encoder.default_columns, dataset_fingerprint=items.fingerprint(), splits=splits,
         shard_size=shard_size, code_version=versions.__version__, provenance=provenance(encoder, items, engine),
+        dropped=dropped,
     )
     writer.check_or_create_manifest(overwrite)
     todo = writer.pending(shard)
+    for empty in [s for s in todo if not len(s.item_ids)]:  # every pair of it was dropped: nothing to encode
+        writer.write_shard(empty, np.zeros(0, np.int64),
+                           {name: np.zeros((0, spec.dim), np.float32) for name, spec in encoder.columns.items()})
+    todo = [s for s in todo if len(s.item_ids)]
     gathered = [s for s in splits if s not in PHYSICAL_SPLITS]
     was_complete = (not todo and bool(read_manifest(layout, items.dataset, encoder.id).get("complete"))
                     and (not gathered or writer.gathered_ok()))
@@ -152,7 +161,7 @@ def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, p
     writer = plan.writer
     complete = plan.was_complete or writer.finalize()
     if failed:
-        log.warning("%s/%s: %d item(s) could not be read and were dropped from every column (listed in %s)",
+        log.info("%s/%s: %d item(s) could not be read and were left out of every column (listed in %s)",
                     items.dataset, encoder.id, failed, layout.errors_path(items.dataset, encoder.id))
     summary = ExtractSummary(
         dataset=items.dataset, encoder=encoder.id, device=device,
