@@ -9,9 +9,9 @@ split ``chunk_rows`` planned items at a time (a whole split is one chunk), readi
 that cover the chunk, so a large collection never sits in memory whole. Shard ``p`` of a split holds
 its planned items ``[p * shard_size, (p + 1) * shard_size)`` minus those that failed to extract. Items
 missing from any requested encoder (an image that failed to decode, say) are dropped from every
-modality of the chunk, and their ids are kept in ``dropped``; so are the members whose pair the item
-table dropped after the splits were drawn (an image that failed in a later encoder's pass), whatever
-features an encoder wrote for them before.
+modality of the chunk, and their ids are kept in ``dropped``. Members whose pair the item table dropped
+after the splits were drawn (an image that failed in an image encoder's pass) are skipped, whatever
+features an encoder wrote for them before; the table's ``skipped`` list records them.
 """
 from __future__ import annotations
 
@@ -235,7 +235,8 @@ def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef],
     label_row = _label_rows(dataset)
     for first in starts:
         planned = members[first:first + step]
-        table_rows, present = label_row(planned)  # a pair dropped from the item table is dropped here too
+        table_rows, known = label_row(planned)  # a pair the item table dropped is skipped here, silently:
+        present = known.copy()  # its drop was reported (and recorded) when it happened
         picks: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         for encoder, cursor in cursors.items():
             data = cursor.rows(first, first + len(planned))
@@ -252,7 +253,7 @@ def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef],
             return out
 
         labels = items.labels[table_rows[present]]
-        yield AlignedFeatures(split, keep, gather(image), gather(text), labels, planned[~present])
+        yield AlignedFeatures(split, keep, gather(image), gather(text), labels, planned[known & ~present])
 
 
 def _label_rows(dataset: DatasetCache):
