@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -93,6 +94,30 @@ def extract(cache: Cache, req: ExtractRequest, echo: Callable[[str], None] = pri
                 summaries.append(summary)
                 echo(f"{summary.describe()}\n  -> {cache.encoder_dir(dataset_req.cache_name, encoder.id)}")
                 del encoder  # its model is freed before the next one loads
+    echo(command_timings(dataset_req.cache_name, summaries))
+
+
+def command_timings(dataset: str, summaries: list[Any], started: float | None = None) -> str:
+    """Where the command's time went: start-up (process start to the model's first batch: imports, item
+    table, fingerprint, weights, loader), the encoders' loops, and the finish after the last one."""
+    now = time.time()
+    started = process_started() if started is None else started
+    first = min((s.first_batch_at for s in summaries if s.first_batch_at), default=0.0)
+    last = max((s.finished_at for s in summaries), default=now)
+    startup = f"start-up {first - started:.1f} s to the first batch" if first else "nothing to encode"
+    loops = ", ".join(f"{s.encoder} {s.loop_s:.1f} s" for s in summaries)
+    return (f"extract {dataset}: {now - started:.1f} s since the process started: {startup}; encode loops: "
+            f"{loops or 'none'}; finish {now - last:.1f} s after the last encoder")
+
+
+def process_started() -> float:
+    """time.time() when this process started (the interpreter's own start-up and imports count too)."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # psutil missing or the OS says nothing: count from here instead
+        return time.time()
 
 
 def reads_images(name: str) -> bool:

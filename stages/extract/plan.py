@@ -58,18 +58,31 @@ class ExtractSummary:
     engine: str = "local"
     first_batch_s: float = 0.0  # loop start to the first encoded batch (worker/actor start-up, model load)
     loop_s: float = 0.0  # the encode loop's wall time (items_per_s's denominator)
+    #: planning (fit, manifest, shards left) + loader start + the first batch's decoding: until the model
+    #: gets its first batch. ``wait_s`` counts the waits after that one only.
+    startup_s: float = 0.0
+    finish_s: float = 0.0  # after the last batch: the last shard write, gathering train/validation, the summary
+    batches: int = 0  # batches the model encoded
+    waited_batches: int = 0  # of them, those the loader was not ready with (the model waited > WAITED_S)
+    first_batch_at: float = 0.0  # time.time() when the model got its first batch (0: nothing to encode)
+    finished_at: float = 0.0  # time.time() when the run was summed up (every shard written, splits gathered)
 
     def describe(self) -> str:
         rows = ", ".join(f"{k} {v}" for k, v in self.rows.items())
         cols = ", ".join(f"{k}:{v}" for k, v in self.columns.items())
         state = ("complete" if self.complete
                  else f"incomplete ({self.shards_pending_elsewhere} part(s) left to other workers)")
-        times = (f"waiting for data {self.wait_s:.1f} s, encoding {self.encode_s:.1f} s" if self.engine == "local"
-                 else f"waiting for Ray {self.wait_s:.1f} s, actors encoding {self.encode_s:.1f} s in total")
+        if self.engine == "local":
+            waited = f" in {self.waited_batches} of {self.batches} batches" if self.batches else ""
+            times = (f"start-up {self.startup_s:.1f} s, encoding {self.encode_s + self.wait_s:.1f} s (of which "
+                     f"{self.wait_s:.1f} s waiting for decoded images{waited}), writing {self.write_s:.1f} s, "
+                     f"finish {self.finish_s:.1f} s")
+        else:
+            times = (f"start-up {self.startup_s:.1f} s, waiting for Ray {self.wait_s:.1f} s, actors encoding "
+                     f"{self.encode_s:.1f} s in total, writing {self.write_s:.1f} s, finish {self.finish_s:.1f} s")
         return (f"{self.dataset}/{self.encoder} on {self.device} ({self.engine}): {self.shards_written} shard(s) "
                 f"written, {state}; rows {rows}; {self.failed} failed; {self.items_per_s:.1f} items/s over "
-                f"{self.seconds:.1f} s ({times}, writing {self.write_s:.1f} s); "
-                f"columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
+                f"{self.seconds:.1f} s ({times}); columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
 
 
 @dataclass
@@ -156,8 +169,13 @@ def write_shard_batches(writer: FeatureWriter, shard: Shard, acc: Sequence[tuple
 def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, plan: ExtractionPlan, *, device: str,
                       engine: str, failed: int, written: int, seen: int, loop_seconds: float,
                       wait_s: float = 0.0, encode_s: float = 0.0, write_s: float = 0.0,
-                      first_batch_s: float = 0.0) -> ExtractSummary:
-    """Gather train/validation when every part exists, warn about failures, and sum the run up."""
+                      first_batch_s: float = 0.0, startup_s: float = 0.0, batches: int = 0,
+                      waited_batches: int = 0, first_batch_at: float = 0.0,
+                      loop_end: float | None = None) -> ExtractSummary:
+    """Gather train/validation when every part exists, warn about failures, and sum the run up.
+
+    ``loop_end``: perf_counter when the loop ended (default: now), where ``finish_s`` starts."""
+    loop_end = time.perf_counter() if loop_end is None else loop_end
     writer = plan.writer
     complete = plan.was_complete or writer.finalize()
     if failed:
@@ -171,9 +189,11 @@ def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, p
         complete=complete, seconds=time.perf_counter() - plan.started,
         items_per_s=seen / loop_seconds if seen and loop_seconds > 0 else 0.0,
         wait_s=wait_s, encode_s=encode_s, write_s=write_s, engine=engine, first_batch_s=first_batch_s,
-        loop_s=loop_seconds,
+        loop_s=loop_seconds, startup_s=startup_s, batches=batches, waited_batches=waited_batches,
+        first_batch_at=first_batch_at, finished_at=time.time(),
         columns={k: v.dim for k, v in encoder.columns.items()},
         bytes_on_disk=bytes_on_disk(layout, items.dataset, encoder.id),
     )
+    summary.finish_s = time.perf_counter() - loop_end
     log.info("%s", summary.describe())
     return summary
