@@ -85,9 +85,11 @@ def shard_batches(shard_sizes: Sequence[int], batch_size: int) -> list[list[int]
     return out
 
 
-#: A batch the model waited longer than this for counts as a wait (a ready batch takes well under a millisecond
-#: to hand over: it sits in shared memory; unpickling its header is all that is left).
+#: A batch counts as waited for when the model sat idle longer than this (a ready batch takes well under a
+#: millisecond to hand over: it sits in shared memory) and longer than this share of its mean encode time
+#: (on CPU a batch takes seconds, and a worker that was scheduled out for a few ms is no bottleneck).
 WAITED_S = 0.002
+WAITED_SHARE = 0.05
 #: Batches decoded ahead of a GPU (all workers together): the model eats a 64-image batch in milliseconds,
 #: a worker decodes one in ~0.1 s, so a deep queue absorbs slow images (a large JPEG, a cold disk block)
 #: that would otherwise stall the GPU. CPU runs need less: the model is the slow side there.
@@ -263,7 +265,8 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                     first_batch_at = time.time()
                 elif batch is not None:
                     timer.totals["wait"] += got - asked
-                    waited += got - asked > WAITED_S
+                    # idle for a noticeable share of what a batch costs the model (CPU: seconds; GPU: ms)
+                    waited += got - asked > max(WAITED_S, WAITED_SHARE * timer.totals["encode"] / n_batches)
                 if batch is None:
                     break
                 n_batches += 1
