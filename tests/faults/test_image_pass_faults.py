@@ -84,6 +84,7 @@ def test_each_image_fault_is_caught_once_while_encoding_and_leaves_every_modalit
     for encoder in ("bow", ALEX):
         stored = _ids(cache, encoder, "query") + _ids(cache, encoder, "database")
         assert set(expected).isdisjoint(stored) and 10 in stored and len(stored) == 40 - len(expected)
+    assert ds.manifest(ALEX)["failed_items"] == len(expected) and ds.manifest("bow")["dropped_pairs"] == len(expected)
     train = ds.features("train", ds.feature_refs("alexnet", "image"), ds.feature_refs("bow", "text"))
     assert set(expected).isdisjoint(train.item_id.tolist()) and len(train.dropped) == 0
 

@@ -275,6 +275,10 @@ class FeatureWriter:
                 self._write_table(Shard(split, part, np.zeros(0, np.int64)),
                                   db.take(pa.array(rows[start:start + self.shard_size], pa.int64())))
         self.manifest["complete"] = True
+        # the failures, counted where a reader of the manifest looks: this encoder's own (errors.parquet) and the
+        # pairs the item table dropped because an image encoder failed on them
+        self.manifest["failed_items"] = len(self.failed_ids())
+        self.manifest["dropped_pairs"] = len(self.dropped)
         write_json_atomic(self.manifest, self.layout.manifest_path(self.dataset, self.encoder))
         return True
 
