@@ -12,6 +12,14 @@
     shards (``--engine ray``: decode tasks + encoder actors), into another temporary cache; skipped
     with ``--no-ray``.
 
+``--end-to-end [--limit N] [--encoders alexnet,bow]``: instead, time the whole ``cmh extract`` command
+(``python -m pipeline extract``, a fresh process and a fresh cache) against a model-only pass over the
+same first N MIRFlickr images with the same batch size and torch threads, in this one run. Prints the
+ratio (model-only time / command wall time; the goal is >= 0.9) and where the command's time went:
+start-up (process start to the first batch: imports, item table, fingerprint, weights, loader), waiting
+for decoded images, encoding, writing, the rest (gathering train/validation, the text encoders) and
+the exit, read from the command's own summary lines.
+
 Prints items/s for each, the ratio (b)/(a) (the goal is >= 0.85: decoding must not be the
 bottleneck), the ratio (c)/(b) over the whole loop and after the first batch (actor start-up and
 model loading excluded; the goal is >= 0.8), peak memory, and the cache size per row with the MIRFlickr-20,015 estimate. Uses the
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import resource
 import sys
 import tempfile
@@ -154,6 +163,72 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
     return out
 
 
+#: The image encoder's summary (``ExtractSummary.describe``) and the command's line (``command_timings``).
+_ENCODER_LINE = re.compile(r"^(?P<encoder>\S+) on \S+ \(local\): .*?start-up (?P<startup>[\d.]+) s, encoding "
+                           r"(?P<encoding>[\d.]+) s \(of which (?P<wait>[\d.]+) s waiting for decoded images"
+                           r"(?: in (?P<waited>\d+) of (?P<batches>\d+) batches)?\), writing (?P<write>[\d.]+) s, "
+                           r"finish (?P<finish>[\d.]+) s\)", re.M)
+_COMMAND_LINE = re.compile(r"^extract \S+: (?P<total>[\d.]+) s since the process started: start-up "
+                           r"(?P<startup>[\d.]+) s to the first batch", re.M)
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """Time ``cmh extract`` in a subprocess against the model alone on the same images (see the docstring)."""
+    import os
+    import subprocess
+
+    from stages.extract.runner import default_threads, default_workers
+
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    image_encoder = encoders[0]
+    device = resolve_device(args.device)
+    cores = available_cores()
+    workers = default_workers(device, cores) if args.workers is None else args.workers
+    threads = args.threads or default_threads(device, cores, workers, torch.get_num_threads())
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="bench_extract_e2e_") as tmp:
+        cmd = [sys.executable, "-m", "pipeline", "extract", "--dataset", "mirflickr", "--data-dir", str(args.data_dir),
+               "--limit", str(args.limit), "--encoders", ",".join(encoders), "--cache", str(Path(tmp) / "cache"),
+               "--batch-size", str(args.batch_size), "--workers", str(workers)]
+        cmd += ["--device", args.device] if args.device else []
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+               "OMP_NUM_THREADS": str(threads)}  # the command's torch threads: the same as the model-only pass
+        print(f"command: {' '.join(cmd[1:])}  (OMP_NUM_THREADS={threads})", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"cmh extract failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    enc = next((m for m in _ENCODER_LINE.finditer(done.stdout)
+                if m["encoder"].rsplit("/", 1)[-1].startswith(image_encoder)), None)
+    command = _COMMAND_LINE.search(done.stdout)
+    if enc is None or command is None:
+        raise SystemExit(f"cannot find the summary lines in the command's output:\n{done.stdout[-3000:]}")
+
+    items = real_items(args.data_dir, args.limit)
+    if items is None:
+        raise SystemExit(f"--end-to-end needs the MIRFlickr files at {args.data_dir} (--data-dir)")
+    torch.set_num_threads(threads)
+    model_rate = bare_throughput(create_encoder(image_encoder), items, args.batch_size, device)
+    model_s = len(items) / model_rate
+
+    total, startup = float(command["total"]), float(command["startup"])
+    wait, write = float(enc["wait"]), float(enc["write"])
+    encode = float(enc["encoding"]) - wait
+    rest = max(0.0, total - startup - float(enc["encoding"]) - write)
+    waited = f" ({enc['waited']} of {enc['batches']} batches waited)" if enc["batches"] else ""
+    print(f"images: the first {len(items)} MIRFlickr pairs; batch {args.batch_size}; torch threads {threads}; "
+          f"{workers} loader workers; device {device}")
+    print(f"model only ({image_encoder}, pre-decoded batches): {model_s:8.1f} s ({model_rate:.1f} items/s)")
+    print(f"cmh extract --encoders {','.join(encoders)}:        {wall:8.1f} s wall")
+    print(f"ratio model-only / end-to-end: {model_s / wall:.3f}   (goal >= 0.9)")
+    print(f"breakdown: start-up {startup:.1f} s (process start to the first batch), decode wait {wait:.1f} s{waited}, "
+          f"encode {encode:.1f} s, write {write:.1f} s, rest {rest:.1f} s (gathering train/validation, "
+          f"{', '.join(encoders[1:]) or 'no other encoder'}), exit {max(0.0, wall - total):.1f} s "
+          f"(last line to process end)")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="128 images, for a smoke run")
@@ -170,8 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=None, help="(c): encoder actors (default: one per core)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="encoder setting, e.g. --option channels_last=false (repeatable)")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="time the whole `cmh extract` command against the model alone (see the docstring)")
+    ap.add_argument("--limit", type=int, default=2000, help="--end-to-end: the first N MIRFlickr pairs")
+    ap.add_argument("--encoders", default="alexnet,bow", help="--end-to-end: the command's encoders (image first)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.end_to_end:
+        end_to_end(args)
+        return
     n = 128 if args.quick else args.images
     device = resolve_device(args.device)
 

@@ -136,7 +136,7 @@ def encode_dataset(cache: Cache, run: str, dataset: str, *, chunk_rows: int = CH
         elif old.get("encode_key") != key:
             say(f"{out} was encoded from another model or other features; encoding {dataset!r} again")
             shutil.rmtree(out)
-    splits = ds.splits
+    splits = ds.planned_splits  # chunks are planned positions (pairs dropped later are skipped by the reader)
     present = [s for s in PHYSICAL_SPLITS if s in splits]
     write_json_atomic({**provenance, "encode_key": key, "complete": False,
                        "data_fingerprint": ds.items_meta.get("fingerprint")}, manifest_path)

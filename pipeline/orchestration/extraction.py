@@ -79,14 +79,72 @@ def extract(cache: Cache, req: ExtractRequest, echo: Callable[[str], None] = pri
             run = functools.partial(run_extraction_ray, concurrency=req.concurrency)
         else:
             run = functools.partial(run_extraction, workers=req.workers)
+        # image encoders first: their pass finds the pairs whose image fails, which are then dropped from the
+        # item table before any text encoder reads it (stages.prepare.images)
+        image_names = [n for n in names if reads_images(n)]
+        summaries = []
         with session:
-            for name in names:
+            for name in [*image_names, None, *[n for n in names if n not in image_names]]:
+                if name is None:
+                    items = _settle_images(cache, items, [s.encoder for s in summaries],
+                                           complete=all(s.complete for s in summaries))
+                    continue
                 encoder = create_encoder(name, **by_prefix[encoder_kind(name)])
                 summary = run(cache, items, splits, encoder, shard=shard, device=req.device,
                               batch_size=req.batch_size, overwrite=req.overwrite)
+                summaries.append(summary)
                 echo(f"{summary.describe()}\n  -> {cache.encoder_dir(dataset_req.cache_name, encoder.id)}")
-    echo(f"extract finished in {time.perf_counter() - start:.0f} s: dataset {dataset_req.cache_name} "
-         f"({len(items)} items), features of {', '.join(names)}, under {cache.root}")
+                del encoder  # its model is freed before the next one loads
+    echo(f"extract finished: dataset {dataset_req.cache_name} ({len(items)} items), features of {', '.join(names)}, "
+         f"under {cache.root}; " + command_timings(dataset_req.cache_name, summaries))
+
+
+def command_timings(dataset: str, summaries: list[Any], started: float | None = None) -> str:
+    """Where the command's time went: start-up (process start to the model's first batch: imports, item
+    table, fingerprint, weights, loader), the encoders' loops, and the finish after the last one."""
+    now = time.time()
+    started = process_started() if started is None else started
+    first = min((s.first_batch_at for s in summaries if s.first_batch_at), default=0.0)
+    last = max((s.finished_at for s in summaries), default=now)
+    startup = f"start-up {first - started:.1f} s to the first batch" if first else "nothing to encode"
+    loops = ", ".join(f"{s.encoder} {s.loop_s:.1f} s" for s in summaries)
+    return (f"extract {dataset}: {now - started:.1f} s since the process started: {startup}; encode loops: "
+            f"{loops or 'none'}; finish {now - last:.1f} s after the last encoder")
+
+
+def process_started() -> float:
+    """time.time() when this process started (the interpreter's own start-up and imports count too)."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # psutil missing or the OS says nothing: count from here instead
+        return time.time()
+
+
+def reads_images(name: str) -> bool:
+    """Whether the encoder ``name`` decodes images (known from its class, before its weights load)."""
+    from stages.extract import ENCODERS
+
+    return "image" in getattr(ENCODERS.get(encoder_kind(name)).builder, "inputs", frozenset({"image"}))
+
+
+def _settle_images(cache: Cache, items: Any, image_encoders: list[str], *, complete: bool) -> Any:
+    """The item table without the pairs whose image failed in this extraction's image pass (or, when it has
+    no image encoder and no extraction decoded them yet, in a check of every image, so that text features
+    never hold a pair that has no picture)."""
+    from pipeline.ground.store.features import read_errors
+    from stages.prepare.images import check_images, drop_failed_images, image_pass_pending
+
+    failures: dict[int, str] = {}
+    for encoder in image_encoders:
+        failures.update(read_errors(cache, items.dataset, encoder))
+    pending = image_pass_pending(cache, items.dataset)
+    if pending and not image_encoders:
+        failures, complete = check_images(items), True
+    if not failures and not (pending and complete):
+        return items
+    return drop_failed_images(cache, items, failures, complete=complete)
 
 
 def encoder_kind(name: str) -> str:

@@ -153,16 +153,28 @@ def state_sha256(state: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def alexnet_features() -> nn.Sequential:
+    """torchvision's AlexNet ``features`` layout (same module indices, so the same state-dict keys).
+
+    Built here rather than taken from ``torchvision.models``: importing torchvision pulls in
+    ``torchvision.ops`` and with it ``torch._dynamo``, 4-7 s of a 2-core machine's start-up for
+    thirteen layers (``tests/extract/test_alexnet.py`` checks the layout against torchvision's)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+
+
 def build_trunk(state: Mapping[str, Tensor]) -> nn.Sequential:
-    """torchvision AlexNet ``features[:-1]`` (conv1..conv5 + ReLU) with the given weights, eval mode.
-
-    Built on the meta device first, so the unused 57M-parameter classifier is never allocated.
-    """
-    import torchvision
-
-    with torch.device("meta"):
-        net = torchvision.models.alexnet(weights=None)
-    features = net.features.to_empty(device="cpu")
+    """AlexNet ``features[:-1]`` (conv1..conv5 + ReLU) with the given weights, eval mode (the 57M-parameter
+    classifier is never built)."""
+    features = alexnet_features()
     wanted = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     missing, unexpected = features.load_state_dict(wanted, strict=False)
     if missing or unexpected:
@@ -196,6 +208,20 @@ class ResizeCenterCrop:
         sx, sy = w / new_w, h / new_h
         box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
         return image.resize((self.crop, self.crop), self.resample, box=box)
+
+
+class _ResizeToTensor:
+    """``ResizeCenterCrop`` then torchvision's ``PILToTensor`` (HWC uint8 -> CHW uint8), without importing
+    torchvision (see ``alexnet_features``); a class, so DataLoader workers can pickle it."""
+
+    def __init__(self, resize: ResizeCenterCrop) -> None:
+        self.resize = resize
+
+    def __call__(self, image: Any) -> Tensor:
+        pixels = np.array(self.resize(image), dtype=np.uint8, copy=True)  # (H, W, C); copy: PIL's buffer is read-only
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 # -- heads ---------------------------------------------------------------------------------------
@@ -274,11 +300,8 @@ class AlexNetEncoder(Encoder):
         """PIL -> (3, crop, crop) uint8: resize + centre crop only. Float conversion and the ImageNet
         normalisation run batched on the encoder's device (``features``), which keeps the DataLoader
         workers cheap and moves 4x fewer bytes between processes."""
-        from torchvision import transforms
-
         p = self.preprocess
-        return transforms.Compose([ResizeCenterCrop(p["resize"], p["crop"], p["interpolation"]),
-                                   transforms.PILToTensor()])
+        return _ResizeToTensor(ResizeCenterCrop(p["resize"], p["crop"], p["interpolation"]))
 
     def normalise(self, images: Tensor) -> Tensor:
         """(m, 3, H, W) uint8 (or float in [0, 1]) -> ImageNet-normalised float32 on the same device."""

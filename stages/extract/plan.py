@@ -23,6 +23,7 @@ from pipeline.ground.errors import DataError
 from pipeline.ground.provenance import package_versions
 from pipeline.ground.store.features import (FeatureWriter, Shard, ShardSpec, bytes_on_disk, read_manifest,
                                             rows_on_disk)
+from pipeline.ground.store.items import kept_splits, skipped_ids
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from stages.extract.base import Encoder
 
@@ -59,6 +60,14 @@ class ExtractSummary:
     loop_s: float = 0.0  # the encode loop's wall time (items_per_s's denominator)
     already_complete: bool = False  # nothing was left to do: every part on disk and gathered before this call
     resumed_parts: int = 0  # parts already on disk (an earlier, interrupted run or other workers) when it started
+    #: planning (fit, manifest, shards left) + loader start + the first batch's decoding: until the model
+    #: gets its first batch. ``wait_s`` counts the waits after that one only.
+    startup_s: float = 0.0
+    finish_s: float = 0.0  # after the last batch: the last shard write, gathering train/validation, the summary
+    batches: int = 0  # batches the model encoded
+    waited_batches: int = 0  # of them, those the loader was not ready with (the model waited > WAITED_S)
+    first_batch_at: float = 0.0  # time.time() when the model got its first batch (0: nothing to encode)
+    finished_at: float = 0.0  # time.time() when the run was summed up (every shard written, splits gathered)
 
     def describe(self) -> str:
         rows = ", ".join(f"{k} {v}" for k, v in self.rows.items())
@@ -68,14 +77,19 @@ class ExtractSummary:
                     f"columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
         state = ("complete" if self.complete
                  else f"incomplete ({self.shards_pending_elsewhere} part(s) left to other workers)")
-        times = (f"waiting for data {self.wait_s:.1f} s, encoding {self.encode_s:.1f} s" if self.engine == "local"
-                 else f"waiting for Ray {self.wait_s:.1f} s, actors encoding {self.encode_s:.1f} s in total")
+        if self.engine == "local":
+            waited = f" in {self.waited_batches} of {self.batches} batches" if self.batches else ""
+            times = (f"start-up {self.startup_s:.1f} s, encoding {self.encode_s + self.wait_s:.1f} s (of which "
+                     f"{self.wait_s:.1f} s waiting for decoded images{waited}), writing {self.write_s:.1f} s, "
+                     f"finish {self.finish_s:.1f} s")
+        else:
+            times = (f"start-up {self.startup_s:.1f} s, waiting for Ray {self.wait_s:.1f} s, actors encoding "
+                     f"{self.encode_s:.1f} s in total, writing {self.write_s:.1f} s, finish {self.finish_s:.1f} s")
         resumed = (f"resumed with {self.resumed_parts} shard(s) already on disk, "
                    if self.resumed_parts and self.shards_written else "")
         return (f"{self.dataset}/{self.encoder} on {self.device} ({self.engine}): {resumed}{self.shards_written} "
                 f"shard(s) written, {state}; rows {rows}; {self.failed} failed; {self.items_per_s:.1f} items/s over "
-                f"{self.seconds:.1f} s ({times}, writing {self.write_s:.1f} s); "
-                f"columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
+                f"{self.seconds:.1f} s ({times}); columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
 
 
 @dataclass
@@ -114,20 +128,28 @@ def plan_extraction(layout: CacheLayout, items: ItemTable, splits: dict[str, np.
     """Check the splits, fit the encoder on train, create/check the manifest and list the missing shards."""
     started = time.perf_counter()
     row_of = {int(i): r for r, i in enumerate(items.item_id)}
+    dropped_before = skipped_ids(items)  # pairs the item table dropped after the splits were drawn
     for name, members in splits.items():
-        unknown = [int(i) for i in members if int(i) not in row_of]
+        unknown = [int(i) for i in members if int(i) not in row_of and int(i) not in dropped_before]
         if unknown:
             raise DataError(f"split {name!r} names {len(unknown)} item id(s) not in dataset {items.dataset!r}, "
                             f"e.g. {unknown[:5]}; the splits and the item table disagree (re-create the splits)")
+    kept = kept_splits(splits, items)
+    dropped = {int(i) for name, members in splits.items() for i in np.setdiff1d(members, kept[name])}
 
-    encoder.prepare(items, splits)
+    encoder.prepare(items, kept)  # fitted on the pairs that are still in the dataset
     writer = FeatureWriter(
         layout, items.dataset, encoder.id, encoder_config=encoder.config(), columns=encoder.columns,
         default_columns=encoder.default_columns, dataset_fingerprint=items.fingerprint(), splits=splits,
         shard_size=shard_size, code_version=versions.__version__, provenance=provenance(encoder, items, engine),
+        dropped=dropped,
     )
     writer.check_or_create_manifest(overwrite)
     todo = writer.pending(shard)
+    for empty in [s for s in todo if not len(s.item_ids)]:  # every pair of it was dropped: nothing to encode
+        writer.write_shard(empty, np.zeros(0, np.int64),
+                           {name: np.zeros((0, spec.dim), np.float32) for name, spec in encoder.columns.items()})
+    todo = [s for s in todo if len(s.item_ids)]
     gathered = [s for s in splits if s not in PHYSICAL_SPLITS]
     was_complete = (not todo and bool(read_manifest(layout, items.dataset, encoder.id).get("complete"))
                     and (not gathered or writer.gathered_ok()))
@@ -162,12 +184,17 @@ def write_shard_batches(writer: FeatureWriter, shard: Shard, acc: Sequence[tuple
 def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, plan: ExtractionPlan, *, device: str,
                       engine: str, failed: int, written: int, seen: int, loop_seconds: float,
                       wait_s: float = 0.0, encode_s: float = 0.0, write_s: float = 0.0,
-                      first_batch_s: float = 0.0) -> ExtractSummary:
-    """Gather train/validation when every part exists, warn about failures, and sum the run up."""
+                      first_batch_s: float = 0.0, startup_s: float = 0.0, batches: int = 0,
+                      waited_batches: int = 0, first_batch_at: float = 0.0,
+                      loop_end: float | None = None) -> ExtractSummary:
+    """Gather train/validation when every part exists, warn about failures, and sum the run up.
+
+    ``loop_end``: perf_counter when the loop ended (default: now), where ``finish_s`` starts."""
+    loop_end = time.perf_counter() if loop_end is None else loop_end
     writer = plan.writer
     complete = plan.was_complete or writer.finalize()
     if failed:
-        log.warning("%s/%s: %d item(s) could not be read and were dropped from every column (listed in %s)",
+        log.info("%s/%s: %d item(s) could not be read and were left out of every column (listed in %s)",
                     items.dataset, encoder.id, failed, layout.errors_path(items.dataset, encoder.id))
     summary = ExtractSummary(
         dataset=items.dataset, encoder=encoder.id, device=device,
@@ -177,10 +204,12 @@ def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, p
         complete=complete, seconds=time.perf_counter() - plan.started,
         items_per_s=seen / loop_seconds if seen and loop_seconds > 0 else 0.0,
         wait_s=wait_s, encode_s=encode_s, write_s=write_s, engine=engine, first_batch_s=first_batch_s,
-        loop_s=loop_seconds,
+        loop_s=loop_seconds, startup_s=startup_s, batches=batches, waited_batches=waited_batches,
+        first_batch_at=first_batch_at, finished_at=time.time(),
         columns={k: v.dim for k, v in encoder.columns.items()},
         bytes_on_disk=bytes_on_disk(layout, items.dataset, encoder.id),
         already_complete=plan.was_complete and not written, resumed_parts=plan.resumed_parts,
     )
+    summary.finish_s = time.perf_counter() - loop_end
     log.debug("%s", summary.describe())  # the command says it once, as its summary
     return summary

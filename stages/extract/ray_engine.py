@@ -286,7 +286,8 @@ def run_extraction_ray(
     loop_seconds = time.perf_counter() - loop_start
     return finish_extraction(layout, items, encoder, plan, device="cuda" if use_gpu else "cpu", engine="ray",
                              failed=failed, written=written, seen=seen, loop_seconds=loop_seconds, wait_s=wait_s,
-                             encode_s=encode_s, write_s=write_s, first_batch_s=first_batch_s)
+                             encode_s=encode_s, write_s=write_s, first_batch_s=first_batch_s,
+                             startup_s=(loop_start - plan.started + first_batch_s) if first_batch_s else 0.0)
 
 
 def actor_resources(device: str | None, concurrency: int | None, reads_images: bool = False) -> tuple[bool, int, float]:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
@@ -84,8 +85,38 @@ def shard_batches(shard_sizes: Sequence[int], batch_size: int) -> list[list[int]
     return out
 
 
-def _iterate(encoder: Encoder, refs: Sequence[str], batches: list[list[int]], workers: int,
-             pin: bool) -> Iterator[tuple[np.ndarray, torch.Tensor | None, list[tuple[int, str]]]]:
+#: A batch counts as waited for when the model sat idle longer than this (a ready batch takes well under a
+#: millisecond to hand over: it sits in shared memory) and longer than this share of its mean encode time
+#: (on CPU a batch takes seconds, and a worker that was scheduled out for a few ms is no bottleneck).
+WAITED_S = 0.002
+WAITED_SHARE = 0.05
+#: Batches decoded ahead of a GPU (all workers together): the model eats a 64-image batch in milliseconds,
+#: a worker decodes one in ~0.1 s, so a deep queue absorbs slow images (a large JPEG, a cold disk block)
+#: that would otherwise stall the GPU. CPU runs need less: the model is the slow side there.
+IN_FLIGHT = {"cuda": 32, "cpu": 8}
+#: Ceiling of the memory the batches in flight take (pinned on CUDA: page-locked, so kept modest).
+IN_FLIGHT_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    workers: int
+    prefetch_factor: int | None  # batches each worker decodes ahead (None without workers)
+    pin_memory: bool  # page-locked batches: the host-to-GPU copy runs asynchronously (non_blocking)
+
+
+def loader_settings(device: torch.device, workers: int, batch_size: int, image_bytes: int = 3 * 224 * 224) -> LoaderSettings:
+    """DataLoader settings for ``workers`` decoding processes: on CUDA, pinned memory and enough batches in
+    flight (``IN_FLIGHT``, within ``IN_FLIGHT_BYTES``) that the GPU finds a batch ready; on CPU, 8 batches."""
+    if workers < 1:
+        return LoaderSettings(0, None, device.type == "cuda")
+    in_flight = IN_FLIGHT["cuda" if device.type == "cuda" else "cpu"]
+    in_flight = max(workers * 2, min(in_flight, IN_FLIGHT_BYTES // max(1, batch_size * image_bytes)))
+    return LoaderSettings(workers, max(2, -(-in_flight // workers)), device.type == "cuda")
+
+
+def _iterate(encoder: Encoder, refs: Sequence[str], batches: list[list[int]],
+             loader: LoaderSettings) -> Iterator[tuple[np.ndarray, torch.Tensor | None, list[tuple[int, str]]]]:
     if "image" not in encoder.inputs:  # text-only: nothing to decode, no workers
         for b in batches:
             yield np.asarray(b, dtype=np.int64), None, []
@@ -93,9 +124,15 @@ def _iterate(encoder: Encoder, refs: Sequence[str], batches: list[list[int]], wo
     transform = encoder.image_transform()
     if transform is None:
         raise TypeError(f"encoder {encoder.id} reads images but has no image_transform()")
-    loader = DataLoader(_ImageDataset(refs, transform), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_collate, pin_memory=pin, prefetch_factor=4 if workers > 0 else None)
-    yield from loader
+    data = DataLoader(_ImageDataset(refs, transform), batch_sampler=batches, num_workers=loader.workers,
+                      collate_fn=_collate, pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor)
+    it = iter(data)
+    try:
+        yield from it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:  # at once, also when the loop stops early, rather than when it is collected
+            shutdown()
 
 
 class _Timer:
@@ -198,7 +235,9 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                            engine="local")
     writer, todo = plan.writer, plan.todo
 
-    failed, written, seen, first_batch_s = 0, 0, 0, 0.0
+    failed, written, seen, first_batch_s, first_batch_at = 0, 0, 0, 0.0, 0.0
+    n_batches = waited = 0
+    startup_s = 0.0
     timer = _Timer()
     loop_start = time.perf_counter()
     if todo:
@@ -214,13 +253,23 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
         # in flight, so the model does not wait for the disk
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         pending_write: Future | None = None
+        loader = loader_settings(dev, n_workers, batch_size)
+        batches = iter(_iterate(encoder, refs, shard_batches(sizes, batch_size), loader))
         try:
-            batches = iter(_iterate(encoder, refs, shard_batches(sizes, batch_size), n_workers, amp))
             while True:
-                with timer("wait"):
-                    batch = next(batches, None)
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                got = time.perf_counter()
+                if not n_batches:  # the first batch: loader start-up, not a wait of the model
+                    startup_s = got - plan.started
+                    first_batch_at = time.time()
+                elif batch is not None:
+                    timer.totals["wait"] += got - asked
+                    # idle for a noticeable share of what a batch costs the model (CPU: seconds; GPU: ms)
+                    waited += got - asked > max(WAITED_S, WAITED_SHARE * timer.totals["encode"] / n_batches)
                 if batch is None:
                     break
+                n_batches += 1
                 positions, images, bad = batch
                 errors += [(int(items.item_id[rows[p]]), items.image[rows[p]], why) for p, why in bad]
                 if len(positions):
@@ -247,15 +296,25 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                 if pending_write is not None:
                     pending_write.result()
         finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # ends the loader now: its workers exit here, not at interpreter exit
             pool.shutdown(wait=True)
             if bar is not None:
                 bar.close()
-    loop_seconds = time.perf_counter() - loop_start
+    loop_end = time.perf_counter()
+    loop_seconds = loop_end - loop_start
     if seen:
-        log.debug("%s/%s: %.1f s waiting for data, %.1f s encoding, %.1f s waiting for shard writes",
-                 items.dataset, encoder.id, timer.totals["wait"], timer.totals["encode"], timer.totals["write"])
+        log.debug("%s/%s: start-up %.1f s; then %.1f s waiting for decoded images (%d of %d batches), %.1f s "
+                 "encoding, %.1f s waiting for shard writes", items.dataset, encoder.id, startup_s,
+                 timer.totals["wait"], waited, n_batches, timer.totals["encode"], timer.totals["write"])
+        if dev.type == "cuda" and n_batches >= 20 and waited > 0.1 * n_batches:
+            log.warning("%s/%s: the GPU waited for decoded images in %d of %d batches (%.1f s): decoding is the "
+                        "bottleneck; more --workers (this machine has %d cores) or a faster disk would help",
+                        items.dataset, encoder.id, waited, n_batches, timer.totals["wait"], available_cores())
 
     return finish_extraction(layout, items, encoder, plan, device=str(dev), engine="local", failed=failed,
                              written=written, seen=seen, loop_seconds=loop_seconds, wait_s=timer.totals["wait"],
                              encode_s=timer.totals["encode"], write_s=timer.totals["write"],
-                             first_batch_s=first_batch_s)
+                             first_batch_s=first_batch_s, startup_s=startup_s, batches=n_batches,
+                             waited_batches=waited, first_batch_at=first_batch_at, loop_end=loop_end)

@@ -1,7 +1,8 @@
 """Read a dataset source once and write its item table and split membership into the cache.
 
 Every later stage reads these two files, so every encoder and every method sees the same items in the
-same splits. A second extraction into the same cache re-uses them; one that asks for different data
+same splits. No image is decoded here: the first image encoder's pass finds the pairs whose image
+fails, and ``stages.prepare.images`` drops them from the item table (extraction calls it). A second extraction into the same cache re-uses them; one that asks for different data
 or different splits is refused with the fix, never silently mixed.
 """
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from stages.prepare.datasets import get_dataset
-from stages.prepare.datasets.base import ItemTable, report_skipped
+from stages.prepare.datasets.base import ItemTable
 from pipeline.ground.errors import CacheError, ConfigError, DataError
 from stages.prepare.fingerprint import FINGERPRINT_KIND, origin_fingerprint
+from stages.prepare.images import IMAGE_PASS
 from pipeline.ground.settings import data_root
 from pipeline.ground.store.items import Splits, items_meta, read_items, read_splits, splits_meta, write_items, write_splits
 from pipeline.ground.store.layout import CacheLayout
@@ -187,7 +189,6 @@ def _write(layout: CacheLayout, req: DatasetRequest, table: ItemTable, data_dir:
     from stages.prepare.splits import make_splits
 
     name = table.dataset
-    table = _drop_unreadable_images(table)
     result = make_splits(table, protocol=protocol, seed=req.seed, n_query=req.n_query, n_train=req.n_train,
                          n_validation=req.n_validation)
     splits, notes = (result.splits, list(getattr(result, "notes", []))) if hasattr(result, "splits") else (result, [])
@@ -197,22 +198,7 @@ def _write(layout: CacheLayout, req: DatasetRequest, table: ItemTable, data_dir:
         log.warning("%d pair(s) skipped while reading %s (recorded in the item table metadata)",
                     len(table.skipped), data_dir)
     write_items(layout, table, {"data_dir": str(data_dir), "limit": req.limit, "source_dataset": req.dataset,
-                                "options": req.options, "fingerprint_kind": FINGERPRINT_KIND})
+                                "options": req.options, "fingerprint_kind": FINGERPRINT_KIND,
+                                IMAGE_PASS: "pending"})
     write_splits(layout, name, splits, {"params": split_params, "notes": notes, "dataset": name})
     return table, {k: np.asarray(v, dtype=np.int64) for k, v in splits.items()}
-
-
-def _drop_unreadable_images(table: ItemTable) -> ItemTable:
-    """Drop (and record) pairs whose image does not decode, before any encoder runs, so that every
-    modality's features hold the same items; extraction would otherwise find them only while encoding
-    images, after a text encoder had already written them."""
-    from pipeline.ground.images import unreadable_images
-
-    bad = unreadable_images(table.image)
-    if not bad:
-        return table
-    skipped = [(int(table.item_id[r]), f"image unreadable: {why}") for r, why in sorted(bad.items())]
-    report_skipped(table.dataset, skipped, table.source)
-    out = table.subset(np.array([r for r in range(len(table)) if r not in bad], dtype=np.int64))
-    out.skipped = list(table.skipped) + skipped
-    return out.validate()

@@ -132,3 +132,27 @@ def test_uint8_transform_plus_batched_normalise_equals_the_float_transform(encod
     one_level = 1 / 255 / 0.224  # the fused resize+crop may round one pixel the other way
     torch.testing.assert_close(encoder.normalise(pixels), expected, rtol=0, atol=one_level * 1.01)
     assert (encoder.normalise(pixels) - expected).abs().mean() < 1e-3  # and almost every pixel is exact
+
+
+def test_the_hand_built_trunk_has_torchvisions_layout():
+    ours = alex.alexnet_features()
+    theirs = torchvision.models.alexnet(weights=None).features
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(2, 3, 224, 224)
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+
+
+def test_the_alexnet_path_never_imports_torchvision(lpips_ckpt):
+    """torchvision's import pulls in torch._dynamo (seconds of start-up); the encoder and its transform do without."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from PIL import Image; from stages.extract import create_encoder, load_encoders; "
+            "load_encoders(); e = create_encoder('alexnet', weights=sys.argv[1]); "
+            "x = e.image_transform()(Image.fromarray(np.zeros((50, 80, 3), np.uint8))); "
+            "assert tuple(x.shape) == (3, 224, 224), x.shape; print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(lpips_ckpt)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

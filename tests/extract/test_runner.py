@@ -167,3 +167,34 @@ def test_unknown_split_member_and_device_are_refused(tmp_path, make_items, clip)
         assert resolve_device(None).type == "cpu"
         with pytest.raises(ConfigError, match="--device cpu"):
             resolve_device("cuda")
+
+
+def test_loader_settings_pin_and_queue_deep_enough_for_a_gpu():
+    from stages.extract.runner import IN_FLIGHT, loader_settings
+
+    gpu = loader_settings(torch.device("cuda"), 15, 64)  # sizing only: no GPU needed
+    assert gpu.pin_memory and gpu.workers == 15 and gpu.workers * gpu.prefetch_factor >= IN_FLIGHT["cuda"]
+    cpu = loader_settings(torch.device("cpu"), 2, 64)
+    assert not cpu.pin_memory and cpu.prefetch_factor == 4  # 8 batches in flight
+    huge = loader_settings(torch.device("cuda"), 4, 4096)  # 4096-image batches: memory caps the queue
+    assert huge.workers * huge.prefetch_factor == 8  # two per worker, the least that keeps each one busy
+    assert loader_settings(torch.device("cuda"), 0, 64).prefetch_factor is None
+
+
+def test_the_summary_counts_the_batches_the_model_waited_for(tmp_path, make_items, clip, monkeypatch):
+    import stages.extract.runner as runner
+
+    real = runner.decode_image
+
+    def slow(ref, transform):
+        time.sleep(0.01)  # a slow disk: every batch decoded in this process makes the model wait
+        return real(ref, transform)
+
+    monkeypatch.setattr(runner, "decode_image", slow)
+    items = make_items(12)
+    summary = _run(Cache(tmp_path / "c"), items, toy_splits(items), clip(), workers=0)
+    # 3 + 1 query items, two database shards of 3 + 1: six batches; the first one is start-up, not a wait
+    assert summary.batches == 6 and summary.waited_batches == 5
+    assert summary.wait_s >= 5 * 0.01 and summary.startup_s >= 3 * 0.01
+    assert "waiting for decoded images in 5 of 6 batches" in summary.describe()
+    assert "start-up" in summary.describe() and "finish" in summary.describe()

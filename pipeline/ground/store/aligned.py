@@ -9,7 +9,9 @@ split ``chunk_rows`` planned items at a time (a whole split is one chunk), readi
 that cover the chunk, so a large collection never sits in memory whole. Shard ``p`` of a split holds
 its planned items ``[p * shard_size, (p + 1) * shard_size)`` minus those that failed to extract. Items
 missing from any requested encoder (an image that failed to decode, say) are dropped from every
-modality of the chunk, and their ids are kept in ``dropped``.
+modality of the chunk, and their ids are kept in ``dropped``. Members whose pair the item table dropped
+after the splits were drawn (an image that failed in an image encoder's pass) are skipped, whatever
+features an encoder wrote for them before; the table's ``skipped`` list records them.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ class DatasetCache(Protocol):
 
     @property
     def splits(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def planned_splits(self) -> dict[str, np.ndarray]: ...
 
     @property
     def splits_fingerprint(self) -> str: ...
@@ -210,7 +215,8 @@ def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef],
                  *, chunk_rows: int | None = None, start: int = 0) -> Iterator[AlignedFeatures]:
     """Chunks of ``split`` (its items in split order), ``chunk_rows`` planned items each (None: the whole
     split in one chunk), from planned position ``start`` on (a resumed job skips the chunks it wrote)."""
-    splits = dataset.splits
+    dataset.splits  # noqa: B018 -- checks that every member is in the item table or recorded as dropped from it
+    splits = dataset.planned_splits  # planned positions: the shard layout
     if split not in splits:
         raise CacheError(f"dataset {dataset.name!r} has no split {split!r} (splits: {', '.join(sorted(splits))}); "
                          f"the cache predates validation splits: re-run "
@@ -229,7 +235,8 @@ def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef],
     label_row = _label_rows(dataset)
     for first in starts:
         planned = members[first:first + step]
-        present = np.ones(len(planned), dtype=bool)
+        table_rows, known = label_row(planned)  # a pair the item table dropped is skipped here, silently:
+        present = known.copy()  # its drop was reported (and recorded) when it happened
         picks: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         for encoder, cursor in cursors.items():
             data = cursor.rows(first, first + len(planned))
@@ -245,21 +252,20 @@ def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef],
                 out[ref.key] = np.asarray(data[ref.column][rows[present]], dtype=np.float32)
             return out
 
-        labels = items.labels[label_row(keep)]
-        yield AlignedFeatures(split, keep, gather(image), gather(text), labels, planned[~present])
+        labels = items.labels[table_rows[present]]
+        yield AlignedFeatures(split, keep, gather(image), gather(text), labels, planned[known & ~present])
 
 
 def _label_rows(dataset: DatasetCache):
-    """item ids -> rows of the item table (vectorised; every split member is in the table)."""
+    """item ids -> (rows of the item table, whether each id is in it), vectorised."""
     ids = dataset.items.item_id
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
 
-    def rows(wanted: np.ndarray) -> np.ndarray:
-        at = np.searchsorted(sorted_ids, wanted)
-        if len(wanted) and (at.max() >= len(ids) or not np.array_equal(sorted_ids[np.minimum(at, len(ids) - 1)], wanted)):
-            raise CacheError(f"split members of {dataset.name!r} are missing from its item table: re-run "
-                             f"`{extract_command(dataset.layout, dataset.name, overwrite=True)}`")
-        return order[at]
+    def rows(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(ids):
+            return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), dtype=bool)
+        at = np.minimum(np.searchsorted(sorted_ids, wanted), len(ids) - 1)
+        return order[at], sorted_ids[at] == wanted
 
     return rows

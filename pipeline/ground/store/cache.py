@@ -25,7 +25,7 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef, parse_feature_spec, read_aligned
 from pipeline.ground.store.features import read_manifest, splits_fingerprint
-from pipeline.ground.store.items import Splits, items_meta, read_items, read_splits, splits_meta
+from pipeline.ground.store.items import Splits, items_meta, kept_splits, read_items, read_splits, splits_meta
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.lineage import MISSING_RECORD, data_change, stale_run_error
@@ -191,7 +191,14 @@ class DatasetCache:
 
     @property
     def splits(self) -> Splits:
-        return self._once("splits", lambda: read_splits(self.layout, self.name))
+        """Split membership of the pairs still in the item table (see ``planned_splits``)."""
+        return self._once("splits", lambda: kept_splits(self.planned_splits, self.items))
+
+    @property
+    def planned_splits(self) -> Splits:
+        """The splits as drawn, before any image was decoded: the layout of every feature shard. Pairs whose
+        image then failed are still members here, and nowhere else."""
+        return self._once("planned_splits", lambda: read_splits(self.layout, self.name))
 
     @property
     def splits_meta(self) -> dict[str, Any]:
@@ -200,7 +207,7 @@ class DatasetCache:
     @property
     def splits_fingerprint(self) -> str:
         """The hash of the split membership, as feature manifests record it (``splits_fingerprint``)."""
-        return self._once("splits_fingerprint", lambda: splits_fingerprint(self.splits))
+        return self._once("splits_fingerprint", lambda: splits_fingerprint(self.planned_splits))
 
     def manifest(self, encoder: str) -> dict[str, Any]:
         return self._once(f"manifest:{encoder}", lambda: read_manifest(self.layout, self.name, encoder))

@@ -1,10 +1,18 @@
 """The dataset's item table and its split membership, written once into the cache.
 
 Later stages read these instead of the raw dataset, so every method sees the same items and splits.
+
+The splits are drawn before any image is decoded; a pair whose image then fails to decode is removed
+from the item table (``drop_items``, recorded in its ``skipped`` list) while ``splits.parquet`` keeps
+the membership as drawn, because it is the layout of every feature shard (planned positions, the
+manifests' ``splits_fingerprint``). Readers see ``kept_splits``: the members the item table still holds.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import re
 import shlex
 from typing import Any, Mapping, Sequence
@@ -106,6 +114,67 @@ def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
         notes=list(meta.get("notes", [])),
         origin_fingerprint=meta.get("fingerprint"),
     )
+
+
+def skipped_ids(items: ItemTable) -> set[int]:
+    """Ids of the pairs the item table records as dropped (the metadata stores them as strings)."""
+    out = set()
+    for i, _ in items.skipped:
+        with contextlib.suppress(TypeError, ValueError):
+            out.add(int(i))
+    return out
+
+
+def kept_splits(splits: Splits, items: ItemTable) -> Splits:
+    """``splits`` without the members whose pair the item table dropped after the splits were drawn.
+
+    A member that is neither in the table nor recorded as dropped means the two files disagree: CacheError."""
+    have = np.sort(np.asarray(items.item_id, dtype=np.int64))
+    out: Splits = {}
+    dropped: set[int] | None = None
+    for name, members in splits.items():
+        members = np.asarray(members, dtype=np.int64)
+        at = np.minimum(np.searchsorted(have, members), max(len(have) - 1, 0))
+        known = have[at] == members if len(have) else np.zeros(len(members), dtype=bool)
+        if not known.all():
+            dropped = skipped_ids(items) if dropped is None else dropped
+            stray = [int(i) for i in members[~known] if int(i) not in dropped]
+            if stray:
+                raise CacheError(f"split {name!r} of {items.dataset!r} names {len(stray)} item id(s) that are not in its "
+                                 f"item table, e.g. {stray[:5]}: {_FIX}")
+        out[name] = members[known]
+    return out
+
+
+def drop_items(layout: CacheLayout, dataset: str, failures: Mapping[int, str], *,
+               meta: Mapping[str, Any] | None = None) -> tuple[ItemTable, int]:
+    """Remove the pairs ``failures`` names (id -> reason) from the cached item table, recording each in its
+    ``skipped`` list; returns the table and how many were newly dropped.
+
+    The fingerprint stays (it names the source the table was read from), and ``splits.parquet`` is left as
+    it was drawn (see the module docstring). ``meta`` entries are merged into the table's metadata. Two
+    ``--shard`` workers may drop at once: the read-modify-write is serialised by a lock of its own."""
+    lock_path = layout.lock_path(dataset).with_suffix(".items-lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held for the rewrite of one file: well under a second
+        old_meta = items_meta(layout, dataset)
+        table = read_items(layout, dataset)
+        new = {int(i): why for i, why in failures.items()}
+        gone = np.isin(table.item_id, np.fromiter(new, dtype=np.int64, count=len(new)))
+        changed = {k: v for k, v in (meta or {}).items() if old_meta.get(k) != v}
+        if not gone.any() and not changed:
+            return table, 0
+        kept = table.subset(np.flatnonzero(~gone))
+        kept.skipped = list(table.skipped) + [(int(i), new[int(i)]) for i in table.item_id[gone]]
+        keep_meta = {k: v for k, v in old_meta.items()
+                     if k not in {"schema_version", "dataset", "label_names", "text_kind", "source", "vocabulary",
+                                  "fingerprint", "skipped", "notes"}}
+        write_items(layout, kept, {**keep_meta, **(meta or {})})
+        return kept, int(gone.sum())
+    finally:
+        os.close(fd)
 
 
 def write_splits(layout: CacheLayout, dataset: str, splits: Splits, meta: Mapping[str, Any]) -> None:
