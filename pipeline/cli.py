@@ -138,7 +138,7 @@ def report(
     published: bool = typer.Option(False, help="also print mAP@50 next to the papers' published numbers"),
     results: Optional[Path] = typer.Option(None, help="tabulate the published rows under this folder (e.g. results/) instead of the cache's runs"),
     readme: Optional[Path] = typer.Option(None, help="with --results: rewrite this README's generated block for the dataset"),
-    figure: Optional[Path] = typer.Option(None, help="with --results: where the mAP-vs-bits PNG goes (default: docs/<dataset>_map_vs_bits.png)"),
+    figure: Optional[Path] = typer.Option(None, help="with --results: where the mAP-vs-bits PNG goes (default with --readme: docs/<dataset>_map_vs_bits.png beside the README; without either, none is drawn)"),
     html: bool = typer.Option(False, "--html", help="also write <out-dir>/<dataset>.html: table, figures, curves and a retrieval gallery per run"),
     gallery_queries: int = typer.Option(4, min=1, help="--html: gallery queries per task (image->text and text->image)"),
     gallery_seed: int = typer.Option(0, help="--html: seed that draws the gallery queries from the query split"),

@@ -25,7 +25,7 @@ import numpy as np
 
 from stages.prepare.datasets.base import (ItemTable, drop_unusable, register_dataset, report_skipped, require_dir,
                                           require_file, whole_id)
-from stages.prepare.datasets.text import clean_texts, json_lines_hint, open_text, read_text
+from stages.prepare.datasets.text import clean_texts, open_text, parse_json_line, read_text
 from pipeline.ground.errors import DataError
 
 #: Sub-folder of the data root read when DATA_DIR is not given.
@@ -78,13 +78,7 @@ def _read_pairs_jsonl(root: Path, *, keep_unlabelled: bool) -> ItemTable:
             if not line.strip():
                 continue
             where = f"{pairs} line {line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where} is not valid JSON: {exc}{json_lines_hint(line, line_no)}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object with image, image_id, captions, category_ids"
-                                f"{json_lines_hint(line, line_no)}")
+            obj = parse_json_line(line, where, line_no, "image, image_id, captions, category_ids")
             missing = [k for k in ("image", "image_id", "captions", "category_ids") if k not in obj]
             if missing:
                 raise DataError(f"{where} lacks field(s) {missing}")

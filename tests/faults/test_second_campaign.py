@@ -1,0 +1,83 @@
+"""Cases of issue 22's classes found by a second, independent campaign (beyond the issue's list)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from tests.faults.conftest import REPO, one_line_error, write_pairs
+
+
+def _extract(cli, data, cache, *extra):
+    return cli("extract", "--dataset", "pairs", "--data-dir", data, "--cache", cache, "--encoders", "bow", *extra)
+
+
+# -- class 4: a file that says one thing twice is refused, not read as its last word --------------------------
+
+def test_a_csv_header_naming_a_column_twice_is_refused(cli, tmp_path):
+    data = tmp_path / "d"
+    write_pairs(data)
+    rows = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
+    (data / "pairs.jsonl").unlink()
+    body = [f"{r['image']},{' '.join(r['text'])},{'|'.join(r['labels'])},x" for r in rows]
+    (data / "pairs.csv").write_text("image,text,labels,Labels\n" + "\n".join(body) + "\n")
+    line = one_line_error(_extract(cli, data, tmp_path / "c"))
+    assert "pairs.csv line 1" in line and "['labels'] more than once" in line
+    assert not (tmp_path / "c" / "datasets").exists()  # every label "x" was cached before
+
+
+def test_a_json_key_given_twice_in_one_record_is_refused(cli, tmp_path):
+    data = tmp_path / "d"
+    write_pairs(data)
+    lines = (data / "pairs.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:-1] + ', "labels": []}'  # the row was dropped as unlabelled, without a word
+    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    line = one_line_error(_extract(cli, data, tmp_path / "c"))
+    assert "pairs.jsonl line 3: the key 'labels' appears twice" in line
+
+
+def test_coco_json_key_given_twice_is_refused(cli, tmp_path):
+    root = tmp_path / "coco"
+    (root / "images").mkdir(parents=True)
+    (root / "categories.json").write_text(json.dumps([{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}]))
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "image_id": i, "captions": ["a dog"], "category_ids": [1]}))
+    lines[4] = lines[4][:-1] + ', "image_id": 0}'
+    (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    line = one_line_error(cli("extract", "--dataset", "coco", "--data-dir", root, "--cache", tmp_path / "c",
+                              "--encoders", "bow"))
+    assert "pairs.jsonl line 5: the key 'image_id' appears twice" in line
+
+
+def test_json_lines_with_a_comma_after_each_object_say_to_remove_it(cli, tmp_path):
+    data = tmp_path / "d"
+    write_pairs(data)
+    lines = (data / "pairs.jsonl").read_text().splitlines()
+    (data / "pairs.jsonl").write_text("\n".join(line + "," for line in lines) + "\n")
+    line = one_line_error(_extract(cli, data, tmp_path / "c"))
+    assert "pairs.jsonl line 1 " in line and "remove the comma at the end of each line" in line
+    assert "spread over several lines" not in line  # not the pretty-printed-document hint
+
+
+# -- class 2 / damage: tabulating a scratch results folder leaves the committed figure alone ------------------
+
+def test_report_of_other_results_does_not_replace_the_figure_in_the_current_folder(cli, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "mirflickr", results / "mirflickr")
+    work = tmp_path / "repo"
+    (work / "docs").mkdir(parents=True)
+    committed = work / "docs" / "mirflickr_map_vs_bits.png"
+    committed.write_bytes(b"the committed figure")
+    monkeypatch.chdir(work)
+    result = cli("report", "--results", results, "--dataset", "mirflickr")
+    assert result.code == 0, result.err
+    assert committed.read_bytes() == b"the committed figure"
+    assert "map_vs_bits.png" not in result.out  # the block names no figure it did not draw
+    figure = tmp_path / "fig.png"
+    assert cli("report", "--results", results, "--dataset", "mirflickr", "--figure", figure).code == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG"
