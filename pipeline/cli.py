@@ -383,8 +383,30 @@ _STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.E
 _SHAPE_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
 
+def _empty_path_option(argv: list[str]) -> str | None:
+    """The first path option given an empty value (``--cache ""``, ``--results=``), or None.
+
+    Click turns an empty path into ``Path("")``, which is the current folder: ``extract --cache ""``
+    wrote a cache there and ``publish --results ""`` would publish into it, without a word."""
+    group = typer.main.get_command(app)
+    name = next((a for a in argv if a in getattr(group, "commands", {})), None)
+    if name is None:
+        return None
+    paths = {o for p in group.commands[name].params
+             if getattr(getattr(p, "type_descriptor", None), "annotation", None) is Path for o in p.opts}
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in paths and ((eq and not value.strip()) or (not eq and i + 1 < len(argv) and not argv[i + 1].strip())):
+            return flag
+    return None
+
+
 def main() -> None:
     try:
+        empty = _empty_path_option(sys.argv[1:])
+        if empty is not None:
+            raise ConfigError(f"{empty} is empty: give a path (an empty one would mean the current folder), or leave "
+                              f"the option out for its default")
         app()
     except CMHError as exc:
         logging.getLogger("cmh").debug("error", exc_info=True)

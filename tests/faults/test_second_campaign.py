@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.faults.conftest import REPO, one_line_error, write_pairs
@@ -81,3 +82,37 @@ def test_report_of_other_results_does_not_replace_the_figure_in_the_current_fold
     figure = tmp_path / "fig.png"
     assert cli("report", "--results", results, "--dataset", "mirflickr", "--figure", figure).code == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+# -- class 6/7: an empty value is refused, not read as the current folder or as runs/ itself ------------------
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["extract", "--dataset", "pairs", "--encoders", "bow", "--data-dir", "DATA", "--cache", ""], "--cache"),
+    (["extract", "--dataset", "pairs", "--encoders", "bow", "--data-dir", "DATA", "--cache="], "--cache"),
+    (["extract", "--dataset", "pairs", "--encoders", "bow", "--data-dir", " ", "--cache", "CACHE"], "--data-dir"),
+    (["publish", "--dataset", "pairs", "--cache", "CACHE", "--results", ""], "--results"),
+    (["report", "--cache", "CACHE", "--out-dir", ""], "--out-dir"),
+])
+def test_an_empty_path_option_is_refused_before_anything_is_written(cli, tmp_path, monkeypatch, args, flag):
+    data = tmp_path / "data"
+    write_pairs(data)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # an empty path was this folder: extract wrote datasets/, features/, locks/ here
+    args = [str(data) if a == "DATA" else str(tmp_path / "c") if a == "CACHE" else a for a in args]
+    line = one_line_error(cli(*args))
+    assert line.startswith(f"error: {flag} is empty: give a path")
+    assert list(work.iterdir()) == []
+
+
+def test_an_empty_run_id_is_refused_as_empty(cli, built):
+    _, cache, _ = built
+    line = one_line_error(cli("query", "--run", "", "--text", "dog", "--cache", cache))
+    assert "--run is empty: give a run id" in line and "config.json" not in line
+
+
+def test_a_query_text_of_separators_only_is_empty(cli, built):
+    _, cache, run = built
+    line = one_line_error(cli("query", "--run", run, "--text", " , ,", "--cache", cache))
+    assert "the query text is empty" in line
