@@ -116,3 +116,14 @@ def test_a_query_text_of_separators_only_is_empty(cli, built):
     _, cache, run = built
     line = one_line_error(cli("query", "--run", run, "--text", " , ,", "--cache", cache))
     assert "the query text is empty" in line
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--image", "nope:pool"], "--image (IMAGE=) 'nope:pool': unknown encoder 'nope'"),
+    (["--text", "bo"], "did you mean 'bow'?"),
+])
+def test_a_feature_spec_naming_an_unknown_encoder_does_not_suggest_extracting_it(cli, built, args, expect):
+    _, cache, _ = built
+    line = one_line_error(cli("train", "--method", "baseline", "--dataset", "pairs", "--cache", cache, "--bits", "8",
+                              *args))
+    assert expect in line and "cmh extract" not in line  # `--encoders nope` cannot work
