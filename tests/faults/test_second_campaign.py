@@ -127,3 +127,18 @@ def test_a_feature_spec_naming_an_unknown_encoder_does_not_suggest_extracting_it
     line = one_line_error(cli("train", "--method", "baseline", "--dataset", "pairs", "--cache", cache, "--bits", "8",
                               *args))
     assert expect in line and "cmh extract" not in line  # `--encoders nope` cannot work
+
+
+def test_coco_categories_of_one_name_under_two_ids_are_refused(cli, tmp_path):
+    root = tmp_path / "coco"
+    (root / "images").mkdir(parents=True)
+    (root / "categories.json").write_text(json.dumps([{"id": 1, "name": "dog"}, {"id": 2, "name": "dog"}]))
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "image_id": i, "captions": ["a dog"], "category_ids": [1 + i % 2]}))
+    (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    line = one_line_error(cli("extract", "--dataset", "coco", "--data-dir", root, "--cache", tmp_path / "c",
+                              "--encoders", "bow"))
+    assert "categories.json: category name(s) ['dog'] are given to more than one id" in line  # two "dog" columns

@@ -158,6 +158,12 @@ def _build(records: Iterable[tuple[Any, str, Any, Any, str]], categories: list[d
     twice = sorted({cid for cid, _ in ordered if [c for c, _ in ordered].count(cid) > 1})
     if twice:  # two label columns for one id: which one an annotation means is unknown
         raise DataError(f"{cat_source}: category id(s) {twice} are listed more than once; give each id once")
+    names = [name for _, name in ordered]
+    same = sorted({name for name in names if names.count(name) > 1})
+    if same:  # two columns of one name: items of either id share the label, yet count as not relevant
+        ids = [cid for cid, name in ordered if name == same[0]]
+        raise DataError(f"{cat_source}: category name(s) {same} are given to more than one id ({same[0]!r}: ids "
+                        f"{ids}); give each category its own name, or one id")
     column = {cid: j for j, (cid, _) in enumerate(ordered)}
     records = sorted(((whole_id(r[0], r[4], "image_id"), *r[1:]) for r in records), key=lambda r: r[0])
     n = len(records)
