@@ -142,3 +142,20 @@ def test_coco_categories_of_one_name_under_two_ids_are_refused(cli, tmp_path):
     line = one_line_error(cli("extract", "--dataset", "coco", "--data-dir", root, "--cache", tmp_path / "c",
                               "--encoders", "bow"))
     assert "categories.json: category name(s) ['dog'] are given to more than one id" in line  # two "dog" columns
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("how", ["CACHE", "CMH_CACHE"])
+def test_make_clean_cache_cleans_the_cache_named_not_the_repositorys(tmp_path, how):
+    import os
+    import shlex
+    import subprocess
+
+    cache = tmp_path / "it's my cache"
+    env = {**os.environ, "CMH_CACHE": str(cache)} if how == "CMH_CACHE" else dict(os.environ)
+    args = [f"CACHE={cache}"] if how == "CACHE" else []
+    out = subprocess.run(["make", "-n", "clean-cache", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    words = shlex.split(out.stdout)
+    assert words[:2] == ["cd", str(cache)] and "cache/features" not in out.stdout
