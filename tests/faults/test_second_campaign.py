@@ -159,3 +159,21 @@ def test_make_clean_cache_cleans_the_cache_named_not_the_repositorys(tmp_path, h
     assert out.returncode == 0, out.stderr
     words = shlex.split(out.stdout)
     assert words[:2] == ["cd", str(cache)] and "cache/features" not in out.stdout
+
+
+def test_a_figure_path_that_is_a_folder_names_that_folder_not_a_temporary_file(cli, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "mirflickr", results / "mirflickr")
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    line = one_line_error(cli("report", "--results", results, "--dataset", "mirflickr", "--figure", folder))
+    assert f"error: {folder}: Is a directory" in line and ".partial" not in line
+    assert list(folder.iterdir()) == [] and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_query_page_path_that_is_a_folder_is_named_as_a_folder(cli, built, tmp_path):
+    _, cache, run = built
+    folder = tmp_path / "page.html"
+    folder.mkdir()
+    line = one_line_error(cli("query", "--run", run, "--text", "dog", "--cache", cache, "--html", folder))
+    assert "is a folder: give the page's file name" in line
