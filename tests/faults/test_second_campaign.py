@@ -177,3 +177,14 @@ def test_a_query_page_path_that_is_a_folder_is_named_as_a_folder(cli, built, tmp
     folder.mkdir()
     line = one_line_error(cli("query", "--run", run, "--text", "dog", "--cache", cache, "--html", folder))
     assert "is a folder: give the page's file name" in line
+
+
+def test_a_null_json_field_is_named_null_not_missing(cli, tmp_path):
+    data = tmp_path / "d"
+    write_pairs(data)
+    lines = (data / "pairs.jsonl").read_text().splitlines()
+    row = json.loads(lines[1])
+    lines[1] = json.dumps({**row, "text": None})
+    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    line = one_line_error(_extract(cli, data, tmp_path / "c"))
+    assert "pairs.jsonl line 2: field(s) ['text'] are null" in line and "missing" not in line

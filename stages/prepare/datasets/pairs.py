@@ -305,10 +305,14 @@ def _check_separators(obj: dict[str, Any], where: str, text_sep: str, label_sep:
 
 def _row(obj: dict[str, Any], where: str, *, split_text: str | None, split_labels: str | None) -> dict[str, Any]:
     """Validate one record; ``split_*`` set for CSV cells, which hold ``sep``-joined lists."""
-    missing = [k for k in ("image", "text", "labels") if k not in obj or obj[k] is None]
+    missing = [k for k in ("image", "text", "labels") if k not in obj]
     if missing:
         hint = " (labels are required: see docs/pairs-format.md)" if "labels" in missing else ""
         raise DataError(f"{where}: missing field(s) {missing}{hint}")
+    null = [k for k in ("image", "text", "labels") if obj[k] is None]
+    if null:  # the field is there: "missing" would send the user looking for a typo in its name
+        raise DataError(f"{where}: field(s) {null} are null; give a value (an empty list [] for no text or "
+                        f"labels, which drops the row, counted)")
     text, labels = obj["text"], obj["labels"]
     if split_text is not None:
         text = text.split(split_text)
