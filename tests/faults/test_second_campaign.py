@@ -188,3 +188,15 @@ def test_a_null_json_field_is_named_null_not_missing(cli, tmp_path):
     (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     line = one_line_error(_extract(cli, data, tmp_path / "c"))
     assert "pairs.jsonl line 2: field(s) ['text'] are null" in line and "missing" not in line
+
+
+def test_a_damaged_result_file_beside_the_one_published_is_named_with_arrows_reason_uncut(cli, built, tmp_path):
+    _, cache, run = built
+    results = tmp_path / "results"
+    other = results / "pairs" / "pairs-baseline-8b-s1-00000000.parquet"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"PAR1 truncated")
+    line = one_line_error(cli("publish", "--dataset", "pairs", "--run", run, "--cache", cache, "--results", results))
+    assert f"{other} is damaged or not a Parquet file (Parquet magic bytes not found" in line
+    assert "publish without comparing with it" in line  # --replace does not repair that other file
+    assert not (results / "pairs" / f"{run}.parquet").exists()

@@ -130,7 +130,11 @@ REBUILD_HINT = "delete it and re-run the command that wrote it (`cmh extract --o
 
 def unreadable(path: str | os.PathLike, exc: BaseException, fix: str = REBUILD_HINT) -> CacheError:
     """The one-line error for a truncated or foreign file in the cache."""
-    detail = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).split(". ")[0][-120:]
+    detail = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).split(". ")[0]
+    if str(path) in detail:  # Arrow repeats the path the message already names: keep what it says after it
+        detail = detail.split(str(path))[-1].lstrip("': ") or detail
+    if len(detail) > 120:  # cut at the front, said ("arquet input source" read as a typo)
+        detail = "..." + detail[-117:]
     return CacheError(f"{path} is damaged or not a Parquet file ({detail}): {fix}")
 
 
