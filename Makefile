@@ -2,6 +2,7 @@
 # Variables: DATASET DATA_DIR ENCODERS METHOD BITS IMAGE TEXT CACHE LIMIT EPOCHS SEED METHODS SEEDS WORKERS
 #            ENGINE RAY_ADDRESS CONCURRENCY (extract)
 #            RUN HOST PORT SEARCH (serve: SEARCH= a dataset the run encoded, instead of its database)
+#            PATTERN KIND YES (rm)
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -27,12 +28,15 @@ opt = $(if $($(2)),$(1) $(call q,$(2)))
 COMMON   = $(call opt,--cache,CACHE)
 CACHED   = $(DATASET)$(if $(LIMIT),-n$(LIMIT))
 
-.PHONY: setup extract train demo serve test bench grid report table clean-cache help
+.PHONY: setup extract train demo serve test bench grid report table ls rm clean-cache help
 
+# Every target of .PHONY is listed (tests/test_docs_claims.py checks it against the .PHONY line).
 help:
-	@echo "make setup | extract | train | demo | serve RUN=... | test | bench | grid | report | table   (see README.md)"
+	@echo "make setup | extract | train | demo | serve RUN=... | test | bench | grid | report | table | clean-cache   (see README.md)"
+	@echo "make ls | rm PATTERN='demo-*' [KIND=datasets] [YES=1]   (what the cache holds; remove by pattern)"
 
 setup: $(STAMP)
+	@echo "setup done. cmh is in $(VENV)/bin: run '. $(VENV)/bin/activate' to put cmh on PATH in this shell, or call $(VENV)/bin/cmh"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -77,6 +81,14 @@ serve: $(STAMP)
 	$(if $(RUN),,$(error give the run to serve: make serve RUN=<run id> (`ls cache/runs`)))
 	$(CMH) serve --run $(call q,RUN) $(call opt,--dataset,SEARCH) $(call opt,--host,HOST) \
 		$(call opt,--port,PORT) $(COMMON)
+
+# What the cache holds; removal by pattern is a dry run unless YES=1 (KIND= runs, datasets, thumbnails, checkpoints)
+ls: $(STAMP)
+	$(CMH) ls $(COMMON)
+
+rm: $(STAMP)
+	$(if $(PATTERN),,$(error give what to remove: make rm PATTERN='<run id or glob>' (`make ls` lists them)))
+	$(CMH) rm $(call q,PATTERN) $(call opt,--kind,KIND) $(if $(YES),--yes) $(COMMON)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

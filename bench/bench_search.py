@@ -223,7 +223,7 @@ def main() -> int:
     parser.add_argument("--kinds", default=",".join(binary_index.KINDS), help="comma list of index kinds")
     parser.add_argument("--run", type=Path, default=None, help="real run directory for realistic codes "
                         "(default: a CCA-ITQ seed-1 run at --bits under the cache root)")
-    parser.add_argument("--cache", type=Path, default=None, help="cache root to find --run in (default ./cache or $CMH_CACHE)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache root to find --run in (default: $CMH_CACHE, else the checkout's cache/)")
     parser.add_argument("--flip", type=float, default=0.05, help="realistic: per-bit flip probability")
     parser.add_argument("--target", type=float, default=0.95, help="recall@50 a tuned setting must reach")
     parser.add_argument("--max-mem-ratio", type=float, default=2.5, help="memory a tuned setting may use, x raw codes")

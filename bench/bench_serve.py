@@ -186,7 +186,7 @@ def find_run(cache) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=None, help="run id (default: a CCA-ITQ 64-bit seed-1 run of the cache)")
-    parser.add_argument("--cache", type=Path, default=None, help="cache root (default ./cache or $CMH_CACHE)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache root (default: $CMH_CACHE, else the checkout's cache/)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=2000, help="measured text queries (at most 100,000)")
     parser.add_argument("--warmup", type=int, default=100, help="text queries sent first, not measured")

@@ -1,4 +1,4 @@
-"""The ``cmh`` command line: extract, train, report, query, serve, encode, index, grid, list, demo.
+"""The ``cmh`` command line: extract, train, report, query, serve, encode, index, grid, list, ls, rm, demo.
 
 Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help`` stays fast.
 """
@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
 log = logging.getLogger("cmh")
 
-CacheOpt = typer.Option(None, "--cache", help="cache root (default: ./cache, or $CMH_CACHE)")
+CacheOpt = typer.Option(None, "--cache", help="cache root (default: $CMH_CACHE, else the cache/ folder of the cmh checkout, whatever the working directory)")
 
 
 def _cache(cache: Optional[Path]):
@@ -125,8 +125,16 @@ def train(
     req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
                        force=force, checkpoint_every=checkpoint_every)
-    for r in train_runs(_cache(cache), req):
+    import time
+
+    start, runs = time.perf_counter(), _cache(cache)
+    done = []
+    for r in train_runs(runs, req):  # each run's line as it finishes
         typer.echo(f"{r.describe()} -> {r.run_dir}")
+        done.append(r)
+    trained = sum(1 for r in done if not getattr(r, "skipped", False))
+    typer.echo(f"train finished in {time.perf_counter() - start:.0f} s: {len(done)} run(s) of {method} "
+               f"({trained} trained, {len(done) - trained} already there) under {runs.runs_dir()}")
 
 
 @app.command()
@@ -358,10 +366,11 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
 
 @app.command()
 def demo(
-    methods: str = typer.Option("baseline,cca-itq,djsrh,dsah,ucmfh", help="comma list of methods to train"),
+    methods: str = typer.Option("baseline,cca-itq,djsrh", help="comma list of methods to train (the default, "
+                                "plus e.g. dsah,ucmfh on short schedules)"),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
-    """The whole job on a generated demo set: extract, train at 16/32/64 bits, the table and its figure."""
+    """The whole job on a generated demo set: extract, train at 16 and 32 bits, the table and its figure."""
     from pipeline.orchestration.demo import run_demo
 
     run_demo(_cache(cache), [m.strip() for m in methods.split(",") if m.strip()], echo=typer.echo)
@@ -375,6 +384,45 @@ def list_(what: str = typer.Argument(..., help="methods, encoders or datasets"),
 
     for line in list_entries(what, pattern):
         typer.echo(line)
+
+
+@app.command("ls")
+def ls(
+    patterns: list[str] = typer.Argument(None, help="dataset names or run ids, globs allowed (quote them): 'demo-*'"),
+    kind: Optional[str] = typer.Option(None, help="datasets, runs or encodings (default: all three)"),
+    dataset: Optional[str] = typer.Option(None, help="only this dataset and the runs trained on it"),
+    method: Optional[str] = typer.Option(None, help="only runs of this method"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """List what the cache holds: datasets (items, splits, encoders, size), runs (method, bits, seed, epochs or
+    budget, mAP@50, size, complete or partial) and the runs' encodings and indexes."""
+    from pipeline.orchestration.inventory import LsRequest, list_cache
+
+    for line in list_cache(_cache(cache), LsRequest(patterns=patterns or (), kind=kind, dataset=dataset,
+                                                     method=method)):
+        typer.echo(line)
+
+
+@app.command("rm")
+def rm(
+    patterns: list[str] = typer.Argument(None, help="run ids or dataset names, globs allowed (quote them): 'demo-ucmfh-*'"),
+    kind: str = typer.Option("runs", help="runs, datasets (items, splits, features), thumbnails (report pictures) "
+                             "or checkpoints"),
+    dataset: Optional[str] = typer.Option(None, help="only this dataset (and the runs trained on it)"),
+    method: Optional[str] = typer.Option(None, help="only runs of this method"),
+    yes: bool = typer.Option(False, "--yes", help="remove; without it, only print what would be removed"),
+    all_: bool = typer.Option(False, "--all", help="every entry of the kind (within --dataset/--method)"),
+    force: bool = typer.Option(False, "--force", help="also what others depend on: a dataset runs were trained on, "
+                               "a run with encodings or indexes"),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Remove runs, datasets, report thumbnails or checkpoints by pattern: a dry run unless --yes.
+
+    A run another process is training is refused (naming its pid); what others depend on needs --force."""
+    from pipeline.orchestration.removal import RmRequest, remove
+
+    remove(_cache(cache), RmRequest(patterns=patterns or (), kind=kind, dataset=dataset, method=method, yes=yes,
+                                    all=all_, force=force), echo=typer.echo)
 
 
 #: OSErrors of the storage rather than of the program: permission denied, read-only file system, disk or quota full.

@@ -90,8 +90,9 @@ def test_demo_train_report_sql_and_query(demo_cache):
     assert [line[0] for line in lines] == ["1", "2", "3"] and all(len(line) == 5 for line in lines)
     # the same result as a single-file gallery: the query image and the three hits, in rank order
     html = page.read_text()
-    assert f"html: {page}" in out.stdout and html.count("data:image/jpeg;base64,") == 1
-    assert re.findall(r'item (\d+)"><div class="txt".*?#(\d+) · d=(\d+)', html) == \
+    assert f"html: {page}" in out.stdout
+    assert html.count("data:image/jpeg;base64,") == 4  # image->text hits show their picture too (issue 19)
+    assert re.findall(r'class="cell unk" title="[^"]*? · item (\d+)[^"]*">.*?#(\d+) · d=(\d+)', html) == \
         [(line[1], line[0], line[2]) for line in lines]
 
 

@@ -34,3 +34,26 @@ def test_readme_block_equals_the_command_output(dataset: str):
 def test_the_readme_lists_the_missing_cells_and_the_reading_across_lengths():
     block = readme_block_in(README, "mirflickr") or ""
     assert "Across code lengths" in block and ("Missing cells (" in block or "Every planned cell" in block)
+
+
+def test_a_readme_in_another_folder_gets_its_figure_beside_it_and_a_relative_link(tmp_path):
+    """Issue 19 item 5: run from elsewhere, --readme X/README.md writes X/docs/..., never the install location."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    project, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(README, project / "README.md")
+    (project / "README.md").write_text(README.read_text().replace("docs/mirflickr_map_vs_bits.png", "old.png"))
+    installed = (PROJECT_ROOT / "docs" / "mirflickr_map_vs_bits.png").stat().st_mtime_ns
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    out = subprocess.run([sys.executable, "-m", "pipeline", "report", "--results", str(RESULTS), "--dataset",
+                          "mirflickr", "--readme", "../proj/README.md"], cwd=elsewhere, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (project / "docs" / "mirflickr_map_vs_bits.png").exists() and not any(elsewhere.iterdir())
+    assert "](docs/mirflickr_map_vs_bits.png)" in (project / "README.md").read_text()  # relative to the README
+    assert (PROJECT_ROOT / "docs" / "mirflickr_map_vs_bits.png").stat().st_mtime_ns == installed

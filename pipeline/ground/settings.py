@@ -35,6 +35,6 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
     """``override`` (``--cache``), else ``$CMH_CACHE``, else the default; ConfigError for an empty one or a
     path that is a file (every artifact is written in folders under it)."""
     if override is not None and not str(override).strip():
-        raise ConfigError("--cache is empty: give a folder (or leave the option out for $CMH_CACHE or ./cache)")
+        raise ConfigError("--cache is empty: give a folder (or leave the option out for $CMH_CACHE, else the checkout's cache/)")
     root = Path(override).expanduser() if override is not None else _from_env("CMH_CACHE", DEFAULT_CACHE_ROOT)
     return require_folder(root, "--cache" if override is not None else "$CMH_CACHE", "a folder for the cache")

@@ -1,7 +1,12 @@
-"""`make demo`: the whole job end to end on the generated demo set (no download, CPU, a few minutes).
+"""`make demo`: the whole job end to end on the generated demo set (no download, CPU, about a minute).
 
-extract (alexnet + bow) -> train a no-learning floor, the shallow CCA-ITQ baseline and deep methods at
-16/32/64 bits -> report table + plots that DuckDB reads.
+extract (alexnet + bow) -> train the no-learning floor, the shallow CCA-ITQ baseline and one deep method
+(DJSRH, on a short schedule) at 16 and 32 bits -> the methods x bits table and its figure, which DuckDB reads.
+``cmh demo --methods`` adds others (DSAH, UCMFH, ... on the short schedules below).
+
+The default is sized to finish within two minutes on two cores once `make setup` is done (the README's
+first-run block is measured by ``bench/bench_first_run.py``): 64 bits were dropped (CCA-ITQ cannot give 64
+directions from the demo's 56-term vocabulary anyway) and DSAH and UCMFH moved to ``--methods``.
 """
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ from typing import Callable, Sequence
 
 from pipeline.ground.store.cache import Cache
 
-DEMO_METHODS = ("baseline", "cca-itq", "djsrh", "dsah", "ucmfh")
-DEMO_BITS = (16, 32, 64)
-#: Short schedules so the demo stays short on two CPU cores (the papers' epochs are in each config).
-DEMO_EPOCHS = {"djsrh": 20, "dsah": 20, "ucmfh": 10, "ccah": 5}
+DEMO_METHODS = ("baseline", "cca-itq", "djsrh")
+DEMO_BITS = (16, 32)
+#: Short schedules so the demo stays short on two CPU cores (the papers' epochs are in each config); the
+#: table marks these rows "budget".
+DEMO_EPOCHS = {"djsrh": 10, "dsah": 20, "ucmfh": 10, "ccah": 5, "cfrh": 10, "dsprh": 10, "fjsph": 10}
 
 
 def run_demo(cache: Cache, methods: Sequence[str] = DEMO_METHODS, echo: Callable[[str], None] = print) -> None:
@@ -34,8 +40,11 @@ def run_demo(cache: Cache, methods: Sequence[str] = DEMO_METHODS, echo: Callable
                                          epochs=dict(DEMO_EPOCHS), workers=1, skip_config_errors=True))
     table = result.tables["map@50"]
     echo(table.markdown)
-    echo(f"\ntables: {', '.join(str(p) for p in table.paths.values())}\nplot: {result.figure}\nruns: {cache.runs_dir()}")
-    echo("query them with DuckDB, e.g.:\n  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"SELECT method, bits, task, "
-         f"value FROM read_parquet('{cache.runs_dir()}/*/report.parquet', union_by_name=true) "
+    runs = cache.runs_dir()
+    echo("query the runs with DuckDB, e.g.:\n  .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"SELECT method, "
+         f"bits, task, value FROM read_parquet('{runs}/*/report.parquet', union_by_name=true) "
          "WHERE metric='map@50' ORDER BY ALL\\\"))\"")
-    echo(f"demo finished in {time.perf_counter() - start:.0f}s")
+    trained = sum(1 for o in result.outcomes if o.status == "trained")
+    echo(f"demo finished in {time.perf_counter() - start:.0f} s: {len(result.run_ids)} run(s) ({trained} trained "
+         f"now, {len(result.run_ids) - trained} already there) in {runs}; "
+         f"table {', '.join(str(p) for p in table.paths.values())}; figure {result.figure}")

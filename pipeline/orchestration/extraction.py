@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +65,7 @@ def extract(cache: Cache, req: ExtractRequest, echo: Callable[[str], None] = pri
                                  n_validation=req.n_validation, options=by_prefix["dataset"])
     # the dataset's lock, held shared from the items' check (or write) to the last encoder, so no other
     # extraction can replace the items whose features these are
+    start = time.perf_counter()
     with DatasetLock(cache, dataset_req.cache_name) as lock:
         items, splits = prepare_dataset(cache, dataset_req, overwrite=req.overwrite, lock=lock)
         sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
@@ -83,6 +85,8 @@ def extract(cache: Cache, req: ExtractRequest, echo: Callable[[str], None] = pri
                 summary = run(cache, items, splits, encoder, shard=shard, device=req.device,
                               batch_size=req.batch_size, overwrite=req.overwrite)
                 echo(f"{summary.describe()}\n  -> {cache.encoder_dir(dataset_req.cache_name, encoder.id)}")
+    echo(f"extract finished in {time.perf_counter() - start:.0f} s: dataset {dataset_req.cache_name} "
+         f"({len(items)} items), features of {', '.join(names)}, under {cache.root}")
 
 
 def encoder_kind(name: str) -> str:

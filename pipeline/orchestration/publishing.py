@@ -7,6 +7,7 @@ from typing import Sequence
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.near import did_you_mean
 from pipeline.ground.store.lineage import stale_summary
 
 
@@ -20,7 +21,9 @@ def publish(cache: Cache, dataset: str, run_ids: Sequence[str], results: Path, *
     require_folder(Path(results), "--results", "the results registry folder (results/)")
     runs = [cache.find_run(r) for r in run_ids] if run_ids else cache.runs(dataset)
     if not runs:
-        raise CacheError(f"no finished runs of {dataset!r} under {cache.runs_dir()}; train them first (`cmh train`)")
+        have = {r.dataset for r in cache.runs()} - {None}
+        raise CacheError(f"no finished runs of {dataset!r} under {cache.runs_dir()}; train them first (`cmh train`)"
+                         f"{did_you_mean(dataset, have, 'runs are cached for')}")
     for run in runs:
         of = run.dataset
         if of != dataset:

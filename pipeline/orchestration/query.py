@@ -63,12 +63,17 @@ def query_run(cache: Cache, run: str, *, text: str | None = None, image: Path | 
     ``dataset``: search every item of a dataset the run encoded (``cmh encode``) instead of its database.
     ``say`` receives what the user should see about the query itself (the vocabulary terms matched, the
     search used: a saved index or exact)."""
+    # Every input is checked before the run's encoders and model are loaded (seconds): a typo fails at once.
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    if text is not None and not text.strip():
+        raise ConfigError("the query text is empty: give some words, e.g. --text \"dog, beach\"")
+    picture = load_image(str(image)) if image is not None else None  # exists, is a file, decodes
+    cache.find_run(run)  # a run that is not cached, with the near matches
     modality = "image" if image is not None else "text"
     searcher = Searcher(cache, run, dataset=dataset, modalities=(modality,), say=say)
-    if image is not None:
-        words = searcher.encode_image(load_image(str(image)))
+    if picture is not None:
+        words = searcher.encode_image(picture)
     else:
         read = searcher.read_text(text or "")
         if read.said():

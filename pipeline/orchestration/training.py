@@ -220,10 +220,15 @@ def _with_default_features(req: TrainRequest, method_name: str, quiet: bool = Fa
         return req
     req = dataclasses.replace(req, image=req.image or builder.default_image_features,
                               text=req.text or builder.default_text_features)
-    if not quiet:
-            log.info("%s reads image=%s text=%s (its defaults; set IMAGE=/TEXT= to choose)", method_name, req.image,
+    said = (method_name, req.image, req.text)
+    if not quiet and said not in _SAID_DEFAULTS:  # once per process: a grid asks for every code length
+        _SAID_DEFAULTS.add(said)
+        log.info("%s reads image=%s text=%s (its defaults; set IMAGE=/TEXT= to choose)", method_name, req.image,
                  req.text)
     return req
+
+
+_SAID_DEFAULTS: set[tuple[str, str | None, str | None]] = set()
 
 
 def _check_encoders_known(dataset: DatasetCache, spec: str, flag: str) -> None:

@@ -38,6 +38,7 @@ from stages.evaluate.metrics import (
 )
 
 log = logging.getLogger(__name__)
+_SAID: set = set()  # (Ks over the database size, database size) already logged by this process
 
 DEFAULT_KS = (50, 100, 500, 1000)
 #: P@K curve grid, as CCAH's p_topK (50..5000) plus the head of the ranking.
@@ -102,11 +103,16 @@ def evaluate_codes_and_curves(query: Mapping[str, Any], database: Mapping[str, A
     for name, split in (("query", query), ("database", database)):
         if "labels" not in split:
             raise DataError(f"the {name} split has no 'labels'; relevance (shared label) needs them")
-    all_ks = tuple(sorted(set(int(k) for k in ks) | set(int(k) for k in pk_curve_ks)))
     n_db = len(database["labels"])
-    if any(k > n_db for k in ks):
-        log.warning("K=%s exceeds the database size %d: the top K is the whole database (P@K still divides by K)",
-                    [k for k in ks if k > n_db], n_db)
+    # the P@K curve stops at the database size: beyond it the top K is the whole database and P@K only falls as 1/K
+    curve_ks = sorted({int(k) for k in pk_curve_ks if int(k) <= n_db}
+                      | ({n_db} if any(int(k) > n_db for k in pk_curve_ks) else set()))
+    all_ks = tuple(sorted(set(int(k) for k in ks) | set(curve_ks)))
+    over = tuple(k for k in ks if k > n_db)
+    if over and (over, n_db) not in _SAID:  # a fact of the dataset, not of the run: once per process
+        _SAID.add((over, n_db))
+        log.info("K=%s exceeds the database size %d: the top K is the whole database (P@K still divides by K)",
+                 list(over), n_db)
     out = Evaluation(rows=health_rows(database))
     bits = next((np.asarray(database[m]).shape[1] for m in ("image", "text") if database.get(m) is not None), 0)
     collapsed = degenerate_note(out.rows, n_db, bits)
@@ -126,10 +132,10 @@ def evaluate_codes_and_curves(query: Mapping[str, Any], database: Mapping[str, A
             out.rows.append({"task": task, "metric": f"p@{k}", "k": int(k), "value": p_mean[int(k)]})
         within = precision_within_radius_from_stats(stats, radius)
         if within.n_empty:
-            log.info("%s: %d of %d queries retrieve nothing within radius %d (counted as precision 0)",
-                     task, within.n_empty, stats.n_query, radius)
+            log.debug("%s: %d of %d queries retrieve nothing within radius %d (counted as precision 0)",
+                      task, within.n_empty, stats.n_query, radius)
         out.rows.append({"task": task, "metric": f"p@r{radius}", "k": None, "value": within.mean})
-        for k in pk_curve_ks:
+        for k in curve_ks:
             out.curves.append({"task": task, "curve": "p@k", "x": int(k), "precision": p_mean[int(k)],
                                "recall": None, "n_queries": stats.n_query})
         pr = pr_curve_from_stats(stats)

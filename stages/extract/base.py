@@ -75,7 +75,12 @@ class Encoder:
 
         Called by the runner before ``config()`` is read, so a fitted state can be part of the config.
         Must be deterministic: every ``--shard i/n`` worker calls it and must get the same config.
+        What it found worth saying goes into ``notes`` (``(logging level, text)``), not the log: the
+        extraction says them, once; a query that prepares the same encoder again stays quiet.
         """
+
+    #: ``(logging level, text)`` pairs from the last ``prepare`` (see there).
+    notes: list[tuple[int, str]] = []
 
     def image_transform(self) -> Callable[[Any], torch.Tensor] | None:
         """PIL image -> (3, H, W) tensor (float, or uint8 that ``encode`` normalises), run inside DataLoader

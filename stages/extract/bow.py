@@ -110,6 +110,7 @@ class BowEncoder(Encoder):
 
     # -- fitting ----------------------------------------------------------------------------------
     def prepare(self, items: ItemTable, splits: Mapping[str, np.ndarray]) -> None:
+        self.notes = []
         mode = self.cfg.vocabulary
         ships = items.bow is not None or items.vocabulary is not None
         if mode == "dataset" and not ships:
@@ -136,12 +137,13 @@ class BowEncoder(Encoder):
             self.vocab = top_terms(docs, self.cfg.top_n)
             width = len(self.vocab)
             if width < self.cfg.top_n:
-                log.warning("bow: the train split has only %d distinct terms (< top_n=%d)", width, self.cfg.top_n)
+                self.notes.append((logging.WARNING, f"bow: the train split has only {width} distinct terms "
+                                                    f"(< top_n={self.cfg.top_n})"))
         if width == 0:
             raise DataError(f"bow: empty vocabulary for dataset {items.dataset!r} ({self.source})")
         self._index = vocabulary_index(self.vocab)
         self.columns = {"bow": ColumnSpec(width, "uint8", "text")}
-        log.info("bow: %d terms from %s (%s)", width, self.source, self._kind)
+        self.notes.append((logging.INFO, f"bow: {width} terms from {self.source} ({self._kind})"))
         self.empty_rows = self._count_empty_rows(items, splits)
 
     def _count_empty_rows(self, items: ItemTable, splits: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -159,9 +161,9 @@ class BowEncoder(Encoder):
                 counts[split] = sum(not any(t in self._index for t in terms(items.texts[r], self._kind,
                                                                             self.cfg.stop_words)) for r in rows)
         if any(counts.values()):
-            log.warning("bow: items whose text has no term of the %d-term vocabulary (all-zero bag of words): %s",
-                        len(self.vocab) or self.columns["bow"].dim,
-                        ", ".join(f"{s} {counts[s]} of {len(splits[s])}" for s in counts))
+            self.notes.append((logging.WARNING, f"bow: items whose text has no term of the "
+                               f"{len(self.vocab) or self.columns['bow'].dim}-term vocabulary (all-zero bag of words): "
+                               + ", ".join(f"{s} {counts[s]} of {len(splits[s])}" for s in counts)))
         return counts
 
     def _require_prepared(self) -> None:

@@ -57,16 +57,23 @@ class ExtractSummary:
     engine: str = "local"
     first_batch_s: float = 0.0  # loop start to the first encoded batch (worker/actor start-up, model load)
     loop_s: float = 0.0  # the encode loop's wall time (items_per_s's denominator)
+    already_complete: bool = False  # nothing was left to do: every part on disk and gathered before this call
+    resumed_parts: int = 0  # parts already on disk (an earlier, interrupted run or other workers) when it started
 
     def describe(self) -> str:
         rows = ", ".join(f"{k} {v}" for k, v in self.rows.items())
         cols = ", ".join(f"{k}:{v}" for k, v in self.columns.items())
+        if self.already_complete:
+            return (f"{self.dataset}/{self.encoder}: already complete, nothing extracted; rows {rows}; "
+                    f"columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
         state = ("complete" if self.complete
                  else f"incomplete ({self.shards_pending_elsewhere} part(s) left to other workers)")
         times = (f"waiting for data {self.wait_s:.1f} s, encoding {self.encode_s:.1f} s" if self.engine == "local"
                  else f"waiting for Ray {self.wait_s:.1f} s, actors encoding {self.encode_s:.1f} s in total")
-        return (f"{self.dataset}/{self.encoder} on {self.device} ({self.engine}): {self.shards_written} shard(s) "
-                f"written, {state}; rows {rows}; {self.failed} failed; {self.items_per_s:.1f} items/s over "
+        resumed = (f"resumed with {self.resumed_parts} shard(s) already on disk, "
+                   if self.resumed_parts and self.shards_written else "")
+        return (f"{self.dataset}/{self.encoder} on {self.device} ({self.engine}): {resumed}{self.shards_written} "
+                f"shard(s) written, {state}; rows {rows}; {self.failed} failed; {self.items_per_s:.1f} items/s over "
                 f"{self.seconds:.1f} s ({times}, writing {self.write_s:.1f} s); "
                 f"columns {cols}; {self.bytes_on_disk / 2**20:.1f} MiB on disk")
 
@@ -78,6 +85,7 @@ class ExtractionPlan:
     writer: FeatureWriter
     todo: list[Shard]
     was_complete: bool  # nothing to do and the cache was already finalised
+    resumed_parts: int  # parts on disk before this call (a resumed or shared extraction)
     row_of: dict[int, int]  # item id -> row of the item table
     started: float  # perf_counter at planning time (the summary's total seconds)
 
@@ -123,7 +131,14 @@ def plan_extraction(layout: CacheLayout, items: ItemTable, splits: dict[str, np.
     gathered = [s for s in splits if s not in PHYSICAL_SPLITS]
     was_complete = (not todo and bool(read_manifest(layout, items.dataset, encoder.id).get("complete"))
                     and (not gathered or writer.gathered_ok()))
-    return ExtractionPlan(writer, todo, was_complete, row_of, started)
+    done = writer.done_parts()
+    if not was_complete:  # what prepare found was said when these features were written; a rerun stays quiet
+        for level, note in getattr(encoder, "notes", ()):
+            log.log(level, "%s", note)
+    if todo and done:
+        log.info("%s/%s: resuming: %d of %d shard(s) already on disk, %d to write", items.dataset, encoder.id, done,
+                 sum(writer.manifest["parts"].values()), len(todo))
+    return ExtractionPlan(writer, todo, was_complete, done, row_of, started)
 
 
 def write_shard_batches(writer: FeatureWriter, shard: Shard, acc: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]],
@@ -165,6 +180,7 @@ def finish_extraction(layout: CacheLayout, items: ItemTable, encoder: Encoder, p
         loop_s=loop_seconds,
         columns={k: v.dim for k, v in encoder.columns.items()},
         bytes_on_disk=bytes_on_disk(layout, items.dataset, encoder.id),
+        already_complete=plan.was_complete and not written, resumed_parts=plan.resumed_parts,
     )
-    log.info("%s", summary.describe())
+    log.debug("%s", summary.describe())  # the command says it once, as its summary
     return summary

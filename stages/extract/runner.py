@@ -252,7 +252,7 @@ def _run(layout: CacheLayout, items: ItemTable, splits: dict[str, np.ndarray], e
                 bar.close()
     loop_seconds = time.perf_counter() - loop_start
     if seen:
-        log.info("%s/%s: %.1f s waiting for data, %.1f s encoding, %.1f s waiting for shard writes",
+        log.debug("%s/%s: %.1f s waiting for data, %.1f s encoding, %.1f s waiting for shard writes",
                  items.dataset, encoder.id, timer.totals["wait"], timer.totals["encode"], timer.totals["write"])
 
     return finish_extraction(layout, items, encoder, plan, device=str(dev), engine="local", failed=failed,

@@ -182,7 +182,7 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
         raise ConfigError(f"protocol {protocol!r} draws queries per label, but {table.dataset!r} has no labels; "
                           f"use protocol 'random'")
     notes: list[str] = []
-    q, t, v = _fitted_sizes(table.dataset, n, counts.nominal_query(n_labels) if counts else RANDOM_QUERY,
+    q, t, v, scaled = _fitted_sizes(table.dataset, n, counts.nominal_query(n_labels) if counts else RANDOM_QUERY,
                             counts.train_size if counts else RANDOM_TRAIN, n_query, n_train, n_validation, notes)
     params: dict[str, Any] = {"n_query": q, "n_train": t, "n_validation": v}
     if counts is not None:
@@ -191,11 +191,24 @@ def make_splits(table: ItemTable, *, protocol: str, seed: int, n_query: int | No
         params["generator"] = "numpy.random.default_rng"
         rows = random_split(n, seed, q, t)
     rows = _draw_validation(rows, v, seed, n)
+    if scaled:
+        _say_scaled(notes, scaled, q, t, rows, n_query, n_train)
     ids = np.asarray(table.item_id, dtype=np.int64)
     splits = {name: ids[r] for name, r in rows.items()}
     sizes = {name: int(len(r)) for name, r in splits.items()}
     log.info("splits (%s, seed %d): %s", protocol, seed, sizes)
     return SplitResult(splits=splits, protocol=protocol, seed=int(seed), sizes=sizes, notes=notes, params=params)
+
+
+def _say_scaled(notes: list[str], scaled: str, q: int, t: int, rows: dict[str, np.ndarray], n_query: int | None,
+                n_train: int | None) -> None:
+    """The scaling note, first, with the sizes drawn, which the split file holds (DJSRH's per-label draw can
+    give more or fewer queries than its target); the draw's own note about that is folded into it."""
+    got_q, got_t = len(rows["query"]), len(rows["train"])
+    asked = lambda size: " (as asked)" if size is not None else ""  # noqa: E731
+    target = "" if (got_q, got_t) == (q, t) else f" (the per-label draw's target: query {q}, train {t})"
+    notes[:] = ([f"{scaled}: scaled to query {got_q}{asked(n_query)}, train {got_t}{asked(n_train)}{target}"]
+                + [n for n in notes if not n.startswith("the per-label split gave")])
 
 
 def _check_request(protocol: str, n_query: int | None, n_train: int | None, n_validation: int | None) -> None:
@@ -207,11 +220,13 @@ def _check_request(protocol: str, n_query: int | None, n_train: int | None, n_va
 
 
 def _fitted_sizes(dataset: str, n: int, std_query: int, std_train: int, n_query: int | None, n_train: int | None,
-                  n_validation: int | None, notes: list[str]) -> tuple[int, int, int]:
-    """(query, train, validation) sizes: as asked, else the standard ones, scaled down when they do not fit."""
+                  n_validation: int | None, notes: list[str]) -> tuple[int, int, int, str | None]:
+    """(query, train, validation) sizes: as asked, else the standard ones, scaled down when they do not fit;
+    and, when scaled, the start of the note that says so (finished by ``_say_scaled`` once drawn)."""
     q = int(n_query) if n_query is not None else std_query
     t = int(n_train) if n_train is not None else std_train
     v = int(n_validation) if n_validation is not None else 0  # the default is sized once train is known
+    scaled = None
     if q + t + v > n:
         if n_query is None:
             q = max(1, int(round(SCALED_QUERY_FRACTION * n)))
@@ -224,10 +239,7 @@ def _fitted_sizes(dataset: str, n: int, std_query: int, std_train: int, n_query:
                 f"(train and validation are drawn from the {n - q} database items and must be disjoint); "
                 f"ask for a smaller n_query, n_train or n_validation"
             )
-        note = (f"{n} items are too few for the standard {std_query} query / {std_train} train: scaled to "
-                f"query {q} (requested: {n_query}), train {t} (requested: {n_train})")
-        log.info("splits: %s", note)  # the caller (stages.prepare) warns with every note
-        notes.append(note)
+        scaled = f"{n} items are too few for the standard {std_query} query / {std_train} train"
     if n_validation is None:
         v = min(q, n - q - t)
         if v < q:
@@ -235,7 +247,7 @@ def _fitted_sizes(dataset: str, n: int, std_query: int, std_train: int, n_query:
         if v < 1:
             raise ConfigError(f"splits for {dataset!r} ({n} items): query {q} + train {t} leave no database "
                               f"item outside train for a validation split; ask for a smaller n_train")
-    return q, t, v
+    return q, t, v, scaled
 
 
 def _djsrh_rows(labels: np.ndarray, counts: DJSRHCounts, seed: int, q: int, t: int, params: dict[str, Any],
@@ -252,8 +264,7 @@ def _djsrh_rows(labels: np.ndarray, counts: DJSRHCounts, seed: int, q: int, t: i
     if len(rows["query"]) != nominal:
         note = (f"the per-label split gave {len(rows['query'])} queries, not the nominal {nominal}: rare labels "
                 f"ran out of unused items")
-        log.info("splits: %s", note)
-        notes.append(note)
+        notes.append(note)  # the caller (stages.prepare) warns with every note, once
     return rows
 
 

@@ -31,7 +31,9 @@ def _figure(width: float = 5.0, height: float = 4.0):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, addressed: bool = False) -> Path:
+    """Write the figure to ``path``; ``addressed``: to ``<stem>-<hash of the PNG>.png`` beside it instead, so a
+    page that links it never sees it change (a later report with other runs writes another name)."""
     import io
 
     from pipeline.ground.store.parquet import write_bytes_atomic
@@ -39,7 +41,19 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")  # bbox keeps a legend placed outside the axes
-    return write_bytes_atomic(buf.getvalue(), path)  # a page never links a half-written figure
+    data = buf.getvalue()
+    if addressed:
+        path = addressed_name(path, data)
+        if path.exists():
+            return path
+    return write_bytes_atomic(data, path)  # a page never links a half-written figure
+
+
+def addressed_name(path: Path, data: bytes) -> Path:
+    """``<stem>-<first 12 hex digits of sha256(data)><suffix>`` beside ``path``: a content-addressed name."""
+    import hashlib
+
+    return path.with_name(f"{path.stem}-{hashlib.sha256(data).hexdigest()[:12]}{path.suffix}")
 
 
 def _run_title(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -54,6 +68,8 @@ def plot_run(run: RunDir | Path) -> list[Path]:
     if not curves:
         raise CacheError(f"{run.curves_path} is empty; re-evaluate the run")
     title = _run_title(curves)
+    # curves written before they stopped at the database size still hold larger K: not drawn
+    n_database = _n_database(run)
     paths = []
     for task in sorted({c["task"] for c in curves}):
         pr = sorted((c for c in curves if c["task"] == task and c["curve"] == "pr"), key=lambda c: c["x"])
@@ -75,7 +91,8 @@ def plot_run(run: RunDir | Path) -> list[Path]:
             ax.grid(alpha=0.3)
             fig.suptitle(title, fontsize=8)
             paths.append(_save(fig, run.plots_dir / f"pr_{task}.png"))
-        pk = sorted((c for c in curves if c["task"] == task and c["curve"] == "p@k"), key=lambda c: c["x"])
+        pk = sorted((c for c in curves if c["task"] == task and c["curve"] == "p@k" and c["x"] <= n_database),
+                    key=lambda c: c["x"])
         if pk:
             fig = _figure()
             ax = fig.add_subplot()
@@ -88,6 +105,14 @@ def plot_run(run: RunDir | Path) -> list[Path]:
     if not paths:
         raise DataError(f"{run.curves_path} holds no PR or P@K curve rows")
     return paths
+
+
+def _n_database(run: RunDir) -> float:
+    """The run's database size from its config (infinity when unrecorded: every K is drawn)."""
+    try:
+        return int(run.read_config().get("n_database") or 0) or float("inf")
+    except (CacheError, TypeError, ValueError):
+        return float("inf")
 
 
 def _report_rows(source: Iterable[Mapping[str, Any]] | pa.Table, dataset: str | None,
@@ -104,8 +129,9 @@ def method_label(row: Mapping[str, Any], ambiguous: bool) -> str:
 
 
 def plot_map_vs_bits(report_rows: Iterable[Mapping[str, Any]] | pa.Table, out_png: Path,
-                     dataset: str | None, metric: str = "map@50") -> Path:
-    """One panel per task: ``metric`` against code length, mean ± std over seeds, one line per method."""
+                     dataset: str | None, metric: str = "map@50", addressed: bool = False) -> Path:
+    """One panel per task: ``metric`` against code length, mean ± std over seeds, one line per method
+    (``addressed``: under a content-addressed name beside ``out_png``, see ``_save``)."""
     rows = _report_rows(report_rows, dataset, metric)
     if not rows:
         raise DataError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else ""))
@@ -136,10 +162,11 @@ def plot_map_vs_bits(report_rows: Iterable[Mapping[str, Any]] | pa.Table, out_pn
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(f"{metric} vs code length" + (f" · {dataset}" if dataset else "") + " (mean ± std over seeds)",
                  fontsize=9)
-    return _save(fig, Path(out_png))
+    return _save(fig, Path(out_png), addressed)
 
 
-def plot_validation(points: Sequence[Mapping[str, Any]], out_png: Path, title: str, metric: str = "val mAP@50") -> Path:
+def plot_validation(points: Sequence[Mapping[str, Any]], out_png: Path, title: str, metric: str = "val mAP@50",
+                    addressed: bool = False) -> Path:
     """Validation score per epoch, one line per task; ``points`` are ``{"epoch": int, "<task>": float, ...}``."""
     if not points:
         raise DataError("plot_validation: no validation points")
@@ -153,4 +180,4 @@ def plot_validation(points: Sequence[Mapping[str, Any]], out_png: Path, title: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=8)
-    return _save(fig, Path(out_png))
+    return _save(fig, Path(out_png), addressed)

@@ -59,11 +59,16 @@ WHERE metric IN ('distinct_codes', 'constant_bits') AND ($dataset IS NULL OR dat
 GROUP BY ALL
 """
 
-#: The same numbers pivoted to the papers' layout (rows = method, columns = bits), for one task.
+#: The same numbers pivoted to the papers' layout (rows = dataset, task, method, features and training
+#: length; columns = bits). Every column that tells two configurations apart is grouped AND kept, so no cell
+#: averages over feature sets or epochs, and no dataset is named, so ``-n<LIMIT>`` datasets show up too.
+#: README.md's DuckDB section shows this very statement (tests/test_docs_claims.py keeps them equal).
 PIVOT_SQL_EXAMPLE = """
-PIVOT (SELECT method, bits, value FROM read_parquet('cache/runs/*/report.parquet', union_by_name = true)
-       WHERE dataset = 'mirflickr' AND task = 'i2t' AND metric = 'map@50')
-ON bits USING avg(value) ORDER BY method
+PIVOT (SELECT dataset, task, method, image_features, text_features, epochs, bits, avg(value) AS map_at_50
+       FROM read_parquet('cache/runs/*/report.parquet', union_by_name = true)
+       WHERE metric = 'map@50' AND task IN ('i2t', 't2i')
+       GROUP BY ALL)
+ON bits USING first(map_at_50) ORDER BY ALL
 """
 
 

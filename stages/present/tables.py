@@ -152,13 +152,19 @@ def _markdown(table: MethodsTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row_label(label: str, identity: dict[str, Any]) -> str:
-    """Mark a supervised method (it read training labels) and a configuration trained for fewer epochs than
-    its paper's schedule (a budget run, not the method)."""
+def row_notes(identity: dict[str, Any]) -> list[str]:
+    """What a row label must say beside the method: supervised (it read training labels), and trained for
+    fewer epochs than its paper's schedule (a budget run, not the method). The terminal, Markdown and HTML
+    tables all mark it."""
     epochs, paper = identity.get("epochs"), identity.get("paper_epochs")
-    notes = ["**supervised**"] if identity.get("supervised") else []
+    notes = ["supervised"] if identity.get("supervised") else []
     if epochs is not None and paper is not None and int(epochs) < int(paper):
         notes.append(f"budget: {int(epochs)} of {int(paper)} epochs")
+    return notes
+
+
+def _row_label(label: str, identity: dict[str, Any]) -> str:
+    notes = [f"**{n}**" if n == "supervised" else n for n in row_notes(identity)]
     return f"{label} ({'; '.join(notes)})" if notes else label
 
 

@@ -182,7 +182,7 @@ def _fit_by_gradient(method: HashingMethod, train: FeatureBatch, *, seed: int, d
 
         bar = progress_bar(total=epochs, description=f"train {method.name} {method.bits}b", unit="epoch")
         if first:
-            bar.update(first, postfix=f"resumed from epoch {first}")
+            bar.resume(first, postfix=f"resumed from epoch {first}")
     try:
         for epoch in range(first, epochs):
             record = _epoch(method, optimizer, train_dev, generator, epoch, device)

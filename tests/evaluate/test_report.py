@@ -99,3 +99,12 @@ def test_duckdb_query_across_runs(cache_root: Path):
     alpha = np.mean([r[4] for r in rows if r[0] == "alpha"])
     beta = np.mean([r[4] for r in rows if r[0] == "beta"])
     assert alpha > beta  # less noise in the toy codes -> better retrieval
+
+
+def test_the_pk_curve_stops_at_the_database_size():
+    """Issue 19 item 8: no P@K point beyond the database (there the top K is the whole database)."""
+    query, database = _splits(4, bits=16)
+    n_db = len(database["labels"])
+    ev = evaluate_codes_and_curves(query, database, ks=(10,), pk_curve_ks=(1, 10, n_db - 1, n_db + 1, 5 * n_db))
+    pk = [c["x"] for c in ev.curves if c["task"] == "i2t" and c["curve"] == "p@k"]
+    assert pk == [1, 10, n_db - 1, n_db]

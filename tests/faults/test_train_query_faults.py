@@ -118,3 +118,27 @@ def test_query_image_that_is_a_folder_missing_or_a_fifo(cli, built, tmp_path):
 def test_query_top_k_must_be_positive(cli, built):
     _, cache, run = built
     assert "--top-k" in one_line_error(_query(cli, cache, run, "--text", "dog", "--top-k", "0"))
+
+
+# -- issue 19: a bad query input fails before the run's encoders and model are loaded (seconds) -------------
+@pytest.mark.parametrize("args, expect", [
+    (["--image", "{tmp}/nope.jpg"], "No such file"),
+    (["--image", "{tmp}"], "folder"),
+    (["--image", "{tmp}/junk.jpg"], "cannot read image"),
+    (["--text", "   "], "query text is empty"),
+    (["--text", "dog", "--top-k", "0"], "--top-k"),
+    (["--text", "dog", "--run", "no-such-run"], "no run 'no-such-run'"),
+])
+def test_a_bad_query_input_fails_before_any_model_is_loaded(cli, built, tmp_path, monkeypatch, args, expect):
+    import pipeline.orchestration.query as query_module
+
+    _, cache, run = built
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    loaded = []
+    monkeypatch.setattr(query_module, "Searcher", lambda *a, **k: loaded.append(a) or pytest.fail("model loaded"))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--run" in args:
+        run = args.pop(args.index("--run") + 1)
+        args.remove("--run")
+    assert expect in one_line_error(_query(cli, cache, run, *args))
+    assert loaded == []

@@ -176,3 +176,20 @@ def test_default_protocol():
     with pytest.raises(ConfigError, match="unknown dataset"):
         default_protocol("flickr30k")
     assert set(DJSRH_PRESETS) == {"djsrh-mirflickr", "djsrh-nuswide"}
+
+
+@pytest.mark.parametrize("n, n_labels, seed", [(200, 24, 1), (238, 4, 3), (400, 24, 2)])
+def test_the_scaling_note_states_the_sizes_the_split_holds(n, n_labels, seed, caplog):
+    """The note once said the target ("scaled to query 20") while the per-label draw wrote 25; it now names
+    the drawn sizes, comes once, and is not also logged by the splitter (the caller warns with each note)."""
+    table = _table(_labels(n, n_labels, seed=seed))
+    for protocol in ("djsrh-mirflickr", "random"):
+        caplog.clear()
+        with caplog.at_level("DEBUG"):
+            result = make_splits(table, protocol=protocol, seed=1)
+        scaled = [note for note in result.notes if "too few" in note]
+        assert len(scaled) == 1, result.notes
+        assert (f"scaled to query {result.sizes['query']}, train {result.sizes['train']}" in scaled[0]), (
+            scaled[0], result.sizes)
+        assert not any("per-label split gave" in note for note in result.notes)
+        assert not [r for r in caplog.records if "too few" in r.getMessage()]

@@ -54,7 +54,8 @@ def make_dataset(root: Path, n_items: int = 80, seed: int = 0) -> tuple[Cache, I
 
 
 def make_run(layout: Cache, table: ItemTable, run_id: str, method: str, bits: int, seed: int,
-             noise: float = 1.0, plots_from: Path | None = None, validation: list[dict] | None = None) -> Path:
+             noise: float = 1.0, plots_from: Path | None = None, validation: list[dict] | None = None,
+             **meta_extra) -> Path:
     """One run dir: config.json, codes, report, curves, figures (drawn, or copied from ``plots_from``)."""
     rng = np.random.default_rng(seed * 7919 + bits)
     proto = rng.standard_normal((N_LABELS, bits))
@@ -66,7 +67,8 @@ def make_run(layout: Cache, table: ItemTable, run_id: str, method: str, bits: in
     meta = {"run_id": run_id, "method": method, "dataset": DATASET, "image_features": "toy-img",
             "text_features": "toy-txt", "bits": bits, "seed": seed, "eval_mode": "single", "tie_rule": "stable",
             "n_train": len(table) - N_QUERY, "n_query": N_QUERY, "n_database": len(table) - N_QUERY,
-            "train_s": 0.0, "encode_s": 0.0, "eval_s": 0.0, "epochs": 3, "config_hash": run_id[-8:]}
+            "train_s": 0.0, "encode_s": 0.0, "eval_s": 0.0, "epochs": 3, "config_hash": run_id[-8:],
+            **meta_extra}
     write_json_atomic(meta, run_dir / "config.json")
     for split, part in (("query", q), ("database", d)):
         write_codes(run_dir / "codes", split, table.item_id[part], image[part], text[part], {"run_id": run_id})

@@ -48,7 +48,8 @@ def test_page_has_table_figures_and_the_same_gallery_queries_for_every_run(toy):
     assert len(best) == len(table.columns)
     for (task, bits), text in zip(table.columns, best):
         assert float(text) == pytest.approx(max(c[(task, bits)][0] for c in table.cells.values()), abs=5e-5)
-    assert 'src="toy_map_vs_bits.png"' in page and (layout.root / "reports" / "toy_map_vs_bits.png").exists()
+    figure = re.search(r'src="(toy/figures/map_vs_bits-[0-9a-f]{12}\.png)"', page)
+    assert figure and (layout.root / "reports" / figure[1]).exists()
     sections = _sections(page)
     assert set(sections) == {"toy-alpha-16b-s1-aaaaaaaa", "toy-alpha-16b-s2-aaaaaaaa", "toy-beta-16b-s1-bbbbbbbb"}
     queries = {rid: re.findall(r"<b>(image → text|text → image)</b> · query item (\d+)", body)
@@ -60,7 +61,7 @@ def test_page_has_table_figures_and_the_same_gallery_queries_for_every_run(toy):
         assert len(re.findall(r'class="cell (?:rel|irr)"', body)) == 80  # 8 queries x top 10, relevance marked
         assert "pr_i2t.png" in body and "pk_t2i.png" in body
     # the validation curve only where the run recorded one
-    assert "validation_toy-alpha-16b-s1-aaaaaaaa.png" in sections["toy-alpha-16b-s1-aaaaaaaa"]
+    assert re.search(r"validation_toy-alpha-16b-s1-aaaaaaaa-[0-9a-f]{12}\.png", sections["toy-alpha-16b-s1-aaaaaaaa"])
     assert "validation_" not in sections["toy-beta-16b-s1-bbbbbbbb"]
     # every linked file exists relative to the page
     for src in re.findall(r'src="([^"]+)"', page):
@@ -188,3 +189,83 @@ def test_cli_report_html_and_query_html_option_check(toy, tmp_path):
     bad = CliRunner().invoke(app, ["query", "--run", "x", "--text", "dog", "--html", str(tmp_path / "page.txt"),
                                    "--cache", str(layout.root)])
     assert bad.exit_code != 0 and "ending in .html" in str(bad.exception)
+
+
+def test_files_a_page_links_are_never_rewritten_by_a_later_report_or_table(toy, tmp_path):
+    """Issue 19 item 5: a grid or report over other runs writes new names; the first page's files stay as they were."""
+    import shutil
+
+    from pipeline.ground.store.cache import Cache
+
+    layout, _ = toy
+    root = tmp_path / "cache"
+    shutil.copytree(layout.root, root)
+    cache = Cache(root)
+    first = build_html_report(cache, methods_by_bits(cache.report_rows(DATASET), DATASET), progress=False)
+    page = first.page.read_text()
+    linked = {src: (cache.reports_dir / src).read_bytes() for src in re.findall(r'src="([^"]+\.png)"', page)
+              if not src.startswith("..")}  # the runs' own figures live in their run folders
+    assert any("map_vs_bits-" in src for src in linked) and any("validation_" in src for src in linked)
+    # a report over one run only (the others left out), then the grid's table files: other names
+    methods_by_bits(cache.report_rows(DATASET), DATASET, out_dir=cache.reports_dir)
+    one = ["toy-beta-16b-s1-bbbbbbbb"]
+    build_html_report(cache, methods_by_bits(cache.report_rows(DATASET, one), DATASET, run_ids=one), progress=False,
+                      run_ids=one, out_dir=cache.reports_dir)
+    assert {src: (cache.reports_dir / src).read_bytes() for src in linked} == linked
+
+
+def test_a_one_point_validation_curve_is_a_note_not_a_figure(toy, tmp_path):
+    import shutil
+
+    from pipeline.ground.store.cache import Cache
+
+    layout, table = toy
+    root = tmp_path / "cache"
+    shutil.copytree(layout.root, root)
+    cache = Cache(root)
+    run = RunDir(cache.runs_dir() / "toy-beta-16b-s1-bbbbbbbb")
+    write_json_atomic({"validation": [{"epoch": 0, "i2t": 0.71, "t2i": 0.69}]}, run.history_path)
+    page = build_html_report(cache, methods_by_bits(cache.report_rows(DATASET), DATASET), progress=False).page
+    section = _sections(page.read_text())["toy-beta-16b-s1-bbbbbbbb"]
+    assert "validation_" not in section and "one fit (no epochs, so no curve): i2t 0.7100, t2i 0.6900" in section
+
+
+def test_short_text_cuts_at_a_word_boundary():
+    from stages.present.html.gallery import short_text
+
+    text = "a dog runs along the beach, chasing seagulls under a grey sky"
+    cut = short_text(text, 30)
+    assert cut == "a dog runs along the beach…" and len(cut) <= 30
+    assert short_text("x" * 50, 10) == "x" * 9 + "…"  # one long word: cut inside it
+    assert short_text("short", 30) == "short"
+
+
+def test_query_page_shows_pictures_and_texts_both_ways_and_a_legend_without_marks(toy, tmp_path):
+    layout, table = toy
+    rows = [(1, 20, 3, "x", "y"), (2, 30, 4, "x", "y")]
+    for kw in ({"text": "label1 dog"}, {"image": Path(table.image[5])}):
+        page = write_query_page(layout, "toy-alpha-16b-s1-aaaaaaaa", rows, tmp_path / "q.html", **kw).read_text()
+        hits = re.findall(r'<div class="cell unk"(.*?)<div class="meta">', page, flags=re.S)
+        assert len(hits) == 2 and all("<img" in h and 'class="txt"' in h for h in hits)  # picture and text
+        assert "word20" in hits[0] and "labels: " in hits[0]  # its tags, and its labels on hover
+        legend = re.search(r'<p class="legend">(.*?)</p>', page, flags=re.S)[1]
+        assert "✓" not in legend and "✗" not in legend and "relevance unknown" in legend
+        assert "Labels (4): label0, label1, label2, label3" in legend
+
+
+def test_table_and_run_headers_mark_budget_runs_and_features(tmp_path):
+    from pipeline.ground.store.cache import Cache
+    from tests.present.html_fixtures import make_dataset, make_run
+
+    layout, table = make_dataset(tmp_path)
+    first = make_run(layout, table, "toy-alpha-16b-s1-aaaaaaaa", "alpha", 16, 1, paper_epochs=80)
+    make_run(layout, table, "toy-alpha-16b-s1-cccccccc", "alpha", 16, 1, plots_from=first / "plots",
+             image_features="other-img", config_hash="cccccccc")
+    cache = Cache(layout.root)
+    report = build_html_report(cache, methods_by_bits(cache.report_rows(DATASET), DATASET), progress=False)
+    page = report.page.read_text()
+    headers = re.findall(r"<summary>(.*?)</summary>", page)
+    assert len(headers) == 2 and len(set(re.sub(r'<code class="rid">.*', "", h) for h in headers)) == 2
+    assert any("toy-img / toy-txt" in h and "budget: 3 of 80 epochs" in h for h in headers)
+    assert any("other-img / toy-txt" in h and "budget" not in h for h in headers)
+    assert re.search(r'<td>alpha \(.*?\) <span class="budget">budget: 3 of 80 epochs</span></td>', page)

@@ -13,7 +13,6 @@ id, or globs the cache.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef, parse_fea
 from pipeline.ground.store.features import read_manifest, splits_fingerprint
 from pipeline.ground.store.items import Splits, items_meta, read_items, read_splits, splits_meta
 from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.lineage import MISSING_RECORD, data_change, stale_run_error
 from pipeline.ground.store.runs import CONFIG_FILE, REPORT_FILE, RunDir
 
@@ -141,7 +141,7 @@ def _cached_hint(cache: Cache, dataset: str | None) -> str:
     have = sorted({r.dataset for r in cache.runs()} - {None})
     if not have:
         return ""
-    close = difflib.get_close_matches(dataset or "", have, n=3, cutoff=0.3) if dataset else []
+    close = near_matches(dataset, have) if dataset else []
     return f"; runs are cached for: {', '.join(close or have)}"
 
 

@@ -20,12 +20,12 @@ import fcntl
 import logging
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from pipeline.ground.errors import CacheError
+from pipeline.ground.store.tempfiles import partial_for
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,12 @@ class RunCheckpoints:
         if self.path.exists() and not self.path.is_file():
             raise CacheError(f"{self.path} is not a regular file, so the run's checkpoint cannot be written: remove "
                              f"it (`rm -r {self.path}`) and run the command again")
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=CHECKPOINT_FILE + ".", suffix=".partial")
+        fd, tmp = partial_for(folder / CHECKPOINT_FILE)
         try:
             with os.fdopen(fd, "wb") as fh:
                 torch.save({"identity": self.identity, "state": dict(state)}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _match_umask(tmp)
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -128,13 +127,6 @@ class RunCheckpoints:
             if self.path.is_dir():
                 return  # refused by load/save with the fix; never deleted behind the user's back
             self.path.unlink()
-
-
-def _match_umask(path: str) -> None:
-    """mkstemp makes files 0600; give the checkpoint the mode any other file would get."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 @contextlib.contextmanager

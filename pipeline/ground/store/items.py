@@ -16,6 +16,7 @@ from pipeline.ground.versions import CACHE_SCHEMA_VERSION
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.errors import CacheError
 from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.parquet import arrow_to_vectors, read_metadata, read_table, vectors_to_arrow, write_table_atomic
 
 #: How a damaged items/splits file is repaired.
@@ -54,6 +55,13 @@ def write_items(layout: CacheLayout, table: ItemTable, meta: Mapping[str, Any]) 
 def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
     path = layout.items_path(dataset)
     if not path.exists():
+        close = near_matches(dataset, _cached_names(layout))
+        if close:  # a LIMIT= cache is another name: use it rather than extract everything again
+            limited = [m for m in (_LIMITED.match(c) for c in close) if m and m["source"] == dataset]
+            make = f", or LIMIT={limited[0]['limit']} with make" if limited else ""
+            raise CacheError(f"no cached dataset {dataset!r} under {layout.root}; cached: {', '.join(close)}: pass "
+                             f"that name (--dataset {close[0]}{make}), or extract {dataset!r} with "
+                             f"`{extract_command(layout, dataset)}`")
         raise CacheError(
             f"no cached dataset {dataset!r} under {layout.root}: extract it first (`{extract_command(layout, dataset)}`"
             f", or `make extract DATASET=...`), or point CACHE= at the cache that holds it"
@@ -61,6 +69,14 @@ def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
     meta = read_metadata(path, _FIX)
     check_schema_version(meta, path)
     return meta
+
+
+def _cached_names(layout: CacheLayout) -> list[str]:
+    base = layout.root / "datasets"
+    if not base.is_dir():
+        return []
+    return [p.name.split("=", 1)[1] for p in base.iterdir()
+            if p.name.startswith("dataset=") and (p / "items.parquet").exists()]
 
 
 def check_schema_version(meta: Mapping[str, Any], path: Any) -> None:
@@ -157,6 +173,8 @@ def _split_params(layout: CacheLayout, dataset: str) -> dict[str, Any]:
 def read_splits(layout: CacheLayout, dataset: str) -> Splits:
     path = layout.splits_path(dataset)
     if not path.exists():
+        if not layout.items_path(dataset).exists():
+            items_meta(layout, dataset)  # a dataset that is not cached at all is said as such, with the near names
         raise CacheError(f"no split membership for {dataset!r} at {path} (deleted, or an interrupted extraction): "
                          f"write it again with `{extract_command(layout, dataset, overwrite=True)}`")
     check_schema_version(read_metadata(path, _FIX), path)

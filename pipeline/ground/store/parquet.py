@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NoReturn
 
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ground.errors import CacheError
+from pipeline.ground.store.tempfiles import partial_for
 
 #: Key of the JSON provenance blob in every file's schema metadata.
 META_KEY = b"cmh"
@@ -58,7 +58,7 @@ def write_table_atomic(
         table = table.replace_schema_metadata(existing)
     vectors = [c for c in vector_columns if c in table.column_names]
     float_vectors = [c for c in vectors if pa.types.is_floating(table.schema.field(c).type.value_type)]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    fd, tmp = partial_for(path)
     os.close(fd)
     try:
         pq.write_table(
@@ -95,7 +95,7 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` as JSON to a ``.partial`` sibling, fsync, then rename; a failed write leaves nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    fd, tmp = partial_for(path)
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(obj, fh, indent=2, sort_keys=True, default=str)
@@ -111,13 +111,12 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
     """Write ``data`` to a ``.partial`` sibling, fsync, then rename (pages, thumbnails, figures)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    fd, tmp = partial_for(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; pages and images are meant to be read by others
         os.replace(tmp, path)
     except BaseException as exc:
         _discard(tmp, exc, path)

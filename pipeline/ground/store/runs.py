@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,9 @@ from typing import Any, Callable
 from pipeline.ground.errors import CacheError
 from pipeline.ground.registry import check_path_safe
 from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.parquet import write_json_atomic
+from pipeline.ground.store.tempfiles import partial_for
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.pt"
@@ -91,6 +92,10 @@ class RunDir:
                                  f"the folder")
         have = sorted(p.name for p in layout.runs_dir().glob("*")
                       if (p / REPORT_FILE).exists() and (p / CONFIG_FILE).exists())
+        close = near_matches(Path(run).name, have)
+        if close:
+            raise CacheError(f"no run {run!r} under {layout.runs_dir()}; closest: {', '.join(close)} "
+                             f"(`cmh ls --kind runs` lists them all)")
         listed = ", ".join(have[:20]) + (f" and {len(have) - 20} more" if len(have) > 20 else "")
         raise CacheError(f"no run {run!r} under {layout.runs_dir()}; runs: {listed or 'none'} "
                          f"(train one with `make train`)")
@@ -217,7 +222,7 @@ class RunDir:
         An open file rather than a path, so that a full disk reaches the caller as the OSError it is
         (``torch.save`` to a path wraps it in a RuntimeError that names no file)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=MODEL_FILE + ".", suffix=".partial")
+        fd, tmp = partial_for(self.model_path)
         try:
             with os.fdopen(fd, "wb") as fh:
                 save(fh)

@@ -25,7 +25,7 @@ from stages.present.html.thumbnails import Thumb
 
 log = logging.getLogger(__name__)
 
-TEXT_CHARS = 160  # a tag list or caption is cut here on the page; the full text is in the tooltip
+TEXT_CHARS = 70  # a tag list or caption is cut here (about five lines of a cell); the full text is in the tooltip
 
 
 @dataclass
@@ -70,6 +70,14 @@ class Items:
     def image(self, item_id: int) -> str | None:
         r = self.row.get(int(item_id))
         return None if r is None else self.table.image[r]
+
+    def label_names(self, item_id: int) -> list[str]:
+        """The names of the item's labels ([] for an item not in the table)."""
+        r = self.row.get(int(item_id))
+        if r is None:
+            return []
+        names = self.table.label_names
+        return [names[j] for j in np.flatnonzero(self.table.labels[r]) if j < len(names)]
 
     def labels(self, ids: Sequence[int]) -> np.ndarray | None:
         rows = [self.row.get(int(i)) for i in ids]
@@ -148,12 +156,41 @@ def image_html(thumb: Thumb, src: str | None, alt: str) -> str:
     return f'<img src="{esc(src)}" alt="{esc(alt)}" loading="lazy" decoding="async">'
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS - 1] + "…"
+def short_text(text: str, limit: int = TEXT_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary (a space or a comma), with "…"."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    at = max(cut.rfind(" "), cut.rfind(","))
+    if at > limit // 3:  # one very long word is cut inside it rather than shown as "…" alone
+        cut = cut[:at]
+    return cut.rstrip(" ,/") + "…"
 
 
-def _text_html(text: str) -> str:
-    return f'<div class="txt" title="{esc(text)}">{esc(_short(text))}</div>'
+def _text_html(text: str, limit: int = TEXT_CHARS) -> str:
+    return f'<div class="txt" title="{esc(text)}">{esc(short_text(text, limit))}</div>'
+
+
+#: A retrieved item shows its picture and its text, so its text gets fewer characters than a text query.
+HIT_TEXT_CHARS = 45
+
+
+def _item_html(items: Items | None, thumb: "ImageSource", src: Callable[[Thumb], str | None], item_id: int) -> str:
+    """A database item as the page shows it in either direction: its picture, then its text (cut)."""
+    if items is None:
+        return _text_html(f"item {item_id}")
+    ref = items.image(item_id)
+    if ref is None:
+        return _text_html(f"(item {item_id} is not in the cached dataset)")
+    t = thumb(item_id, ref)
+    return image_html(t, src(t), f"item {item_id}") + _text_html(items.text(item_id), HIT_TEXT_CHARS)
+
+
+def _labels_note(items: Items | None, item_id: int | None) -> str:
+    if items is None or item_id is None:
+        return ""
+    names = items.label_names(item_id)
+    return f"labels: {', '.join(names) if names else 'none'}"
 
 
 def _mark(hit: Hit) -> tuple[str, str, str]:
@@ -172,23 +209,22 @@ def render_gallery(gallery: Gallery, items: Items | None, thumb: ImageSource, sr
         label = TASK_TITLES.get(entry.task, entry.task)
         who = "ad-hoc query" if entry.item_id is None else f"query item {entry.item_id}"
         parts.append(f'<div class="q"><div class="qhead"><b>{esc(label)}</b> · {esc(who)}</div><div class="row">')
+        q_labels = _labels_note(items, entry.item_id)
+        lab = f'<div class="lab">{esc(q_labels)}</div>' if q_labels else ""
         if entry.image_ref is not None:
             t = thumb(entry.item_id, entry.image_ref)
-            parts.append(f'<div class="cell query">{image_html(t, src(t), who)}</div>')
+            parts.append(f'<div class="cell query" title="{esc(q_labels or who)}">{image_html(t, src(t), who)}{lab}'
+                         f'</div>')
         else:
-            parts.append(f'<div class="cell query">{_text_html(entry.text or "")}</div>')
+            parts.append(f'<div class="cell query" title="{esc(q_labels or who)}">{_text_html(entry.text or "")}{lab}'
+                         f'</div>')
         if entry.note:
             parts.append(f'<p class="note">{esc(entry.note)}</p>')
         for hit in entry.hits:
             cls, symbol, says = _mark(hit)
-            if entry.task == "t2i":
-                ref = items.image(hit.item_id) if items is not None else None
-                t = None if ref is None else thumb(hit.item_id, ref)
-                body = (image_html(t, src(t), f"item {hit.item_id}") if t is not None
-                        else _text_html(f"(item {hit.item_id} is not in the cached dataset)"))
-            else:
-                body = _text_html(items.text(hit.item_id) if items is not None else f"item {hit.item_id}")
-            parts.append(f'<div class="cell {cls}" title="{esc(says)} · item {hit.item_id}">{body}<div class="meta">'
+            body = _item_html(items, thumb, src, hit.item_id)
+            hover = " · ".join(w for w in (says, f"item {hit.item_id}", _labels_note(items, hit.item_id)) if w)
+            parts.append(f'<div class="cell {cls}" title="{esc(hover)}">{body}<div class="meta">'
                          f'#{hit.rank} · d={hit.hamming} · <span class="mk">{symbol}</span></div></div>')
         parts.append("</div></div>")
     parts.append("</div>")

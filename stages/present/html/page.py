@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from stages.present.tables import DEGENERATE_MARK, DEGENERATE_NOTE, MethodsTable, best_by_column, cell_text
+from stages.present.tables import DEGENERATE_MARK, DEGENERATE_NOTE, MethodsTable, best_by_column, cell_text, row_notes
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; padding: 0 1em; color: #222; }
@@ -33,9 +33,13 @@ details.run code.rid { color: #777; font-size: 12px; }
 .cell.query { border-color: #3366cc; background: #eef2fb; }
 .cell.rel { border-color: #2e8b3a; } .cell.irr { border-color: #c0392b; } .cell.unk { border-color: #999; }
 .cell .txt { max-height: 7.2em; overflow: hidden; word-wrap: break-word; }
+.cell.query .txt { max-height: none; }  /* cut at a word by the page (TEXT_CHARS), never by the cell */
 .cell .meta { color: #555; margin-top: 2px; } .cell.rel .mk { color: #2e8b3a; } .cell.irr .mk { color: #c0392b; }
 .missing { height: 80px; background: #f4f4f4; color: #a33; font-size: 10px; padding: 3px; word-break: break-all; overflow: hidden; }
 p.note { color: #a33; } .legend { font-size: 12px; color: #555; }
+table.results span.budget, table.results span.sup { font-size: 11px; color: #8a5a00; background: #fff4dc; padding: 0 3px; border-radius: 2px; }
+.cell .lab { color: #2a4d8f; font-size: 10px; }
+details.run span.budget { color: #8a5a00; background: #fff4dc; padding: 0 3px; } details.run span.feat { color: #555; }
 footer { margin-top: 2em; font-size: 12px; color: #666; word-break: break-all; }
 """
 
@@ -57,10 +61,15 @@ def page_html(title: str, body: list[str], footer: str = "", css: str = "") -> s
             + "\n".join(body) + (f"<footer>{footer}</footer>" if footer else "") + "</body></html>\n")
 
 
-def legend_html() -> str:
-    return ('<p class="legend">Each row: the query (blue) and its top retrievals by Hamming distance <i>d</i> '
-            '(ties broken by database order). Green ✓: shares at least one label with the query (relevant); '
-            'red ✗: shares none.</p>')
+def legend_html(relevance: bool = True, labels: list[str] | None = None) -> str:
+    """The gallery legend: what a row shows, what ✓/✗ mean (only when ``relevance`` is known: an ad-hoc query
+    has no labels, so its results are all "?"), and the dataset's label names (``labels``)."""
+    marks = ("Green ✓: shares at least one label with the query (relevant); red ✗: shares none."
+             if relevance else "?: relevance unknown, since a new query has no labels to compare.")
+    names = (f' <span class="labels">Labels ({len(labels)}): {esc(", ".join(labels))}.</span>' if labels else "")
+    return (f'<p class="legend">Each row: the query (blue) and its top retrievals by Hamming distance <i>d</i> '
+            f'(ties broken by database order), each with its picture and its text; hover an item for its full '
+            f'text and its labels. {marks}{names}</p>')
 
 
 def methods_table_html(table: MethodsTable) -> str:
@@ -78,7 +87,10 @@ def methods_table_html(table: MethodsTable) -> str:
             attr = ' class="best"' if is_best else ""
             mark = DEGENERATE_MARK if cell is not None and table.is_degenerate(label, col) else ""
             cells.append(f"<td{attr}>{esc(cell_text(cell, show_n) + mark)}</td>")
-        rows.append(f"<tr><td>{esc(label)}</td>{''.join(cells)}</tr>")
+        notes = row_notes(table.identity.get(label, {}))
+        marks = "".join(f' <span class="{"budget" if n.startswith("budget") else "sup"}">{esc(n)}</span>'
+                        for n in notes)
+        rows.append(f"<tr><td>{esc(label)}{marks}</td>{''.join(cells)}</tr>")
     seeds = "" if show_n else f", n={next(iter(ns))} seed{'s' if next(iter(ns)) != 1 else ''}"
     note = f'<p class="note">{esc(DEGENERATE_NOTE)}</p>' if table.degenerate else ""
     return (f"<p><b>{esc(table.metric)}</b> (mean ± sample std over seeds{esc(seeds)}; best per column in bold)</p>"

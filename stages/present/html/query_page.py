@@ -1,7 +1,8 @@
 """``cmh query --html out.html``: one ad-hoc query's gallery as a single self-contained file.
 
 The thumbnails come from the dataset's shared thumbnail store and are inlined as ``data:`` URIs, so the
-file can be moved or mailed on its own. A new query has no labels, so relevance is shown as unknown.
+file can be moved or mailed on its own. Results show picture and text in both directions. A new query has no
+labels, so relevance is shown as unknown and the legend explains "?" rather than ✓/✗.
 """
 from __future__ import annotations
 
@@ -31,5 +32,6 @@ def write_query_page(cache: Cache, run: str, rows: Sequence[tuple], out: Path, *
     what = f"image {image}" if image is not None else f"text {text!r}"
     body = [f"<h1>cmh query · {esc(config.get('method'))} · {esc(config.get('bits'))} bits</h1>",
             f"<p>run <code>{esc(run_dir.name)}</code> · dataset {esc(dataset)} · query {esc(what)}</p>",
-            legend_html(), render_gallery(gallery, items, thumbs.get, src)]
+            legend_html(relevance=False, labels=list(items.table.label_names)),
+            render_gallery(gallery, items, thumbs.get, src)]
     return write_bytes_atomic(page_html(f"cmh query · {run_dir.name}", body).encode("utf-8"), Path(out))

@@ -6,9 +6,14 @@ one, and its gallery. Images are relative links (thumbnails under ``<reports>/<d
 figures under ``<cache>/runs``), so the page opens from disk without a network. Beside the page,
 ``<dataset>.report.json`` records the settings, the chosen queries, the software versions, the data
 fingerprint and every image that could not be shown.
+
+Every file the page links is content- or input-addressed (``<dataset>/figures/map_vs_bits-<hash>.png``,
+``validation_<run>-<hash>.png``, thumbnails named by their image), so another command (``cmh grid``, a
+report over other runs) writes new names and never changes what an open page shows.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -49,6 +54,14 @@ class RunEntry:
     text_features: str | None
     epochs: int | None
     scores: dict[str, float] = field(default_factory=dict)  # task -> the table's metric
+    paper_epochs: int | None = None
+
+    @property
+    def budget(self) -> str | None:
+        """``budget: 20 of 80 epochs`` for a run trained shorter than its paper's schedule, else None."""
+        if self.epochs is not None and self.paper_epochs is not None and self.epochs < self.paper_epochs:
+            return f"budget: {self.epochs} of {self.paper_epochs} epochs"
+        return None
 
     @property
     def run_id(self) -> str:
@@ -70,10 +83,11 @@ def list_runs(cache: Cache, dataset: str, metric: str, run_ids: Sequence[str] | 
     for r in cache.report_rows(dataset, run_ids).to_pylist():
         if r["metric"] != metric:
             continue
-        epochs = r.get("epochs")
+        epochs, paper = r.get("epochs"), r.get("paper_epochs")
         entry = runs.setdefault(r["run_id"], RunEntry(cache.run(r["run_id"]), r["method"], int(r["bits"]), int(r["seed"]),
                                                       r.get("image_features"), r.get("text_features"),
-                                                      None if epochs is None else int(epochs)))
+                                                      None if epochs is None else int(epochs),
+                                                      paper_epochs=None if paper is None else int(paper)))
         entry.scores[r["task"]] = float(r["value"])
     return sorted(runs.values(), key=lambda e: (e.method, e.bits, e.seed, e.run_id))
 
@@ -111,19 +125,28 @@ def _run_figures(run: RunEntry, figures_dir: Path) -> tuple[list[Path], list[str
     points, problem = validation_points(run.run)
     if problem:
         notes.append(problem)
-    if points:
-        out = figures_dir / f"validation_{run.run_id}.png"
-        history = run.run.history_path
-        if not out.exists() or out.stat().st_mtime < history.stat().st_mtime:
-            plot_validation(points, out, f"{run.method} · {run.bits} bits · seed {run.seed}")
+    if len(points) == 1:  # a closed-form method scores its one fit: a number, not a curve
+        scores = ", ".join(f"{task} {points[0][task]:.4f}" for task in ("i2t", "t2i") if task in points[0])
+        notes.append(f"validation mAP@50 of its one fit (no epochs, so no curve): {scores}")
+    elif points:
+        # named by what it shows, so a page keeps its figure when a retrained run draws another one
+        title = f"{run.method} · {run.bits} bits · seed {run.seed}"
+        key = hashlib.sha256(json.dumps([points, title], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        out = figures_dir / f"validation_{run.run_id}-{key}.png"
+        if not out.exists():
+            plot_validation(points, out, title)
         plots.append(out)
     return plots, notes
 
 
 def _summary_html(run: RunEntry, metric: str) -> str:
+    """The collapsed header: method, bits, seed, features (two runs that differ only in them differ here) and
+    a budget mark, then the scores."""
     scores = " · ".join(f"{task} {value:.4f}" for task, value in sorted(run.scores.items()))
-    return (f"<summary><b>{esc(run.method)}</b> · {run.bits} bits · seed {run.seed} · {esc(metric)} {esc(scores)} "
-            f'<code class="rid">{esc(run.run_id)}</code></summary>')
+    budget = f' · <span class="budget">{esc(run.budget)}</span>' if run.budget else ""
+    return (f"<summary><b>{esc(run.method)}</b> · {run.bits} bits · seed {run.seed} · "
+            f'<span class="feat">{esc(run.image_features)} / {esc(run.text_features)}</span>{budget} · '
+            f'{esc(metric)} {esc(scores)} <code class="rid">{esc(run.run_id)}</code></summary>')
 
 
 def build_html_report(cache: Cache, table: MethodsTable, *, out_dir: Path | None = None,
@@ -140,8 +163,9 @@ def build_html_report(cache: Cache, table: MethodsTable, *, out_dir: Path | None
     runs = list_runs(cache, dataset, metric, run_ids)
     if not runs:
         raise CacheError(f"no runs of dataset {dataset!r} with metric {metric!r} under {cache.runs_dir()}")
-    map_png = plot_map_vs_bits(cache.report_rows(dataset, run_ids), out_dir / f"{dataset}_map_vs_bits.png", dataset,
-                               metric)
+    # content-addressed: `cmh grid` or a later report over other runs writes another name, never this page's figure
+    map_png = plot_map_vs_bits(cache.report_rows(dataset, run_ids), figures_dir / "map_vs_bits.png", dataset, metric,
+                               addressed=True)
 
     ds = cache.dataset(dataset)
     items = Items(ds.items)
@@ -182,7 +206,7 @@ def build_html_report(cache: Cache, table: MethodsTable, *, out_dir: Path | None
             "<h2>Runs</h2>",
             f"<p>Each run folds out to its curves and its gallery. The gallery queries are the same for every run: "
             f"{settings.per_task} image→text and {settings.per_task} text→image query items drawn from the query "
-            f"split with seed {settings.seed}.</p>", legend_html(), *sections]
+            f"split with seed {settings.seed}.</p>", legend_html(labels=list(items.table.label_names)), *sections]
     if thumbs.missing:
         body.append(f'<p class="note">{len(thumbs.missing)} image(s) could not be read and show a placeholder; '
                     f"the list is in {esc(page.with_suffix('.report.json').name)}.</p>")

@@ -143,12 +143,12 @@ class CCAITQ(ProjectionHash):
             try:
                 self._fit_one(x, y, mean_x, mean_y, spectra, **point)
             except ConfigError as exc:  # a PCA width below the code length: not a candidate at these bits
-                log.info("cca-itq: %s skipped (%s)", point, exc)
+                log.debug("cca-itq: %s skipped (%s)", point, exc)
                 point["score"] = None
                 continue
             point["score"] = float(score())
-            log.info("cca-itq: reg %g pca_dim %d -> validation mAP@50 %.4f", point["reg"], point["pca_dim"],
-                     point["score"])
+            log.debug("cca-itq: reg %g pca_dim %d -> validation mAP@50 %.4f", point["reg"], point["pca_dim"],
+                      point["score"])  # every score is in history.json; the choice is logged below
         scored = [p for p in grid if p["score"] is not None]
         if not scored:
             raise ConfigError(f"cca-itq: no PCA width in {list(dims)} gives {self.bits} CCA directions; "
@@ -178,5 +178,6 @@ class CCAITQ(ProjectionHash):
         self.set_projection(torch.from_numpy(mean_x), torch.from_numpy(mean_y), torch.from_numpy(a @ rotation),
                             torch.from_numpy(b @ rotation))
         self.fit_summary = {"canonical_correlations": corr[: self.bits].tolist(), "itq_loss": itq_loss}
-        log.info("cca-itq: top canonical correlation %.3f, k-th %.3f; ITQ loss %.4f -> %.4f",
+        # per fit (every grid point, then the chosen one again): a detail; the choice is logged by fit()
+        log.debug("cca-itq: top canonical correlation %.3f, k-th %.3f; ITQ loss %.4f -> %.4f",
                  corr[0], corr[self.bits - 1], itq_loss[0], itq_loss[-1])
