@@ -96,5 +96,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(if $(QUICK),--quick)
 
+# The cache the other targets use (CACHE=, else $$CMH_CACHE, else ./cache): `make clean-cache CACHE=/scratch/c`
+# once removed ./cache instead, the repository's own (a full feature extraction) and not the one named.
+CLEAN_ROOT = $(or $(CACHE),$(CMH_CACHE),cache)
+
 clean-cache:
-	rm -rf cache/features cache/datasets cache/runs cache/grids cache/demo-data
+	cd $(call q,CLEAN_ROOT) && rm -rf features datasets runs grids demo-data

@@ -163,7 +163,7 @@ def report(
     published: bool = typer.Option(False, help="also print mAP@50 next to the papers' published numbers"),
     results: Optional[Path] = typer.Option(None, help="tabulate the published rows under this folder (e.g. results/) instead of the cache's runs"),
     readme: Optional[Path] = typer.Option(None, help="with --results: rewrite this README's generated block for the dataset"),
-    figure: Optional[Path] = typer.Option(None, help="with --results: where the mAP-vs-bits PNG goes (default: docs/<dataset>_map_vs_bits.png)"),
+    figure: Optional[Path] = typer.Option(None, help="with --results: where the mAP-vs-bits PNG goes (default with --readme: docs/<dataset>_map_vs_bits.png beside the README; without either, none is drawn)"),
     html: bool = typer.Option(False, "--html", help="also write <out-dir>/<dataset>.html: table, figures, curves and a retrieval gallery per run"),
     gallery_queries: int = typer.Option(4, min=1, help="--html: gallery queries per task (image->text and text->image)"),
     gallery_seed: int = typer.Option(0, help="--html: seed that draws the gallery queries from the query split"),
@@ -448,8 +448,30 @@ _STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.E
 _SHAPE_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
 
+def _empty_path_option(argv: list[str]) -> str | None:
+    """The first path option given an empty value (``--cache ""``, ``--results=``), or None.
+
+    Click turns an empty path into ``Path("")``, which is the current folder: ``extract --cache ""``
+    wrote a cache there and ``publish --results ""`` would publish into it, without a word."""
+    group = typer.main.get_command(app)
+    name = next((a for a in argv if a in getattr(group, "commands", {})), None)
+    if name is None:
+        return None
+    paths = {o for p in group.commands[name].params
+             if getattr(getattr(p, "type_descriptor", None), "annotation", None) is Path for o in p.opts}
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in paths and ((eq and not value.strip()) or (not eq and i + 1 < len(argv) and not argv[i + 1].strip())):
+            return flag
+    return None
+
+
 def main() -> None:
     try:
+        empty = _empty_path_option(sys.argv[1:])
+        if empty is not None:
+            raise ConfigError(f"{empty} is empty: give a path (an empty one would mean the current folder), or leave "
+                              f"the option out for its default")
         app()
     except CMHError as exc:
         logging.getLogger("cmh").debug("error", exc_info=True)

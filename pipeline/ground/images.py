@@ -52,7 +52,9 @@ def as_rgb(im: Image.Image, ref: str) -> Image.Image:
     ``convert("RGB")`` clips 16-bit samples at 255 (a 16-bit grey PNG reads as almost white) and
     truncates float samples (a [0, 1] float TIFF reads as black), so those are scaled here: 16-bit
     integers by 255/65535, floats in [0, 1] by 255. Transparent pixels are laid over white, as a
-    viewer shows them, instead of the colour hidden under them (often black)."""
+    viewer shows them, instead of the colour hidden under them (often black). A picture whose EXIF
+    orientation says the camera was turned (phone photos) is turned upright, as viewers show it."""
+    im = upright(im)
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
         bits = 16 if mode.startswith("I;16") or im.format == "PNG" else _tiff_bits(im)
@@ -73,6 +75,24 @@ def as_rgb(im: Image.Image, ref: str) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+#: EXIF tag 0x0112: how the stored pixels must be turned to be upright (1: as stored).
+_ORIENTATION = 0x0112
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation says (unchanged without one): a portrait phone photo is
+    stored sideways with orientation 6, and read as stored it is coded as a sideways picture."""
+    try:
+        orientation = im.getexif().get(_ORIENTATION)
+    except Exception:  # a damaged EXIF block: the pixels are still the picture, as stored
+        return im
+    if orientation in (None, 1):
+        return im
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
 
 
 def _tiff_bits(im: Image.Image) -> int | None:

@@ -39,7 +39,10 @@ def query(cache: Cache, req: QueryRequest, say: Callable[[str], None] = log.info
     """``cmh query``: the top-k rows for one new image or text, and its gallery page when asked."""
     if (req.text is None) == (req.image is None):
         raise ConfigError("give exactly one of --text or --image")
-    if req.html is not None and (req.html.is_dir() or req.html.suffix.lower() not in (".html", ".htm")):
+    if req.html is not None and req.html.is_dir():
+        raise ConfigError(f"--html {str(req.html)!r} is a folder: give the page's file name, e.g. "
+                          f"{str(req.html / 'query.html')!r}")
+    if req.html is not None and req.html.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"--html expects a file name ending in .html, got {str(req.html)!r}")
     if req.html is not None:
         require_folder(req.html.parent, "--html's folder")  # before the search, not after it

@@ -72,7 +72,7 @@ class ResultsReportRequest:
     results: Path  # the registry folder (results/)
     dataset: str | None
     readme: Path | None = None  # rewrite this README's generated block
-    figure: Path | None = None  # default: docs/<dataset>_map_vs_bits.png beside the README (or here)
+    figure: Path | None = None  # default with readme: docs/<dataset>_map_vs_bits.png beside it; else none
     plan: TablePlan | None = DEFAULT_PLAN  # the cells the table should hold (for the list of missing ones)
 
 
@@ -88,14 +88,19 @@ def report_results(req: ResultsReportRequest, echo: Callable[[str], None] = prin
     if req.readme is not None:
         readme_markers(req.readme, req.dataset)  # a README it cannot update is refused before the figure is drawn
     base = req.readme.parent if req.readme is not None else Path.cwd()  # never the install location
-    figure = req.figure or base / "docs" / f"{req.dataset}_map_vs_bits.png"
+    # The default figure belongs to the README it is drawn for: without --readme (or --figure) nothing is
+    # drawn, since docs/<dataset>_map_vs_bits.png under the current folder may be the committed figure of
+    # other results (tabulating a scratch results folder from the repository replaced it).
+    figure = req.figure or (base / "docs" / f"{req.dataset}_map_vs_bits.png" if req.readme is not None else None)
     scan = scan_results(req.results, req.dataset)
-    if scan.current:
+    if scan.current and figure is not None:
         plot_map_vs_bits(read_report_rows(scan.current), figure, dataset=req.dataset)
-    try:
-        shown = figure.resolve().relative_to(base.resolve())
-    except ValueError:
-        shown = figure
+    shown = None
+    if figure is not None:
+        try:
+            shown = figure.resolve().relative_to(base.resolve())
+        except ValueError:
+            shown = figure
     block = readme_block(req.results, req.dataset, figure=shown, plan=req.plan)
     echo(block)
     for path, version in scan.stale:

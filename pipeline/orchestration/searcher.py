@@ -170,7 +170,7 @@ class Searcher:
         input ties every database item. A sentence encoder (CLIP) reads the text as typed."""
         self._require("text")
         bags = [e for e in self._text_encoders() if hasattr(e, "query_terms")]
-        if not text.strip():
+        if not text.replace(",", " ").strip():  # separators only (" , ,") are as empty as ""
             examples = bags[0].vocab[:8] if bags else []
             raise NoKnownTerms("the query text is empty: give some words, e.g. --text \"dog, beach\"", [], examples)
         out = QueryText({})

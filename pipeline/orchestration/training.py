@@ -231,8 +231,28 @@ def _with_default_features(req: TrainRequest, method_name: str, quiet: bool = Fa
 _SAID_DEFAULTS: set[tuple[str, str | None, str | None]] = set()
 
 
+def _check_encoders_known(dataset: DatasetCache, spec: str, flag: str) -> None:
+    """ConfigError for a feature spec naming an encoder that is neither cached nor registered: the missing-
+    features error would suggest `cmh extract --encoders <that name>`, a command that cannot work."""
+    from pipeline.orchestration.extraction import encoder_kind
+    from stages.extract import ENCODERS, load_encoders
+
+    cached = dataset.layout.encoder_folders(dataset.name) if dataset.exists() else []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        name = part.partition(":")[0].strip()
+        if any(c == name or c.startswith((name + ".", name + "-")) for c in cached):
+            continue
+        load_encoders()
+        try:
+            ENCODERS.resolve(encoder_kind(name))
+        except KeyError as exc:
+            raise ConfigError(f"{flag} {spec!r}: {exc.args[0]}") from None
+
+
 def _load(dataset: DatasetCache, req: TrainRequest) -> _Data:
     t0 = time.perf_counter()
+    _check_encoders_known(dataset, req.image, "--image (IMAGE=)")
+    _check_encoders_known(dataset, req.text, "--text (TEXT=)")
     image_refs = dataset.feature_refs(req.image, "image")
     text_refs = dataset.feature_refs(req.text, "text")
     features = {s: dataset.features(s, image_refs, text_refs) for s in ("train", "validation", "query", "database")}

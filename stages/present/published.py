@@ -43,7 +43,8 @@ def comparison_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
     for r in rows:
         label = r["method"]
         if len(configs[label]) > 1:  # several configurations of one method: say which is which
-            label += f" [{r.get('image_features')}, {r.get('epochs')} ep, {r.get('config_hash')}]"
+            epochs = "no epochs" if r.get("epochs") is None else f"{r['epochs']} ep"  # closed form: not "None ep"
+            label += f" [{r.get('image_features')}, {epochs}, {r.get('config_hash')}]"
         cells.setdefault((label, r["task"]), {})[int(r["bits"])] = float(r["mean"])
     bits = sorted({int(r["bits"]) for r in rows})
     lines = [f"mAP@50 on {dataset}: ours / published (— = not published)", "",

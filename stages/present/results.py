@@ -140,7 +140,8 @@ def _publishable(run: RunDir) -> tuple[pa.Table, dict[str, Any]]:
 
 def _published_data(path: Path) -> tuple[str | None, str | None]:
     """(split protocol with sizes, data fingerprint or None) of a published file."""
-    fix = "delete it, or pass --replace to publish over it"
+    # it may be another run's file: --replace publishes without this comparison, and leaves that file as it is
+    fix = "delete it or publish its own run again, or pass --replace to publish without comparing with it"
     table = read_table(path, fix=fix)
     if "split_protocol" not in table.column_names:
         raise DataError(f"{path} has no split_protocol column: {fix}")

@@ -185,7 +185,10 @@ def test_cli_report_html_and_query_html_option_check(toy, tmp_path):
     assert "| alpha |" in out.output and f"html report (3 runs): {tmp_path / 'toy.html'}" in out.output
     bad = CliRunner().invoke(app, ["query", "--run", "x", "--text", "dog", "--html", str(tmp_path),
                                    "--cache", str(layout.root)])
-    assert bad.exit_code != 0 and "ending in .html" in str(bad.exception)  # main() prints it in one line
+    assert bad.exit_code != 0 and "is a folder: give the page's file name" in str(bad.exception)  # one line
+    bad = CliRunner().invoke(app, ["query", "--run", "x", "--text", "dog", "--html", str(tmp_path / "page.txt"),
+                                   "--cache", str(layout.root)])
+    assert bad.exit_code != 0 and "ending in .html" in str(bad.exception)
 
 
 def test_files_a_page_links_are_never_rewritten_by_a_later_report_or_table(toy, tmp_path):

@@ -245,3 +245,46 @@ def test_repeated_searches_give_the_same_answer(client):
     second = client.get("/api/search", params={"text": "sea", "k": 5}).json()["results"]
     assert first == second
 
+
+
+def _sideways_with_orientation(picture: Path, out: Path) -> Path:
+    """The picture stored turned a quarter, with EXIF orientation 6 saying how to turn it upright (a phone photo)."""
+    with Image.open(picture) as im:
+        stored = im.convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(out, exif=exif)
+    return out
+
+
+def _sixteen_bit_grey(picture: Path, out: Path) -> Path:
+    import numpy as np
+
+    with Image.open(picture) as im:
+        grey = np.asarray(im.convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(out)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["exif-rotated", "16-bit"])
+def test_an_uploaded_picture_is_read_as_cmh_query_reads_the_file(client, demo_run, tmp_path, variant):
+    """The upload and `cmh query --image` read one file the same way: upright by its EXIF orientation, 16-bit
+    samples scaled (the upload path converted to RGB as stored: sideways, or nearly white)."""
+    picture = _picture(demo_run, row=3)
+    if variant == "exif-rotated":
+        query_file = _sideways_with_orientation(picture, tmp_path / "sideways.png")
+        expected = query_run(demo_run.cache, demo_run.run_id, image=picture, top_k=5)  # the upright picture
+    else:
+        query_file = _sixteen_bit_grey(picture, tmp_path / "grey16.png")
+        expected = query_run(demo_run.cache, demo_run.run_id, image=_eight_bit_grey(picture, tmp_path), top_k=5)
+    assert query_run(demo_run.cache, demo_run.run_id, image=query_file, top_k=5) == expected
+    r = client.post("/api/search?k=5", content=query_file.read_bytes(), headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert [(x["item_id"], x["hamming"]) for x in r.json()["results"]] == [(row[1], row[2]) for row in expected]
+
+
+def _eight_bit_grey(picture: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "grey8.png"
+    with Image.open(picture) as im:
+        im.convert("L").save(out)
+    return out

@@ -81,9 +81,12 @@ def write_table_atomic(
 
 def _discard(tmp: str, exc: BaseException, path: Path) -> NoReturn:
     """Remove the ``.partial`` file of a failed write and re-raise; an OSError without a file name (Arrow's
-    writer raises a full disk so) is raised again naming ``path``, which the CLI's one-line error shows."""
+    writer raises a full disk so) or naming the temporary file is raised again naming ``path``, which the
+    CLI's one-line error shows."""
     Path(tmp).unlink(missing_ok=True)
-    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+    # an error naming the temporary file (the rename onto a folder: "<path>.x3rcc72l.partial: Is a directory")
+    # names a file the user never gave and that no longer exists: name the destination instead
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
         raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
     raise exc
 
@@ -126,7 +129,11 @@ REBUILD_HINT = "delete it and re-run the command that wrote it (`cmh extract --o
 
 def unreadable(path: str | os.PathLike, exc: BaseException, fix: str = REBUILD_HINT) -> CacheError:
     """The one-line error for a truncated or foreign file in the cache."""
-    detail = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).split(". ")[0][-120:]
+    detail = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).split(". ")[0]
+    if str(path) in detail:  # Arrow repeats the path the message already names: keep what it says after it
+        detail = detail.split(str(path))[-1].lstrip("': ") or detail
+    if len(detail) > 120:  # cut at the front, said ("arquet input source" read as a typo)
+        detail = "..." + detail[-117:]
     return CacheError(f"{path} is damaged or not a Parquet file ({detail}): {fix}")
 
 

@@ -78,6 +78,8 @@ class RunDir:
     @classmethod
     def find(cls, layout: CacheLayout, run: str) -> "RunDir":
         """A run named by its id (under the cache's runs/) or by its directory; CacheError listing the runs."""
+        if not run.strip():  # "" would name runs/ itself, blamed as a run folder without config.json
+            raise CacheError(f"--run is empty: give a run id (a folder under {layout.runs_dir()}) or a run folder's path")
         for path in (Path(run), layout.runs_dir() / run):
             if (path / CONFIG_FILE).exists():
                 return cls(path)

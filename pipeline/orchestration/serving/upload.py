@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.ground.errors import DataError
+from pipeline.ground.images import as_rgb
 from pipeline.orchestration.serving.refusals import Refusal
 
 #: The largest picture decoded, in pixels: a 48-megapixel phone photo passes, a 100-megapixel scan does not.
@@ -44,7 +46,9 @@ def read_picture(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
         raise Refusal(400, f"the picture is {width} x {height} pixels", SEND_ONE)
     try:
         image.load()
-        return image.convert("RGB")
+        return as_rgb(image, "the upload")  # read as `cmh query --image` reads the same file
+    except DataError as exc:  # a sample format of unknown brightness scale (32-bit integers, floats > 1)
+        raise Refusal(400, str(exc), "save it with 8 or 16 bits per sample") from None
     except Exception as exc:  # truncated JPEGs, corrupt PNG chunks, odd modes
         raise Refusal(400, f"the {image.format} picture cannot be decoded ({type(exc).__name__}: {_first_line(exc)}): "
                       f"it may be truncated", f"send the whole file; {SEND_ONE}") from None

@@ -25,7 +25,7 @@ import numpy as np
 
 from stages.prepare.datasets.base import (ItemTable, drop_unusable, register_dataset, report_skipped, require_dir,
                                           require_file, whole_id)
-from stages.prepare.datasets.text import clean_texts, json_lines_hint, open_text, read_text
+from stages.prepare.datasets.text import clean_texts, open_text, parse_json_line, read_text
 from pipeline.ground.errors import DataError
 
 #: Sub-folder of the data root read when DATA_DIR is not given.
@@ -78,13 +78,7 @@ def _read_pairs_jsonl(root: Path, *, keep_unlabelled: bool) -> ItemTable:
             if not line.strip():
                 continue
             where = f"{pairs} line {line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where} is not valid JSON: {exc}{json_lines_hint(line, line_no)}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object with image, image_id, captions, category_ids"
-                                f"{json_lines_hint(line, line_no)}")
+            obj = parse_json_line(line, where, line_no, "image, image_id, captions, category_ids")
             missing = [k for k in ("image", "image_id", "captions", "category_ids") if k not in obj]
             if missing:
                 raise DataError(f"{where} lacks field(s) {missing}")
@@ -164,6 +158,12 @@ def _build(records: Iterable[tuple[Any, str, Any, Any, str]], categories: list[d
     twice = sorted({cid for cid, _ in ordered if [c for c, _ in ordered].count(cid) > 1})
     if twice:  # two label columns for one id: which one an annotation means is unknown
         raise DataError(f"{cat_source}: category id(s) {twice} are listed more than once; give each id once")
+    names = [name for _, name in ordered]
+    same = sorted({name for name in names if names.count(name) > 1})
+    if same:  # two columns of one name: items of either id share the label, yet count as not relevant
+        ids = [cid for cid, name in ordered if name == same[0]]
+        raise DataError(f"{cat_source}: category name(s) {same} are given to more than one id ({same[0]!r}: ids "
+                        f"{ids}); give each category its own name, or one id")
     column = {cid: j for j, (cid, _) in enumerate(ordered)}
     records = sorted(((whole_id(r[0], r[4], "image_id"), *r[1:]) for r in records), key=lambda r: r[0])
     n = len(records)

@@ -15,7 +15,6 @@ Label columns follow ``label_names`` when given, else the sorted set of names se
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from stages.prepare.datasets.base import ItemTable, TextKind, drop_unusable, register_dataset, report_skipped, whole_id
-from stages.prepare.datasets.text import clean_texts, json_lines_hint, open_text, read_lines
+from stages.prepare.datasets.text import clean_texts, open_text, parse_json_line, read_lines
 from pipeline.ground.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -155,13 +154,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             where = f"{path} line {line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where} is not valid JSON: {exc}{json_lines_hint(line, line_no)}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object with image, text, labels"
-                                f"{json_lines_hint(line, line_no)}")
+            obj = parse_json_line(line, where, line_no, "image, text, labels")
             rows.append(_row(obj, where, split_text=None, split_labels=None))
     commas = sorted({name for r in rows for name in r["labels"] if "," in name or ";" in name})
     if commas:  # one JSON string is one label, as written; but say it, since "cat,dog" is usually two
@@ -215,7 +208,12 @@ def _csv_header(reader: Any, path: Path) -> tuple[list[str], int]:
     """The column names, as written but for case and surrounding spaces (``Image`` is ``image``)."""
     for cells in reader:
         if any(c.strip() for c in cells):
-            return [c.strip().lower() for c in cells], reader.line_num
+            names = [c.strip().lower() for c in cells]
+            twice = sorted({n for n in names if n and names.count(n) > 1})
+            if twice:  # zip() into a dict would keep the last column silently (every label "x")
+                raise DataError(f"{path} line {reader.line_num}: the header names column(s) {twice} more than once "
+                                f"(column names are read without case); keep one column of each name")
+            return names, reader.line_num
     raise DataError(f"{path} is empty; expected a header line image,text,labels[,id]")
 
 
@@ -307,10 +305,14 @@ def _check_separators(obj: dict[str, Any], where: str, text_sep: str, label_sep:
 
 def _row(obj: dict[str, Any], where: str, *, split_text: str | None, split_labels: str | None) -> dict[str, Any]:
     """Validate one record; ``split_*`` set for CSV cells, which hold ``sep``-joined lists."""
-    missing = [k for k in ("image", "text", "labels") if k not in obj or obj[k] is None]
+    missing = [k for k in ("image", "text", "labels") if k not in obj]
     if missing:
         hint = " (labels are required: see docs/pairs-format.md)" if "labels" in missing else ""
         raise DataError(f"{where}: missing field(s) {missing}{hint}")
+    null = [k for k in ("image", "text", "labels") if obj[k] is None]
+    if null:  # the field is there: "missing" would send the user looking for a typo in its name
+        raise DataError(f"{where}: field(s) {null} are null; give a value (an empty list [] for no text or "
+                        f"labels, which drops the row, counted)")
     text, labels = obj["text"], obj["labels"]
     if split_text is not None:
         text = text.split(split_text)

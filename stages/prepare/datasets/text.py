@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from pipeline.ground.errors import DataError
 
@@ -30,12 +31,54 @@ def open_text(path: Path) -> io.StringIO:
 
 
 def json_lines_hint(line: str, line_no: int) -> str:
-    """Why a line may not parse: the file is one JSON document (an array, or a pretty-printed object)."""
+    """Why a line may not parse: a comma after a complete object, or the file is one JSON document (an
+    array, or a pretty-printed object)."""
     head = line.strip()
+    if head.endswith(",") and _parses(head[:-1].rstrip()):
+        return (" (a comma follows the object: JSON Lines puts one object on each line with nothing between them; "
+                "remove the comma at the end of each line, see docs/pairs-format.md)")
     if line_no == 1 and head.startswith("[") or head in ("{", "[", "}", "]", "},", "],") or head.endswith(("{", ",")):
         return (" (the file looks like one JSON document, an array or an object spread over several lines; the "
                 "pairs format is JSON Lines: one complete object per line, see docs/pairs-format.md)")
     return ""
+
+
+def _parses(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise _DuplicateKey(k)
+    return dict(pairs)
+
+
+def parse_json_line(line: str, where: str, line_no: int, fields: str) -> dict[str, Any]:
+    """One JSON Lines record as a dict; DataError naming ``where`` otherwise.
+
+    A key given twice in one object is an error: JSON parsers keep the last silently, so
+    ``"labels": ["dog"], ..., "labels": []`` would drop the row's labels without a word."""
+    try:
+        obj = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise DataError(f"{where}: the key {exc.key!r} appears twice in one object, and only one can be "
+                        f"meant; keep one") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where} is not valid JSON: {exc}{json_lines_hint(line, line_no)}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object with {fields}{json_lines_hint(line, line_no)}")
+    return obj
 
 
 def read_lines(path: Path) -> list[str]:
