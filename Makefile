@@ -33,7 +33,7 @@ CACHED   = $(DATASET)$(if $(LIMIT),-n$(LIMIT))
 # Every target of .PHONY is listed (tests/test_docs_claims.py checks it against the .PHONY line).
 help:
 	@echo "make setup | extract | train | demo | serve RUN=... | test | bench | grid | report | table | clean-cache   (see README.md)"
-	@echo "make ls | rm PATTERN='demo-*' [KIND=datasets] [YES=1]   (what the cache holds; remove by pattern)"
+	@echo "make ls | rm   (what the cache holds; remove by pattern: PATTERN='demo-*' [KIND=datasets] [YES=1])"
 
 setup: $(STAMP)
 	@echo "setup done. cmh is in $(VENV)/bin: run '. $(VENV)/bin/activate' to put cmh on PATH in this shell, or call $(VENV)/bin/cmh"

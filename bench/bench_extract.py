@@ -168,7 +168,7 @@ _ENCODER_LINE = re.compile(r"^(?P<encoder>\S+) on \S+ \(local\): .*?start-up (?P
                            r"(?P<encoding>[\d.]+) s \(of which (?P<wait>[\d.]+) s waiting for decoded images"
                            r"(?: in (?P<waited>\d+) of (?P<batches>\d+) batches)?\), writing (?P<write>[\d.]+) s, "
                            r"finish (?P<finish>[\d.]+) s\)", re.M)
-_COMMAND_LINE = re.compile(r"^extract \S+: (?P<total>[\d.]+) s since the process started: start-up "
+_COMMAND_LINE = re.compile(r"^extract finished in (?P<total>[\d.]+) s since the process started: .*?; start-up "
                            r"(?P<startup>[\d.]+) s to the first batch", re.M)
 
 

@@ -40,7 +40,7 @@ def test_extract_says_each_thing_once_then_already_complete_then_resumed(cli, pa
     both = _said(first, caplog)
     assert first.code == 0, first.err
     assert _count(both, "shard(s) written") == 1  # the summary, not also its log line
-    assert _count(both, "waiting for data") == 1  # the timing is in the summary only
+    assert _count(both, "waiting for decoded images") == 1  # the timing is in the summary only
     assert _count(both, "too few for the standard") == 1  # the split scaling: one warning
     assert _count(both, "distinct terms") == 1 and _count(both, "terms from train-top-n") == 1
     last = first.out.strip().splitlines()[-1]  # one summary at the end: what, where, how long

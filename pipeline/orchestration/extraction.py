@@ -95,21 +95,22 @@ def extract(cache: Cache, req: ExtractRequest, echo: Callable[[str], None] = pri
                 summaries.append(summary)
                 echo(f"{summary.describe()}\n  -> {cache.encoder_dir(dataset_req.cache_name, encoder.id)}")
                 del encoder  # its model is freed before the next one loads
-    echo(f"extract finished: dataset {dataset_req.cache_name} ({len(items)} items), features of {', '.join(names)}, "
-         f"under {cache.root}; " + command_timings(dataset_req.cache_name, summaries))
+    echo(command_timings(summaries, what=f"dataset {dataset_req.cache_name} ({len(items)} items), features of "
+                                         f"{', '.join(names)}, under {cache.root}"))
 
 
-def command_timings(dataset: str, summaries: list[Any], started: float | None = None) -> str:
-    """Where the command's time went: start-up (process start to the model's first batch: imports, item
-    table, fingerprint, weights, loader), the encoders' loops, and the finish after the last one."""
+def command_timings(summaries: list[Any], what: str, started: float | None = None) -> str:
+    """The command's last line: how long since the process started, ``what`` was written where, and where the
+    time went: start-up (process start to the model's first batch: imports, item table, fingerprint,
+    weights, loader), the encoders' loops, and the finish after the last one."""
     now = time.time()
     started = process_started() if started is None else started
     first = min((s.first_batch_at for s in summaries if s.first_batch_at), default=0.0)
     last = max((s.finished_at for s in summaries), default=now)
     startup = f"start-up {first - started:.1f} s to the first batch" if first else "nothing to encode"
     loops = ", ".join(f"{s.encoder} {s.loop_s:.1f} s" for s in summaries)
-    return (f"extract {dataset}: {now - started:.1f} s since the process started: {startup}; encode loops: "
-            f"{loops or 'none'}; finish {now - last:.1f} s after the last encoder")
+    return (f"extract finished in {now - started:.1f} s since the process started: {what}; {startup}; "
+            f"encode loops: {loops or 'none'}; finish {now - last:.1f} s after the last encoder")
 
 
 def process_started() -> float:

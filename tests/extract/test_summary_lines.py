@@ -26,5 +26,5 @@ def test_the_benchmark_reads_the_timings_the_summary_prints():
     assert float(line["startup"]) == 2.0 and float(line["wait"]) == 1.5 and float(line["encoding"]) == 71.8
     assert (line["waited"], line["batches"]) == ("3", "32") and float(line["write"]) == 0.5
     assert float(line["finish"]) == 0.8  # printed with one decimal
-    command = bench._COMMAND_LINE.search(command_timings("mirflickr-n2000", [summary], started=995.5))
+    command = bench._COMMAND_LINE.search(command_timings([summary], "dataset mirflickr-n2000 (2000 items), features of alexnet, under /c", started=995.5))
     assert command is not None and float(command["startup"]) == 4.5

@@ -131,4 +131,9 @@ def _run_until_signal(server: "object", sock: socket.socket) -> str:
     finally:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
-    return received[0] if received else "server exit"
+    if received:
+        return received[0]
+    # a process started with SIGINT ignored (a background job of a shell) gets no KeyboardInterrupt when
+    # uvicorn raises the signal again: the signal uvicorn captured says it
+    captured = [signal.Signals(s).name for s in getattr(server, "_captured_signals", [])]
+    return captured[-1] if captured else "server exit"
