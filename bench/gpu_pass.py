@@ -41,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE_ENV = ROOT / "bench" / "device_env"
 ARCHIVE = "rows.tar.gz"
 ALL_METHODS = "baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph"
+#: Packages a method imports only when it fits (not on import, so the registry loads without them): a method
+#: whose package is missing is left out with the reason instead of failing its cells on the machine.
+FIT_IMPORTS = {"cca-itq": ("scipy",)}
 
 
 class Pass:
@@ -102,6 +105,8 @@ def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seed
     from stages.train import methods as _  # noqa: F401  (registers every method)
     from stages.train.base import METHODS
 
+    import importlib.util
+
     data = Cache(cache).dataset(dataset)
     published = current_run_ids(results, dataset)
     reasons: dict[str, str | None] = {}
@@ -114,7 +119,10 @@ def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seed
             data.feature_refs(builder.default_text_features, "text")
             reasons[name] = None
         except CMHError as exc:
-            reasons[name] = str(exc)
+            reasons[name] = f"its features are not in the carried cache: {exc}"
+        lacking = [m for m in FIT_IMPORTS.get(METHODS.resolve(name), ()) if importlib.util.find_spec(m) is None]
+        if lacking and not reasons[name]:
+            reasons[name] = f"its fit imports {', '.join(lacking)}, which this Python lacks: carry the wheel(s) in .whl"
         cells = grid_cells(GridRequest(dataset, [METHODS.resolve(name)], _ints(bits), _ints(seeds),
                                        epochs={METHODS.resolve(k) if k != "*" else k: v for k, v in per_method.items()}))
         todo[name] = sum(planned_run_ids(c)[0] not in published for c in cells)
@@ -136,8 +144,7 @@ def plan(args: argparse.Namespace, env: dict[str, str], p: Pass) -> tuple[list[s
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, why in found["reasons"].items():
         if why:
-            p.say(f"{name} left out ({found['todo'][name]} missing cell(s)): its features are not in the carried "
-                  f"cache: {why}")
+            p.say(f"{name} left out ({found['todo'][name]} missing cell(s)): {why}")
     methods = [m for m in asked if not found["reasons"][m]]
     todo = sum(found["todo"][m] for m in methods)
     p.say(f"{todo} missing cell(s) of {', '.join(methods) or 'no method'} to train")
@@ -220,7 +227,7 @@ def summary(new: list[Path], p: Pass, table_rc: int, left_out: list[str]) -> lis
     last = [line for line in table_log if "still missing" in line]
     lines.append("  " + (last[-1] if last else "the table printed no closing line (stopped before its end)"))
     if left_out:
-        lines.append(f"  left out (features not carried): {', '.join(left_out)}")
+        lines.append(f"  left out (their features or packages are not carried; see gpu_pass.log): {', '.join(left_out)}")
     blocked = p.out / "blocked.log"
     if blocked.exists():
         ours = sorted({line.split("\t")[0] for line in blocked.read_text().splitlines()
@@ -231,7 +238,7 @@ def summary(new: list[Path], p: Pass, table_rc: int, left_out: list[str]) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="where every file goes (default $OUT)")
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT") or None, help="where every file goes (default $OUT)")
     parser.add_argument("--cache", type=Path, default=ROOT / ".carry" / "cache", help="the carried (slim) cache")
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="carried wheels (installed offline)")
     parser.add_argument("--site", type=Path, default=Path("/tmp/cmh-site"), help="where the wheels are installed")
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(feature_check(args.cache, args.dataset, json.loads(args.feature_check), args.bits, args.seeds,
                                        args.epochs, args.results)))
         return 0
-    if args.out is None:
+    if args.out is None or str(args.out) in ("", "."):
         parser.error("give --out, or set OUT (the folder whose files come back from the GPU machine)")
     p = Pass(args.out)
     limit = p.started + args.minutes * 60
