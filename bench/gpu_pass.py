@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None or str(args.out) in ("", "."):
         parser.error("give --out, or set OUT (the folder whose files come back from the GPU machine)")
+    if args.emulate_device and args.results.resolve() == (ROOT / "results").resolve():
+        parser.error("a dry run would publish its rows into the checkout's results/: give --results a scratch folder")
     p = Pass(args.out)
     limit = p.started + args.minutes * 60
     budget_h = (args.minutes * 60 - args.margin) / 3600
