@@ -217,7 +217,8 @@ def summary(new: list[Path], p: Pass, table_rc: int, left_out: list[str]) -> lis
         scores = {f"{r['task']} {r['metric']}": r["value"] for r in rows if r["metric"] == "map@50"}
         first = rows[0]
         by_device.setdefault(str(first.get("device")), []).append(float(first.get("train_s") or 0))
-        lines.append(f"  {first['method']} {first['bits']}b s{first['seed']}: {first.get('epochs')} epochs, "
+        epochs = "closed form" if first.get("epochs") is None else f"{first['epochs']} epochs"
+        lines.append(f"  {first['method']} {first['bits']}b s{first['seed']}: {epochs}, "
                      f"{float(first.get('train_s') or 0):.1f} s on {first.get('device')} ({first.get('hardware')}); "
                      + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
     for device, seconds in by_device.items():

@@ -157,3 +157,15 @@ def test_dry_run_of_the_gpu_pass_with_only_the_machines_packages(slim, tmp_path)
     assert "mAP@50" in (out / "table.log").read_text()
     skipped = [json.loads(p.read_text()) for p in slim.root.glob("runs/*/plots/skipped.json")]
     assert len(skipped) == 2 and all("matplotlib" in s["reason"] for s in skipped)
+
+
+def test_a_cell_failing_in_a_worker_does_not_lose_the_others(slim):
+    """DSPRH cannot read the slim cache (a CacheError in its worker): the DJSRH cell beside it is still heard of
+    (a table publishes it) before the failure is raised."""
+    from pipeline.orchestration.grid import GridRequest, grid_cells, train_cells
+
+    cells = grid_cells(GridRequest("demo", ["dsprh", "djsrh"], (16,), (1,), epochs={"*": 2}, device="cpu"))
+    heard = []
+    with pytest.raises(CacheError, match="no image output"):
+        train_cells(slim, cells, workers=2, device="cpu", on_outcome=heard.append)
+    assert [o.status for o in heard] == ["trained"] and "djsrh" in heard[0].run_id
