@@ -169,3 +169,33 @@ def test_a_cell_failing_in_a_worker_does_not_lose_the_others(slim):
     with pytest.raises(CacheError, match="no image output"):
         train_cells(slim, cells, workers=2, device="cpu", on_outcome=heard.append)
     assert [o.status for o in heard] == ["trained"] and "djsrh" in heard[0].run_id
+
+
+def _wheel(folder: Path, name: str = "cmhprobe", version: str = "0.1") -> Path:
+    """A minimal pure-Python wheel (a zip with the three dist-info files pip reads)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": "VALUE = 7\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, text in {**files, f"{info}/RECORD": record}.items():
+            z.writestr(n, text)
+    return path
+
+
+def test_carried_wheels_are_installed_offline_and_importable_on_the_emulated_machine(tmp_path):
+    _wheel(tmp_path / "whl")
+    p = gpu_pass.Pass(tmp_path / "out")
+    names = gpu_pass.install_wheels(tmp_path / "whl", tmp_path / "site", p)
+    assert names == ["cmhprobe"] and (tmp_path / "site" / "cmhprobe" / "__init__.py").exists()
+    env = gpu_pass.child_env(tmp_path / "site", True, tmp_path / "out", names)
+    done = subprocess.run([sys.executable, "-c", "import cmhprobe; print(cmhprobe.VALUE)"], env={**env, "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "7", done.stderr
+    assert gpu_pass.install_wheels(tmp_path / "none", tmp_path / "site2", p) == []
+    assert "no wheels carried" in (tmp_path / "out" / "gpu_pass.log").read_text()
