@@ -199,3 +199,15 @@ def test_carried_wheels_are_installed_offline_and_importable_on_the_emulated_mac
     assert done.stdout.strip() == "7", done.stderr
     assert gpu_pass.install_wheels(tmp_path / "none", tmp_path / "site2", p) == []
     assert "no wheels carried" in (tmp_path / "out" / "gpu_pass.log").read_text()
+
+
+def test_a_table_still_running_at_the_limit_is_stopped_and_its_lines_kept(tmp_path):
+    import time
+
+    p = gpu_pass.Pass(tmp_path / "out")
+    cmd = [sys.executable, "-c", "import time; print('cell line', flush=True); time.sleep(120)"]
+    start = time.time()
+    rc = gpu_pass.run_table(cmd, dict(os.environ), time.time() + 3, p)
+    assert rc != 0 and time.time() - start < 60
+    assert "cell line" in (p.out / "table.log").read_text()
+    assert "stopping it" in (p.out / "gpu_pass.log").read_text()
