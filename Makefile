@@ -3,6 +3,7 @@
 #            ENGINE RAY_ADDRESS CONCURRENCY (extract)
 #            RUN HOST PORT SEARCH (serve: SEARCH= a dataset the run encoded, instead of its database)
 #            PATTERN KIND YES (rm)
+#            OUT MINUTES SLIM GPU_PY (gpu-pass, slim-cache)
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -28,12 +29,13 @@ opt = $(if $($(2)),$(1) $(call q,$(2)))
 COMMON   = $(call opt,--cache,CACHE)
 CACHED   = $(DATASET)$(if $(LIMIT),-n$(LIMIT))
 
-.PHONY: setup extract train demo serve test bench grid report table ls rm clean-cache help
+.PHONY: setup extract train demo serve test bench grid report table gpu-pass slim-cache ls rm clean-cache help
 
 # Every target of .PHONY is listed (tests/test_docs_claims.py checks it against the .PHONY line).
 help:
 	@echo "make setup | extract | train | demo | serve RUN=... | test | bench | grid | report | table | clean-cache   (see README.md)"
 	@echo "make ls | rm   (what the cache holds; remove by pattern: PATTERN='demo-*' [KIND=datasets] [YES=1])"
+	@echo "make slim-cache | gpu-pass   (on a lent GPU machine: the missing cells, new rows in OUT/rows.tar.gz; README)"
 
 setup: $(STAMP)
 	@echo "setup done. cmh is in $(VENV)/bin: run '. $(VENV)/bin/activate' to put cmh on PATH in this shell, or call $(VENV)/bin/cmh"
@@ -69,6 +71,18 @@ table: $(STAMP)
 		--seeds $(call q,TABLE_SEEDS) --results results --readme README.md $(call opt,--budget,BUDGET) \
 		$(call opt,--workers,WORKERS) $(call opt,--device,DEVICE) $(call opt,--epochs,EPOCHS) \
 		$(call opt,--checkpoint-every,CHECKPOINT_EVERY) $(call opt,--pack,PACK) $(COMMON)
+
+# The GPU pass, run on the lent machine with its own python3 (no .venv there, hence no $(STAMP)): the missing cells
+# within MINUTES of wall time, the new rows packed into $(OUT)/rows.tar.gz. slim-cache writes what it carries.
+GPU_PY   ?= python3
+SLIM     ?= .carry/cache
+gpu-pass:
+	$(GPU_PY) bench/gpu_pass.py --out $(call q,OUT) --cache $(call q,SLIM) --methods $(call q,METHODS) \
+		--bits $(call q,BITS) --seeds $(call q,TABLE_SEEDS) $(call opt,--workers,WORKERS) $(call opt,--device,DEVICE) \
+		$(call opt,--minutes,MINUTES) $(call opt,--epochs,EPOCHS)
+
+slim-cache: $(STAMP)
+	$(PY) bench/slim_cache.py --source $(call q,CLEAN_ROOT) --dest $(call q,SLIM) --dataset $(call q,DATASET)
 
 report: $(STAMP)
 	$(CMH) report --dataset $(call q,CACHED) --published --html $(COMMON)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from typing import Any
@@ -23,14 +24,17 @@ def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
 
 
 def git_revision() -> str:
+    """The checkout's short revision (``-dirty`` with changes); where there is no git repository (the GPU
+    pass's copy of the working tree), ``$CMH_GIT_REVISION`` as given, else ``unknown``."""
+    fallback = os.environ.get("CMH_GIT_REVISION", "").strip() or "unknown"
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return (rev + ("-dirty" if dirty else "")) or "unknown"
+        return (rev + ("-dirty" if dirty else "")) if rev else fallback
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def environment() -> dict[str, Any]:

@@ -159,10 +159,19 @@ def train_cells(cache: Cache, cells: Sequence, *, workers: int | None, device: s
                              initializer=_die_with_parent) as pool:
         futures = {pool.submit(_train_cell, cache, cell, threads, skip_config_errors): i
                    for i, cell in enumerate(cells)}
+        failed: BaseException | None = None
         for future in as_completed(futures):
-            done[futures[future]] = future.result()
+            try:
+                done[futures[future]] = future.result()
+            except Exception as exc:  # the cells still training finish and are heard of (a table publishes
+                failed = failed or exc  # them) before the first failure is raised
+                cell = cells[futures[future]]
+                log.error("%s %db s%d failed: %s", cell.method, cell.bits[0], cell.seed, exc)
+                continue
             for outcome in done[futures[future]]:
                 on_outcome(outcome)
+        if failed is not None:
+            raise failed
     return [o for i in range(len(cells)) for o in done[i]]  # cell order, whatever finished first
 
 

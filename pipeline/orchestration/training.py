@@ -363,7 +363,27 @@ def _write_report(run: RunDir, rows: list[dict[str, Any]], curves: list[dict[str
 
     write_report(run, rows, meta)
     write_curves(run, curves, meta)
-    plot_run(run)
+    try:
+        plot_run(run)
+    except ModuleNotFoundError as exc:  # the GPU pass's machine has no matplotlib: the figures are optional there
+        if (exc.name or "").split(".")[0] != "matplotlib":
+            raise
+        _plots_skipped(run, f"{exc.name} is not installed where this run was trained")
+
+
+def _plots_skipped(run: RunDir, why: str) -> None:
+    """Say once per process, and record in the run (``plots/skipped.json``), that its figures were not drawn;
+    `cmh report --html` draws them later from its curves."""
+    from pipeline.ground.store.parquet import write_json_atomic
+
+    fix = "`cmh report --html` (make report) draws them from the run's curves.parquet"
+    write_json_atomic({"reason": why, "fix": fix}, run.plots_skipped_path)
+    if why not in _SAID_PLOTS:
+        _SAID_PLOTS.add(why)
+        log.warning("run plots not drawn (%s); recorded in plots/skipped.json of each run; %s", why, fix)
+
+
+_SAID_PLOTS: set[str] = set()
 
 
 #: How validation scores are computed (stored with every run that has them).

@@ -104,6 +104,7 @@ def plot_run(run: RunDir | Path) -> list[Path]:
             paths.append(_save(fig, run.plots_dir / f"pk_{task}.png"))
     if not paths:
         raise DataError(f"{run.curves_path} holds no PR or P@K curve rows")
+    run.plots_skipped_path.unlink(missing_ok=True)  # drawn now: a note that training skipped them is void
     return paths
 
 

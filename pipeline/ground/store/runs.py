@@ -29,6 +29,7 @@ CODES_DIR = "codes"
 REPORT_FILE = "report.parquet"
 CURVES_FILE = "curves.parquet"
 PLOTS_DIR = "plots"
+PLOTS_SKIPPED = "skipped.json"  # plots/skipped.json: why training drew no figure (no matplotlib there)
 ENCODED_DIR = "encoded"  # encoded/<dataset>/: another cached dataset coded with this run's model (cmh encode)
 INDEX_DIR = "index"  # index/ beside a codes/ folder: its search index (cmh index)
 ENCODE_RECORD = "_encode.json"  # encoded/<dataset>/_encode.json (cmh encode)
@@ -148,6 +149,10 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.path / PLOTS_DIR
+
+    @property
+    def plots_skipped_path(self) -> Path:
+        return self.plots_dir / PLOTS_SKIPPED
 
     def plots(self) -> list[Path]:
         """The run's curve figures (``plots/pr_*.png``, ``plots/pk_*.png``), sorted."""

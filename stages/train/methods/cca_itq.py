@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from pipeline.ground.errors import ConfigError
@@ -83,6 +82,8 @@ class _Spectrum:
             p = min(p, n)
             evals, evecs = sv[:p] ** 2 / n, vt[:p].T  # (p,), (d, p)
         else:  # only the top p eigenpairs of the (d, d) covariance
+            import scipy.linalg  # here, not at the top: the registry of every method imports this file
+
             evals, evecs = scipy.linalg.eigh(x.T @ x / n, subset_by_index=[d - p, d - 1], driver="evr")
             evals, evecs = evals[::-1].clip(min=0.0), evecs[:, ::-1]  # descending
         return cls(evals, evecs, max(float((x ** 2).sum()) / (n * d), np.finfo(np.float64).tiny))
