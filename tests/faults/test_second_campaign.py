@@ -152,9 +152,11 @@ def test_make_clean_cache_cleans_the_cache_named_not_the_repositorys(tmp_path, h
     import subprocess
 
     cache = tmp_path / "it's my cache"
-    env = {**os.environ, "CMH_CACHE": str(cache)} if how == "CMH_CACHE" else dict(os.environ)
+    # run as a top-level make even under `make test` (no "make[1]: Entering directory" lines)
+    base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    env = {**base, "CMH_CACHE": str(cache)} if how == "CMH_CACHE" else base
     args = [f"CACHE={cache}"] if how == "CACHE" else []
-    out = subprocess.run(["make", "-n", "clean-cache", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+    out = subprocess.run(["make", "--no-print-directory", "-n", "clean-cache", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env=env)
     assert out.returncode == 0, out.stderr
     words = shlex.split(out.stdout)
