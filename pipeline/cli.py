@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -172,15 +173,17 @@ def report(
     """Print the methods x bits table (validation score in brackets) of the cache's runs, or of results/."""
     from pipeline.orchestration.reporting import ReportRequest, ResultsReportRequest, report as run, report_results
 
+    start = time.perf_counter()
     if results is not None:
         report_results(ResultsReportRequest(results, dataset, readme, figure), echo=typer.echo,
                        warn=lambda line: typer.echo(line, err=True))
-        return
-    if readme is not None or figure is not None:
-        raise typer.BadParameter("--readme and --figure go with --results")
-    run(_cache(cache), ReportRequest(dataset=dataset, metric=metric, out_dir=out_dir, published=published, html=html,
-                                     gallery_queries=gallery_queries, gallery_seed=gallery_seed, top_k=top_k),
-        echo=typer.echo)
+    else:
+        if readme is not None or figure is not None:
+            raise typer.BadParameter("--readme and --figure go with --results")
+        run(_cache(cache), ReportRequest(dataset=dataset, metric=metric, out_dir=out_dir, published=published,
+                                         html=html, gallery_queries=gallery_queries, gallery_seed=gallery_seed,
+                                         top_k=top_k), echo=typer.echo)
+    typer.echo(f"report finished in {time.perf_counter() - start:.1f} s", err=True)
 
 
 @app.command()
@@ -195,8 +198,12 @@ def publish(
     """Copy finished runs' report rows (no codes, no models) into results/<dataset>/ to be committed."""
     from pipeline.orchestration.publishing import publish as publish_runs
 
-    for path in publish_runs(_cache(cache), dataset, run, results, replace=replace):
+    start = time.perf_counter()
+    paths = publish_runs(_cache(cache), dataset, run, results, replace=replace)
+    for path in paths:
         typer.echo(f"published {path}")
+    typer.echo(f"publish finished in {time.perf_counter() - start:.1f} s: {len(paths)} result file(s) in "
+               f"{results / dataset} (commit them)")
 
 
 @app.command()
@@ -261,11 +268,12 @@ def encode(
     """Code every item of another cached dataset with a trained run's model, into runs/<run>/encoded/<dataset>/."""
     from pipeline.orchestration.encoding import encode_dataset
 
+    start = time.perf_counter()
     r = encode_dataset(_cache(cache), run, dataset, chunk_rows=chunk_rows, say=lambda line: typer.echo(line, err=True),
                        engine=engine, ray_address=ray_address, concurrency=concurrency, device=device)
     dropped = f", {r.dropped} missing from some encoder" if r.dropped else ""
     typer.echo(f"{r.dataset}: {r.items} items encoded with {r.run_id} ({r.parts_written} parts written, "
-               f"{r.parts_reused} reused{dropped}) -> {r.out_dir}")
+               f"{r.parts_reused} reused{dropped}) in {time.perf_counter() - start:.1f} s -> {r.out_dir}")
 
 
 @app.command()
@@ -318,12 +326,14 @@ def grid(
     req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), image=image,
                       text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
                       out_dir=out_dir, checkpoint_every=checkpoint_every)
+    start = time.perf_counter()
     result = run_grid(_cache(cache), req, echo=typer.echo)
     for table in result.tables.values():
         typer.echo(table.markdown)
         typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
     typer.echo(result.comparison)
     typer.echo(f"mAP@50 against code length: {result.figure}")
+    typer.echo(f"grid finished in {time.perf_counter() - start:.1f} s")
 
 
 @app.command()
@@ -348,10 +358,12 @@ def table(
     from pipeline.orchestration.table import TableRequest, build_table
 
     method_names = [x.strip() for x in methods.split(",") if x.strip()]
+    start = time.perf_counter()
     build_table(_cache(cache), TableRequest(
         dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), results=results, readme=readme,
         budget=budget, workers=workers, device=device, epochs=_epochs_per_method(epochs, method_names),
         checkpoint_every=checkpoint_every, pack=pack), echo=typer.echo)
+    typer.echo(f"table finished in {time.perf_counter() - start:.1f} s")
 
 
 def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) -> dict[str, int]:
