@@ -91,7 +91,8 @@ class MethodsTable:
 #: The mark of a degenerate cell, and the line that explains it under a table.
 DEGENERATE_MARK = "†"
 DEGENERATE_NOTE = (f"{DEGENERATE_MARK} degenerate codes in at least one seed (few distinct codes, or bits that "
-                   f"never change): the score measures ties and the label prior, not retrieval")
+                   f"never change): constant bits make the code shorter than its column says, and with few "
+                   f"distinct codes the score measures ties and the label prior, not retrieval")
 
 
 def _labels(rows: list[dict[str, Any]]) -> dict[tuple, str]:
