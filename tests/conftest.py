@@ -28,3 +28,14 @@ def _single_thread():
     # tests share two cores; deterministic CPU kernels
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless Chromium binary the browser tests drive (skipped, saying how to install it, when absent)."""
+    from tests.chromium import chromium_binary
+
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("headless Chromium not installed: `apt-get install -y chromium` (Debian) to run the browser tests")
+    return binary

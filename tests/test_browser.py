@@ -14,21 +14,13 @@ from pipeline.ground.store.items import read_splits
 from stages.present.html.gallery import pick_queries
 from stages.present.html.report import build_html_report
 from stages.present.tables import methods_by_bits
-from tests.chromium import Browser, chromium_binary
+from tests.chromium import Browser
 from tests.present.html_fixtures import DATASET, make_dataset, make_run
 
 pytestmark = pytest.mark.browser
 
 LOAD_LIMIT_S = 2.0
 MANY_RUNS = 100
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("headless Chromium not installed: `apt-get install -y chromium` (Debian) to run the browser tests")
-    return binary
 
 
 def test_page_renders_without_errors_and_every_image_loads(chromium, tmp_path):

@@ -41,13 +41,7 @@ def test_a_json_key_given_twice_in_one_record_is_refused(cli, tmp_path):
 
 def test_coco_json_key_given_twice_is_refused(cli, tmp_path):
     root = tmp_path / "coco"
-    (root / "images").mkdir(parents=True)
-    (root / "categories.json").write_text(json.dumps([{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}]))
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(20):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-        lines.append(json.dumps({"image": f"{i}.png", "image_id": i, "captions": ["a dog"], "category_ids": [1]}))
+    lines = _coco_lines(root, [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}], lambda i: [1])
     lines[4] = lines[4][:-1] + ', "image_id": 0}'
     (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     line = one_line_error(cli("extract", "--dataset", "coco", "--data-dir", root, "--cache", tmp_path / "c",
@@ -131,13 +125,7 @@ def test_a_feature_spec_naming_an_unknown_encoder_does_not_suggest_extracting_it
 
 def test_coco_categories_of_one_name_under_two_ids_are_refused(cli, tmp_path):
     root = tmp_path / "coco"
-    (root / "images").mkdir(parents=True)
-    (root / "categories.json").write_text(json.dumps([{"id": 1, "name": "dog"}, {"id": 2, "name": "dog"}]))
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(20):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-        lines.append(json.dumps({"image": f"{i}.png", "image_id": i, "captions": ["a dog"], "category_ids": [1 + i % 2]}))
+    lines = _coco_lines(root, [{"id": 1, "name": "dog"}, {"id": 2, "name": "dog"}], lambda i: [1 + i % 2])
     (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     line = one_line_error(cli("extract", "--dataset", "coco", "--data-dir", root, "--cache", tmp_path / "c",
                               "--encoders", "bow"))
@@ -202,3 +190,16 @@ def test_a_damaged_result_file_beside_the_one_published_is_named_with_arrows_rea
     assert f"{other} is damaged or not a Parquet file (Parquet magic bytes not found" in line
     assert "publish without comparing with it" in line  # --replace does not repair that other file
     assert not (results / "pairs" / f"{run}.parquet").exists()
+
+
+def _coco_lines(root, categories: list[dict], category_ids) -> list[str]:
+    """A 20-image COCO-style collection under ``root`` (images, categories.json); its pairs.jsonl lines, to edit."""
+    (root / "images").mkdir(parents=True)
+    (root / "categories.json").write_text(json.dumps(categories))
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "image_id": i, "captions": ["a dog"],
+                                 "category_ids": category_ids(i)}))
+    return lines

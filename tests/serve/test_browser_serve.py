@@ -6,17 +6,9 @@ import json
 
 import pytest
 
-from tests.chromium import Browser, chromium_binary
+from tests.chromium import Browser
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("headless Chromium not installed: `apt-get install -y chromium` (Debian) to run the browser tests")
-    return binary
 
 
 def test_a_shared_search_url_shows_decoded_result_pictures(chromium, live_server, tmp_path):
