@@ -82,10 +82,16 @@ def synthetic_items(folder: Path, n: int) -> ItemTable:
                      label_names=list("abcd"), text_kind="tags", source=str(folder))
 
 
-def bare_throughput(encoder, items: ItemTable, batch_size: int, device: torch.device) -> float:
-    """items/s of encoder.encode over pre-decoded batches already on the device."""
+def bare_throughput(encoder, items: ItemTable, batch_size: int, device: torch.device,
+                    decode_seconds: list[float] | None = None) -> float:
+    """items/s of encoder.encode over pre-decoded batches already on the device. The decoding is not part
+    of that time; its wall time in this one process (decode, transform, stack) is appended to
+    ``decode_seconds`` when given."""
     transform = encoder.image_transform()
+    start = time.perf_counter()
     images = torch.stack([transform(load_image(ref)) for ref in items.image])  # (n, 3, H, W), not timed
+    if decode_seconds is not None:
+        decode_seconds.append(time.perf_counter() - start)
     batches = [images[s:s + batch_size].to(device) for s in range(0, len(images), batch_size)]
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     encoder.to(device)
@@ -209,7 +215,8 @@ def end_to_end(args: argparse.Namespace) -> None:
     if items is None:
         raise SystemExit(f"--end-to-end needs the MIRFlickr files at {args.data_dir} (--data-dir)")
     torch.set_num_threads(threads)
-    model_rate = bare_throughput(create_encoder(image_encoder), items, args.batch_size, device)
+    decode: list[float] = []
+    model_rate = bare_throughput(create_encoder(image_encoder), items, args.batch_size, device, decode)
     model_s = len(items) / model_rate
 
     total, startup = float(command["total"]), float(command["startup"])
@@ -226,6 +233,14 @@ def end_to_end(args: argparse.Namespace) -> None:
           f"encode {encode:.1f} s, write {write:.1f} s, rest {rest:.1f} s (gathering train/validation, "
           f"{', '.join(encoders[1:]) or 'no other encoder'}), exit {max(0.0, wall - total):.1f} s "
           f"(last line to process end)")
+    if device.type == "cpu":
+        # on CPU the decoding workers run on the model's own cores: perfectly shared, they would add their CPU
+        # time divided by the cores to the model's; OpenMP threads that a worker preempts wait for each other
+        shared = model_s + decode[0] / cores
+        print(f"decoding + resizing in one process: {1000 * decode[0] / len(items):.2f} ms per image, {decode[0]:.1f} "
+              f"CPU-s here; encode phase against the model alone: {model_s / encode:.3f} (with the decoding shared "
+              f"perfectly between {cores} cores: {model_s / shared:.3f}; with that and the start-up and rest: "
+              f"{model_s / (shared + startup + rest):.3f})")
     sys.stdout.flush()
 
 

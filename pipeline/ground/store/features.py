@@ -24,6 +24,7 @@ from pipeline.ground.versions import CACHE_SCHEMA_VERSION
 from pipeline.ground.errors import CacheError
 from pipeline.ground.store.items import Splits, check_schema_version, extract_command
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
+from pipeline.ground.store.lock import held_alone
 from pipeline.ground.store.parquet import (arrow_to_vectors, read_json, read_table, vectors_to_arrow,
                                     write_json_atomic, write_table_atomic)
 
@@ -242,13 +243,15 @@ class FeatureWriter:
         """Append (item_id, reference, reason) rows to errors.parquet (merged with earlier runs)."""
         path = self.layout.errors_path(self.dataset, self.encoder)
         rows = {"item_id": [int(e[0]) for e in errors], "reference": [e[1] for e in errors], "reason": [e[2] for e in errors]}
-        if path.exists() and self.failed_ids():  # failed_ids() removes a damaged list
-            old = pq.read_table(path).to_pydict()
-            seen = set(rows["item_id"])
-            for i, ref, why in zip(old["item_id"], old["reference"], old["reason"]):
-                if i not in seen:
-                    rows["item_id"].append(i); rows["reference"].append(ref); rows["reason"].append(why)
-        if rows["item_id"]:
+        if not rows["item_id"]:
+            return
+        with held_alone(self.layout.errors_lock_path(self.dataset, self.encoder)):  # other --shard workers merge too
+            if path.exists() and self.failed_ids():  # failed_ids() removes a damaged list
+                old = pq.read_table(path).to_pydict()
+                seen = set(rows["item_id"])
+                for i, ref, why in zip(old["item_id"], old["reference"], old["reason"]):
+                    if i not in seen:
+                        rows["item_id"].append(i); rows["reference"].append(ref); rows["reason"].append(why)
             write_table_atomic(pa.table({"item_id": pa.array(rows["item_id"], pa.int64()),
                                          "reference": pa.array(rows["reference"], pa.string()),
                                          "reason": pa.array(rows["reason"], pa.string())}), path)

@@ -43,6 +43,10 @@ class CacheLayout:
         """The lock file writers of one dataset take (``pipeline.ground.store.lock``)."""
         return self.root / "locks" / f"dataset={check_path_safe(dataset)}.lock"
 
+    def errors_lock_path(self, dataset: str, encoder: str) -> Path:
+        """The lock held while one encoder's ``errors.parquet`` is read, merged and replaced."""
+        return self.root / "locks" / f"dataset={check_path_safe(dataset)}.encoder={check_path_safe(encoder)}.errors.lock"
+
     def runs_dir(self) -> Path:
         return self.root / "runs"
 

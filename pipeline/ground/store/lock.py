@@ -23,8 +23,10 @@ import logging
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Iterator
 
 from pipeline.ground.errors import CacheError
 from pipeline.ground.store.layout import CacheLayout
@@ -89,3 +91,17 @@ class DatasetLock:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+@contextmanager
+def held_alone(path: Path) -> Iterator[None]:
+    """Hold ``path`` (an advisory ``flock``) exclusively for a short read-merge-replace of one file, waiting
+    while another process holds it: the ``--shard i/n`` workers of one extraction each add their failures
+    to one ``errors.parquet``, and without it the last replace would drop the others' rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
