@@ -10,9 +10,7 @@ manifests' ``splits_fingerprint``). Readers see ``kept_splits``: the members the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import re
 import shlex
 from typing import Any, Mapping, Sequence
@@ -23,6 +21,7 @@ import pyarrow as pa
 from pipeline.ground.versions import CACHE_SCHEMA_VERSION
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.errors import CacheError
+from pipeline.ground.store.lock import held_alone
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.parquet import arrow_to_vectors, read_metadata, read_table, vectors_to_arrow, write_table_atomic
@@ -154,11 +153,8 @@ def drop_items(layout: CacheLayout, dataset: str, failures: Mapping[int, str], *
     The fingerprint stays (it names the source the table was read from), and ``splits.parquet`` is left as
     it was drawn (see the module docstring). ``meta`` entries are merged into the table's metadata. Two
     ``--shard`` workers may drop at once: the read-modify-write is serialised by a lock of its own."""
-    lock_path = layout.lock_path(dataset).with_suffix(".items-lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held for the rewrite of one file: well under a second
+    # held for the rewrite of one file: well under a second
+    with held_alone(layout.lock_path(dataset).with_suffix(".items-lock")):
         old_meta = items_meta(layout, dataset)
         table = read_items(layout, dataset)
         new = {int(i): why for i, why in failures.items()}
@@ -173,8 +169,6 @@ def drop_items(layout: CacheLayout, dataset: str, failures: Mapping[int, str], *
                                   "fingerprint", "skipped", "notes"}}
         write_items(layout, kept, {**keep_meta, **(meta or {})})
         return kept, int(gone.sum())
-    finally:
-        os.close(fd)
 
 
 def write_splits(layout: CacheLayout, dataset: str, splits: Splits, meta: Mapping[str, Any]) -> None:

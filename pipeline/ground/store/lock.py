@@ -97,7 +97,8 @@ class DatasetLock:
 def held_alone(path: Path) -> Iterator[None]:
     """Hold ``path`` (an advisory ``flock``) exclusively for a short read-merge-replace of one file, waiting
     while another process holds it: the ``--shard i/n`` workers of one extraction each add their failures
-    to one ``errors.parquet``, and without it the last replace would drop the others' rows."""
+    to one ``errors.parquet`` and drop pairs from one item table, and without it the last replace would
+    lose the others' changes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
