@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,8 @@ def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print
     check_workers(req.workers, len(cells))
     for cell in cells:  # a bad value for the last method fails now, not after the others have trained
         check_request(cell)
+    if req.out_dir is not None:  # the tables are written after the training: a file in the way is said now
+        require_folder(Path(req.out_dir), "--out-dir", "a folder for the table files")
 
     def heard(outcome: CellOutcome) -> None:
         echo(outcome.line)

@@ -119,7 +119,10 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
     echo(f"{len(published)} cell(s) published now; {len(missing)} still missing" +
          (": " + ", ".join(o.line.split(':')[0] for o in missing[:8]) + (" ..." if len(missing) > 8 else "")
           if missing else ""))
-    if req.readme is not None:
+    if req.readme is not None and not (published or already or current_run_ids(req.results, req.dataset)):
+        # a first call whose cells all paused or were busy: no block to draw yet, which is no error
+        echo(f"{req.readme}: left as it is (nothing of {req.dataset!r} is published in {req.results} yet)")
+    elif req.readme is not None:
         from pipeline.orchestration.reporting import ResultsReportRequest, report_results
 
         report_results(ResultsReportRequest(req.results, req.dataset, req.readme), echo=lambda line: None,
