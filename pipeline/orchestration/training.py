@@ -147,6 +147,7 @@ def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
                 changed = cache.data_change(run)  # the id is the config alone: the data may have been re-extracted
                 problem = changed and f"was trained on other data than {req.dataset!r} holds now ({changed})"
             if problem is None:
+                _drop_partials_unless_busy(run)  # a kill while its plots were drawn leaves one in a finished run
                 log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
                 results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
                 continue
@@ -194,15 +195,32 @@ def _reuse_problem(run: RunDir) -> str | None:
     return None
 
 
+def _partial_folders(run: RunDir) -> tuple[Path, ...]:
+    return run.path, run.codes_dir / "split=query", run.codes_dir / "split=database", run.plots_dir
+
+
 def _drop_partials(run: RunDir) -> None:
     """Remove the ``*.partial`` files a killed writer left in the run (its own files, codes and plots; never
     ``encoded/``, which `cmh encode` writes under its own lock). Called holding the run's training lock, so
     no live writer of these folders can own one."""
-    for folder in (run.path, run.codes_dir / "split=query", run.codes_dir / "split=database", run.plots_dir):
+    for folder in _partial_folders(run):
         for path in folder.glob("*.partial") if folder.is_dir() else ():
             if path.is_file() and not path.is_symlink():
                 log.info("removing %s, left by an interrupted write", path)
                 path.unlink(missing_ok=True)
+
+
+def _drop_partials_unless_busy(run: RunDir) -> None:
+    """``_drop_partials`` for a finished run, when it has leftovers and no process is writing it now."""
+    from pipeline.ground.store.checkpoints import RunBusy
+
+    if not any(f.is_dir() and any(f.glob("*.partial")) for f in _partial_folders(run)):
+        return
+    try:
+        with training_lock(run.path, run.run_id):
+            _drop_partials(run)
+    except RunBusy:
+        pass  # its trainer's own files, or left for the next run to clean
 
 
 def _train_one(run: RunDir, spec: "_Spec", req: TrainRequest, dataset: DatasetCache, data: "_Data",

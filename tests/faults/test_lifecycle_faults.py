@@ -256,6 +256,16 @@ def test_partial_files_of_a_killed_run_are_removed_when_it_is_trained_again(cli,
     assert (folder / "report.parquet").exists()
 
 
+def test_a_partial_plot_of_a_finished_run_is_removed_when_it_is_found_again(cli, built):
+    _, cache, run = built
+    leftover = cache / "runs" / run / "plots" / "pr_i2t.png.x5.partial"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"half")
+    result = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--cache", cache)
+    assert result.code == 0 and "(cached)" in result.out, result.err
+    assert not leftover.exists() and not (cache / "runs" / run / "train.lock").exists()
+
+
 @pytest.mark.parametrize("kind", ["folder", "fifo", "dangling symlink"])
 def test_a_lock_path_that_is_not_a_file_is_one_line(built, tmp_path, kind):
     _, cache, run = built
