@@ -138,7 +138,8 @@ def _check_outputs(req: TableRequest) -> None:
     from pipeline.ground.paths import require_folder
     from stages.present.results import readme_markers
 
-    results = require_folder(Path(req.results), "--results", "the results registry folder (results/)")
+    results = Path(req.results)
+    require_folder(results / req.dataset, "--results", "the results registry folder (results/)")
     _require_writable(results / req.dataset, "--results")
     if req.readme is not None:
         readme_markers(req.readme, req.dataset)  # no block for this dataset: said now, not after the training

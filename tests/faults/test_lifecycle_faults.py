@@ -325,10 +325,12 @@ def test_bad_settings_through_make(built, target, var, expect):
 
 
 # -- beyond the list: the results folder --------------------------------------------------------------------
-def test_a_results_path_that_is_a_file_is_refused_before_training(cli, built, tmp_path):
+@pytest.mark.parametrize("file", ["results", "results/pairs"])
+def test_a_results_path_that_is_a_file_is_refused_before_training(cli, built, tmp_path, file):
     _, cache, _ = built
     results = tmp_path / "results"
-    results.write_text("not a folder")
+    (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / file).write_text("not a folder")
     runs = sorted(p.name for p in (cache / "runs").iterdir())
     line = one_line_error(_table(cli, cache, results, "--methods", "baseline,djsrh", "--bits", "8", "--epochs", "2"))
     assert "--results" in line and "is a file" in line
