@@ -168,10 +168,14 @@ def _reuse_problem(run: RunDir) -> str | None:
     from pipeline.ground.store.codes import codes_parts
     from pipeline.ground.store.parquet import read_metadata, read_table
 
+    from pipeline.ground.store.lineage import MISSING_RECORD
+
+    if not run.config_path.exists():
+        return f"cannot be reused: {MISSING_RECORD}"
     try:
         run.read_config()
     except CMHError:
-        return f"has a missing or damaged {run.config_path.name}"
+        return f"has a damaged {run.config_path.name}"
     if not run.model_path.is_file():
         return f"has no {run.model_path.name}"
     for split in ("query", "database"):
