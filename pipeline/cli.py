@@ -4,17 +4,18 @@ Heavy imports (torch, open_clip, faiss) happen inside the commands so ``--help``
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
-from pipeline.ground.errors import CMHError, ConfigError
+from pipeline.ground.errors import CMHError, ConfigError, Interrupted
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
@@ -104,6 +105,17 @@ def extract(
     _leave_now()
 
 
+@contextlib.contextmanager
+def _resumable(what: str) -> Iterator[None]:
+    """Ctrl-C in a command that resumes (train, grid, table): ``Interrupted`` instead of click's "Aborted!",
+    for ``main`` to print as one line with exit status 130 (the grid has stopped its workers by then)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted (Ctrl-C): the {what} stopped; what it finished is kept, and running the same "
+                          f"command again resumes the rest from the last checkpoints") from None
+
+
 def _leave_now() -> None:
     """End the process at once once its work is written, when it was started to run this CLI.
 
@@ -147,9 +159,10 @@ def train(
 
     start, runs = time.perf_counter(), _cache(cache)
     done = []
-    for r in train_runs(runs, req):  # each run's line as it finishes
-        typer.echo(f"{r.describe()} -> {r.run_dir}")
-        done.append(r)
+    with _resumable("training"):
+        for r in train_runs(runs, req):  # each run's line as it finishes
+            typer.echo(f"{r.describe()} -> {r.run_dir}")
+            done.append(r)
     trained = sum(1 for r in done if not getattr(r, "skipped", False))
     typer.echo(f"train finished in {time.perf_counter() - start:.0f} s: {len(done)} run(s) of {method} "
                f"({trained} trained, {len(done) - trained} already there) under {runs.runs_dir()}")
@@ -317,7 +330,7 @@ def grid(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train methods x code lengths x seeds on one dataset and write the combined table (Parquet, Markdown, PNG)."""
-    from pipeline.orchestration.grid import GridRequest, run_grid
+    from pipeline.orchestration.grid import GridRequest, busy_error, run_grid
 
     method_names = [x.strip() for x in methods.split(",") if x.strip()]
     twice = sorted({m for m in method_names if method_names.count(m) > 1})
@@ -327,13 +340,17 @@ def grid(
                       text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
                       out_dir=out_dir, checkpoint_every=checkpoint_every)
     start = time.perf_counter()
-    result = run_grid(_cache(cache), req, echo=typer.echo)
+    with _resumable("grid"):
+        result = run_grid(_cache(cache), req, echo=typer.echo)
     for table in result.tables.values():
         typer.echo(table.markdown)
         typer.echo("written: " + ", ".join(str(p) for p in table.paths.values()))
     typer.echo(result.comparison)
     typer.echo(f"mAP@50 against code length: {result.figure}")
     typer.echo(f"grid finished in {time.perf_counter() - start:.1f} s")
+    busy = busy_error(result.outcomes)
+    if busy is not None:  # after the table of every other cell: nothing of theirs is lost
+        raise busy
 
 
 @app.command()
@@ -355,15 +372,21 @@ def table(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """Train only the cells results/ lacks (methods x bits x seeds), publishing each into results/ as it finishes."""
+    from pipeline.orchestration.grid import busy_error
     from pipeline.orchestration.table import TableRequest, build_table
 
     method_names = [x.strip() for x in methods.split(",") if x.strip()]
     start = time.perf_counter()
-    build_table(_cache(cache), TableRequest(
-        dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), results=results, readme=readme,
-        budget=budget, workers=workers, device=device, epochs=_epochs_per_method(epochs, method_names),
-        checkpoint_every=checkpoint_every, pack=pack), echo=typer.echo)
+    with _resumable("table"):
+        result = build_table(_cache(cache), TableRequest(
+            dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), results=results,
+            readme=readme, budget=budget, workers=workers, device=device,
+            epochs=_epochs_per_method(epochs, method_names), checkpoint_every=checkpoint_every, pack=pack),
+            echo=typer.echo)
     typer.echo(f"table finished in {time.perf_counter() - start:.1f} s")
+    busy = busy_error(result.outcomes)
+    if busy is not None:  # every other cell is published (and the README regenerated) by now
+        raise busy
 
 
 def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) -> dict[str, int]:
@@ -489,6 +512,9 @@ def main() -> None:
         logging.getLogger("cmh").debug("error", exc_info=True)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Interrupted as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(130)  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS + _SHAPE_ERRNOS:
             raise

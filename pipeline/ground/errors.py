@@ -20,3 +20,10 @@ class ConfigError(CMHError):
 
 class WeightsError(CMHError):
     """Pretrained weights are not available where the config says they are."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) stopped a command whose finished work is kept and whose rerun resumes the rest.
+
+    A BaseException, like the KeyboardInterrupt it stands for, so that no ``except Exception`` on the way
+    up takes it for a failure of one step; the command line prints one line for it and exits 130."""

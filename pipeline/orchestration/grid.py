@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.ground.errors import ConfigError
+from pipeline.ground.errors import CacheError, ConfigError
+from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class CellOutcome:
     status: str
     line: str
     run_id: str = ""
+    holder: str = ""  # busy: the pid training the cell
 
     @property
     def finished(self) -> bool:
@@ -116,13 +120,34 @@ def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors
     try:
         results = train_runs(cache, train_req)
     except RunBusy as exc:  # the other cells go on; this one is someone else's for now
-        return [CellOutcome("busy", f"{name}: {exc}")]
+        return [CellOutcome("busy", f"{name}: {exc}", holder=exc.holder)]
     except ConfigError as exc:
         if not skip_config_errors:
             raise
         return [CellOutcome("skipped", f"{train_req.method} at {train_req.bits[0]} bits skipped: {exc}")]
     return [CellOutcome("paused" if r.paused else "cached" if r.skipped else "trained", r.describe(), r.run_id)
             for r in results]
+
+
+def busy_error(outcomes: Sequence[CellOutcome]) -> CacheError | None:
+    """The one-line error for the cells another process was training (left to it), or None when there were none:
+    the command ends with it once every other cell is done, so a busy cell is never skipped without a word."""
+    busy = [o for o in outcomes if o.status == "busy"]
+    if not busy:
+        return None
+    holders = sorted({o.holder or "another process" for o in busy})
+    names = ", ".join(o.line.split(":")[0] for o in busy[:6]) + (" ..." if len(busy) > 6 else "")
+    return CacheError(f"{len(busy)} cell(s) busy, being trained by another process ({names}); every other cell is "
+                      f"done: rerun when {' and '.join(holders)} finishes")
+
+
+def _worker_start() -> None:
+    """In a worker: die with the grid process, and leave Ctrl-C to it (the grid stops its workers itself; a
+    KeyboardInterrupt in each worker would only add tracebacks)."""
+    import signal
+
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _die_with_parent() -> None:
@@ -133,6 +158,21 @@ def _die_with_parent() -> None:
 
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes now (SIGTERM, then SIGKILL), dropping the cells not started: a
+    worker holds its run's lock only while it lives, and a rerun resumes each cell from its checkpoint."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def train_cells(cache: Cache, cells: Sequence, *, workers: int | None, device: str | None,
@@ -155,10 +195,18 @@ def train_cells(cache: Cache, cells: Sequence, *, workers: int | None, device: s
     done: dict[int, list[CellOutcome]] = {}
     # spawn: CUDA cannot be re-initialised in a forked child; workers die with the grid (a kill -9 of the
     # grid must not leave orphans training, and holding the runs' locks, behind a rerun)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_die_with_parent) as pool:
-        futures = {pool.submit(_train_cell, cache, cell, threads, skip_config_errors): i
-                   for i, cell in enumerate(cells)}
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
+    try:
+        # the workers are spawned on the first submit: SIGINT ignored meanwhile, they start with it ignored
+        # (Python keeps an inherited SIG_IGN), so a Ctrl-C while one is still importing gives no traceback
+        main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            futures = {pool.submit(_train_cell, cache, cell, threads, skip_config_errors): i
+                       for i, cell in enumerate(cells)}
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, before)
         failed: BaseException | None = None
         for future in as_completed(futures):
             try:
@@ -172,6 +220,10 @@ def train_cells(cache: Cache, cells: Sequence, *, workers: int | None, device: s
                 on_outcome(outcome)
         if failed is not None:
             raise failed
+    except BaseException:  # Ctrl-C, or a failure: no worker may go on training (and holding locks) unseen
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
     return [o for i in range(len(cells)) for o in done[i]]  # cell order, whatever finished first
 
 
@@ -193,6 +245,8 @@ def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print
     check_workers(req.workers, len(cells))
     for cell in cells:  # a bad value for the last method fails now, not after the others have trained
         check_request(cell)
+    if req.out_dir is not None:  # the tables are written after the training: a file in the way is said now
+        require_folder(Path(req.out_dir), "--out-dir", "a folder for the table files")
 
     def heard(outcome: CellOutcome) -> None:
         echo(outcome.line)

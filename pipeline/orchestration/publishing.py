@@ -25,6 +25,8 @@ def publish(cache: Cache, dataset: str, run_ids: Sequence[str], results: Path, *
         raise CacheError(f"no finished runs of {dataset!r} under {cache.runs_dir()}; train them first (`cmh train`)"
                          f"{did_you_mean(dataset, have, 'runs are cached for')}")
     for run in runs:
+        if run.config_path.exists():
+            run.read_config()  # a damaged config.json is named with its fix, not read as "trained on None"
         of = run.dataset
         if of != dataset:
             raise ConfigError(f"run {run.run_id} was trained on {of!r}, not on {dataset!r}: publish it with "

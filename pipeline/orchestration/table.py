@@ -86,8 +86,10 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
     cells = grid_cells(grid)
     if not cells:
         raise ConfigError("the table is empty: give at least one method, code length and seed")
+    check_workers(req.workers, max(len(cells), req.workers or 1))  # 0 or less: refused even when nothing trains
     for cell in cells:  # every check that needs no data, before the first cell trains
         check_request(cell)
+    _check_outputs(req)  # what is written after the training, checked before it
     published_ids = current_run_ids(req.results, req.dataset)
     todo, already = [], []
     for cell in cells:
@@ -111,13 +113,16 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
     result = TableResult(len(cells), already, outcomes, published)
     if req.pack is not None and published:
         result.archive = _pack(published, req.results, req.pack)
-        echo(f"{len(published)} new result file(s) packed into {result.archive} (unpack with "
+        echo(f"{len(published)} new result file(s) packed into {result.archive} (beside what it held; unpack with "
              f"`tar -xzf {result.archive.name} -C {req.results}`)")
     missing = result.missing
     echo(f"{len(published)} cell(s) published now; {len(missing)} still missing" +
          (": " + ", ".join(o.line.split(':')[0] for o in missing[:8]) + (" ..." if len(missing) > 8 else "")
           if missing else ""))
-    if req.readme is not None:
+    if req.readme is not None and not (published or already or current_run_ids(req.results, req.dataset)):
+        # a first call whose cells all paused or were busy: no block to draw yet, which is no error
+        echo(f"{req.readme}: left as it is (nothing of {req.dataset!r} is published in {req.results} yet)")
+    elif req.readme is not None:
         from pipeline.orchestration.reporting import ResultsReportRequest, report_results
 
         report_results(ResultsReportRequest(req.results, req.dataset, req.readme), echo=lambda line: None,
@@ -126,15 +131,67 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
     return result
 
 
+def _check_outputs(req: TableRequest) -> None:
+    """ConfigError (or DataError) naming the fix for an output the table could write only after hours of
+    training: a results folder that is a file or cannot be written, a README without the dataset's block, a
+    ``--pack`` archive that cannot be added to."""
+    from pipeline.ground.paths import require_folder
+    from stages.present.results import readme_markers
+
+    results = Path(req.results)
+    require_folder(results / req.dataset, "--results", "the results registry folder (results/)")
+    _require_writable(results / req.dataset, "--results")
+    if req.readme is not None:
+        readme_markers(req.readme, req.dataset)  # no block for this dataset: said now, not after the training
+    if req.pack is not None:
+        pack = Path(req.pack)
+        require_folder(pack.parent, "--pack", "an archive path in a folder")
+        _require_writable(pack.parent, "--pack")
+        if pack.exists() or pack.is_symlink():
+            _packed_members(pack)  # an archive that cannot be read would be lost to the merge: refused now
+
+
+def _require_writable(path: Path, option: str) -> None:
+    """ConfigError when the deepest existing folder of ``path`` cannot be written (read-only, or not ours)."""
+    import os
+
+    folder = next((f for f in (path, *path.parents) if f.exists()), None)
+    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: {folder} cannot be written (read-only, or another user's): make it "
+                          f"writable, or give {option} another folder")
+
+
+def _packed_members(out: Path) -> dict[str, bytes]:
+    """The members of an existing ``--pack`` archive (name -> bytes); ConfigError when it is not one."""
+    fix = f"move it away (or give --pack another path) and run the command again"
+    if not out.is_file():
+        raise ConfigError(f"--pack {out} exists and is not a file: {fix}")
+    try:
+        with tarfile.open(out, "r:gz") as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ConfigError(f"--pack {out} exists but is not a readable .tar.gz ({type(exc).__name__}), so the new "
+                          f"rows cannot be added to it: {fix}") from None
+
+
 def _pack(files: Sequence[Path], results: Path, out: Path) -> Path:
-    """``out`` (.tar.gz) with ``<dataset>/<run>.parquet`` members, written atomically."""
+    """``out`` (.tar.gz) with ``<dataset>/<run>.parquet`` members, written atomically. An archive already at
+    ``out`` (an earlier pass) keeps its members: a file packed now replaces only its own earlier copy."""
+    import io
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    new = {str(Path(f).resolve().relative_to(Path(results).resolve())): Path(f) for f in files}
+    kept = {name: data for name, data in (_packed_members(out) if out.exists() else {}).items() if name not in new}
     tmp = out.with_name(out.name + ".partial")
     try:
         with tarfile.open(tmp, "w:gz") as tar:
-            for f in files:
-                tar.add(f, arcname=str(Path(f).resolve().relative_to(Path(results).resolve())))
+            for name, data in sorted(kept.items()):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+            for name, f in new.items():
+                tar.add(f, arcname=name)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

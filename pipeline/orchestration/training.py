@@ -142,25 +142,96 @@ def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
         spec = _spec(req, method_name, bits)
         run = cache.run(spec.run_id)
         if run.is_complete() and not req.force:
-            changed = cache.data_change(run)  # the id is the config alone: the data may have been re-extracted
-            if changed is None:
+            problem = _reuse_problem(run)
+            if problem is None:
+                changed = cache.data_change(run)  # the id is the config alone: the data may have been re-extracted
+                problem = changed and f"was trained on other data than {req.dataset!r} holds now ({changed})"
+            if problem is None:
+                _drop_partials_unless_busy(run)  # a kill while its plots were drawn leaves one in a finished run
                 log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
                 results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
                 continue
-            log.warning("run %s was trained on other data than %r holds now (%s): training it again",
-                        spec.run_id, req.dataset, changed)
+            log.warning("run %s %s: training it again", spec.run_id, problem)
             fresh = True
         else:
             fresh = req.force
         with training_lock(run.path, spec.run_id):
+            _drop_partials(run)
             results.append(_train_one(run, spec, req, dataset, data, device, fresh=fresh))
     return results
+
+
+def _reuse_problem(run: RunDir) -> str | None:
+    """Why a run with a report cannot be reused as it is (its config, model, codes or report damaged or
+    missing, or written by another code version), or None. Only file footers are read: cheap on a rerun."""
+    from pipeline.ground.errors import CMHError
+    from pipeline.ground.store.codes import codes_parts
+    from pipeline.ground.store.parquet import read_metadata, read_table
+
+    from pipeline.ground.store.lineage import MISSING_RECORD
+
+    if not run.config_path.exists():
+        return f"cannot be reused: {MISSING_RECORD}"
+    try:
+        run.read_config()
+    except CMHError:
+        return f"has a damaged {run.config_path.name}"
+    if not run.model_path.is_file():
+        return f"has no {run.model_path.name}"
+    for split in ("query", "database"):
+        parts = codes_parts(run.codes_dir, split)
+        if not parts:
+            return f"has no {split} codes"
+        try:
+            for part in parts:
+                read_metadata(part)
+        except CMHError:
+            return f"has damaged {split} codes ({part.name})"
+    try:
+        report = read_table(run.report_path)
+    except CMHError:
+        return f"has a damaged {run.report_path.name}"
+    if "code_version" not in report.column_names:
+        return f"has a {run.report_path.name} without a code version (an older cmh)"
+    versions = {str(v) for v in report.column("code_version").to_pylist()}
+    if versions != {RESULTS_VERSION}:
+        return f"was trained by code version {', '.join(sorted(versions)) or 'unknown'}, not {RESULTS_VERSION}"
+    return None
+
+
+def _partial_folders(run: RunDir) -> tuple[Path, ...]:
+    return run.path, run.codes_dir / "split=query", run.codes_dir / "split=database", run.plots_dir
+
+
+def _drop_partials(run: RunDir) -> None:
+    """Remove the ``*.partial`` files a killed writer left in the run (its own files, codes and plots; never
+    ``encoded/``, which `cmh encode` writes under its own lock). Called holding the run's training lock, so
+    no live writer of these folders can own one."""
+    for folder in _partial_folders(run):
+        for path in folder.glob("*.partial") if folder.is_dir() else ():
+            if path.is_file() and not path.is_symlink():
+                log.info("removing %s, left by an interrupted write", path)
+                path.unlink(missing_ok=True)
+
+
+def _drop_partials_unless_busy(run: RunDir) -> None:
+    """``_drop_partials`` for a finished run, when it has leftovers and no process is writing it now."""
+    from pipeline.ground.store.checkpoints import RunBusy
+
+    if not any(f.is_dir() and any(f.glob("*.partial")) for f in _partial_folders(run)):
+        return
+    try:
+        with training_lock(run.path, run.run_id):
+            _drop_partials(run)
+    except RunBusy:
+        pass  # its trainer's own files, or left for the next run to clean
 
 
 def _train_one(run: RunDir, spec: "_Spec", req: TrainRequest, dataset: DatasetCache, data: "_Data",
                device: str, *, fresh: bool = False) -> RunResult:
     """One run, holding its lock: fit (resuming a checkpoint) -> codes -> evaluate -> write."""
-    checkpoints = RunCheckpoints(run.path, {"config_hash": RunId.parse(spec.run_id).key, "code_version": RESULTS_VERSION,
+    checkpoints = RunCheckpoints(run.path, {"run_id": spec.run_id, "config_hash": RunId.parse(spec.run_id).key,
+                                            "code_version": RESULTS_VERSION,
                                             "data_fingerprint": dataset.items_meta.get("fingerprint")},
                                  every=req.checkpoint_every)
     if fresh:  # --force, or the data changed: from scratch, and the old report is no longer the run's

@@ -327,8 +327,8 @@ def readme_markers(readme: Path, dataset: str) -> tuple[str, str, str]:
     start, end = README_START.format(dataset=dataset), README_END.format(dataset=dataset)
     counts = (text.count(start), text.count(end))
     if counts == (0, 0):
-        raise DataError(f"{readme} has no generated block for {dataset!r}: add the two lines\n{start}\n{end}\n"
-                        f"where the table belongs")
+        raise DataError(f"{readme} has no generated block for {dataset!r}: add the two lines {start} and {end} "
+                        f"where the table belongs (or leave out --readme)")
     if counts != (1, 1):
         raise DataError(f"{readme} holds the start marker of the {dataset!r} block {counts[0]} time(s) and its end "
                         f"marker {counts[1]} time(s): keep one of each ({start} ... {end})")

@@ -1,6 +1,7 @@
 """RunDir: one owner for a run directory's layout, atomic writes and completeness."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline.ground.errors import CacheError
@@ -18,6 +19,8 @@ def test_a_run_says_how_far_it_got(tmp_path):
     run.write_model(lambda fh: fh.write(b"weights"))
     assert run.model_path.read_bytes() == b"weights"
     (run.codes_dir / "split=database").mkdir(parents=True)
+    assert not run.is_trained()  # a codes folder without its file: killed before the codes were written
+    run.write_codes("database", [1, 2], np.ones((2, 16), np.int8), np.ones((2, 16), np.int8), {"bits": 16})
     assert run.is_trained() and not run.is_complete()
     run.require_trained()
     run.report_path.write_bytes(b"")

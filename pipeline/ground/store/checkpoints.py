@@ -36,7 +36,15 @@ DEFAULT_INTERVAL_S = 300.0
 
 
 class RunBusy(CacheError):
-    """Another process holds the run's training lock."""
+    """Another process holds the run's training lock; ``holder`` is its pid (as the lock file names it)."""
+
+    def __init__(self, message: str, holder: str = "another process") -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+#: Identity keys that checkpoints written by older code lack; such a checkpoint is judged on the other keys.
+_ADDED_LATER = ("run_id",)
 
 
 class RunCheckpoints:
@@ -89,7 +97,8 @@ class RunCheckpoints:
         if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict) or "state" not in saved:
             self.say(f"{self.path} is not a cmh checkpoint; training starts over from epoch 0")
             return None
-        differs = {k: (saved["identity"].get(k), v) for k, v in self.identity.items() if saved["identity"].get(k) != v}
+        differs = {k: (saved["identity"].get(k), v) for k, v in self.identity.items()
+                   if saved["identity"].get(k) != v and not (k in _ADDED_LATER and k not in saved["identity"])}
         if differs:
             what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differs.items())
             self.say(f"{self.path} was written by another setup ({what}); training starts over from epoch 0")
@@ -129,13 +138,38 @@ class RunCheckpoints:
             self.path.unlink()
 
 
+def _check_lock_path(path: Path) -> None:
+    """CacheError naming the fix when something other than a regular file stands at the lock's place: a
+    folder (EISDIR half-way), a FIFO (ftruncate fails on it) or a symlink (O_CREAT would follow a dangling one
+    and make a file wherever it points)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+            else "not a regular file (a FIFO, socket or device)")
+    raise CacheError(f"{path} is {kind}, where the run's training lock belongs: remove it (`rm -r {path}`) and run "
+                     f"the command again")
+
+
 @contextlib.contextmanager
 def training_lock(run_dir: Path, run_id: str) -> Iterator[None]:
     """Hold the run's ``train.lock`` while training; CacheError naming the holder when another has it."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     path = Path(run_dir) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    _check_lock_path(path)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        _check_lock_path(path)  # swapped in after the first look: said the same way
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _check_lock_path(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -143,7 +177,7 @@ def training_lock(run_dir: Path, run_id: str) -> Iterator[None]:
                 raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             raise RunBusy(f"run {run_id} is being trained by process {holder} (holding {path}); wait for it to "
-                          f"finish, or stop it, then run the command again") from None
+                          f"finish, or stop it, then run the command again", holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -158,11 +192,13 @@ def training_lock(run_dir: Path, run_id: str) -> Iterator[None]:
 def lock_holder(run_dir: Path) -> str | None:
     """The pid training the run now (its lock is held), or None."""
     path = Path(run_dir) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # non-blocking, not followed: a FIFO in its place must not hang `cmh ls`
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:

@@ -196,11 +196,20 @@ class RunDir:
         return self.report_path.exists()
 
     def is_trained(self) -> bool:
-        return self.model_path.exists() and (self.codes_dir / "split=database").exists()
+        """Its model and a database codes file are there (a codes folder without a part file is not enough)."""
+        return not self._missing_outputs()
+
+    def _missing_outputs(self) -> list[str]:
+        from pipeline.ground.store.codes import codes_parts
+
+        missing = [] if self.model_path.is_file() else [MODEL_FILE]
+        if not codes_parts(self.codes_dir, "database"):
+            missing.append(f"{CODES_DIR}/split=database")
+        return missing
 
     def require_trained(self) -> None:
         """CacheError when the run was killed before its model and database codes were written."""
-        missing = [f for f in (MODEL_FILE, f"{CODES_DIR}/split=database") if not (self.path / f).exists()]
+        missing = self._missing_outputs()
         if missing:
             raise CacheError(f"run {self.run_id} is incomplete ({', '.join(missing)} missing): its training was "
                              f"interrupted; run the same `cmh train` command again to finish it")
