@@ -116,7 +116,7 @@ def _resumable(what: str) -> Iterator[None]:
                           f"command again resumes the rest from the last checkpoints") from None
 
 
-def _leave_now() -> None:
+def _leave_now(status: int = 0) -> None:
     """End the process at once once its work is written, when it was started to run this CLI.
 
     The interpreter's teardown of torch's module graph alone takes seconds (2-4 s measured on this
@@ -128,7 +128,7 @@ def _leave_now() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 @app.command()
@@ -514,7 +514,10 @@ def main() -> None:
         sys.exit(2)
     except Interrupted as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(130)  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+        # 128 + SIGINT, as a shell reports a command Ctrl-C stopped; left at once, since the interpreter's own
+        # exit after a KeyboardInterrupt sometimes ended the process by SIGINT instead (status -2, seen in tests)
+        _leave_now(130)
+        sys.exit(130)
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS + _SHAPE_ERRNOS:
             raise

@@ -30,6 +30,16 @@ def _single_thread():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _settings_warnings_said_again():
+    # the settings warnings are said once per process; a test that checks one must not depend on which
+    # earlier test in the same process happened to trigger it first
+    from stages.train.base import _say_once
+
+    _say_once.cache_clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The headless Chromium binary the browser tests drive (skipped, saying how to install it, when absent)."""

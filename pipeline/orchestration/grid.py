@@ -144,8 +144,6 @@ def busy_error(outcomes: Sequence[CellOutcome]) -> CacheError | None:
 def _worker_start() -> None:
     """In a worker: die with the grid process, and leave Ctrl-C to it (the grid stops its workers itself; a
     KeyboardInterrupt in each worker would only add tracebacks)."""
-    import signal
-
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -22,6 +22,12 @@ import pytest
 
 from tests.faults.conftest import REPO, cli_subprocess, one_line_error
 
+def _ctrl_c_default() -> None:
+    """In the child, before exec: Ctrl-C's default action back. A shell starts background jobs with SIGINT
+    ignored and a child inherits that, so without this the command under test would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _planned(method: str, bits: int, epochs: int | None = None, seed: int = 1) -> str:
     from pipeline.orchestration.grid import GridRequest, grid_cells
     from pipeline.orchestration.training import planned_run_ids
@@ -129,7 +135,7 @@ def test_ctrl_c_stops_the_workers_and_says_a_rerun_resumes(built, tmp_path):
                              "djsrh,dsah", "--bits", "8", "--seeds", "1", "--epochs", "100000", "--workers", "2",
                              "--device", "cpu", "--results", str(tmp_path / "results"), "--cache", str(cache)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_ctrl_c_default)
     try:
         runs, deadline = cache / "runs", time.time() + 240
         while time.time() < deadline and sum(bool(lock_holder(p)) for p in runs.iterdir()) < 2:
@@ -405,7 +411,7 @@ def test_two_tables_at_once_share_the_cells_and_the_second_names_the_first(cli, 
     first = subprocess.Popen([sys.executable, "-m", "pipeline", "table", "--dataset", "pairs", "--methods", "djsrh",
                               "--bits", "8", "--seeds", "1", "--epochs", "100000", "--results", str(results),
                               "--cache", str(cache)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+                             text=True, start_new_session=True, preexec_fn=_ctrl_c_default)
     try:
         folder, deadline = cache / "runs" / _planned("djsrh", 8, epochs=100000), time.time() + 120
         while time.time() < deadline and lock_holder(folder) is None:
@@ -422,4 +428,4 @@ def test_two_tables_at_once_share_the_cells_and_the_second_names_the_first(cli, 
     line = one_line_error(second)
     assert "1 cell(s) busy" in line and f"rerun when {first.pid} finishes" in line
     assert [p.name for p in (results / "pairs").iterdir()] == [f"{_planned('baseline', 8)}.parquet"]  # the free cell
-    assert first.returncode == 130 and "Traceback" not in first_err
+    assert first.returncode == 130 and "Traceback" not in first_err, first_err[-2000:]
