@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.parquet import write_bytes_atomic
 from stages.present.results import DEFAULT_PLAN
 from pipeline.orchestration.grid import CellOutcome, GridRequest, check_workers, grid_cells, train_cells
 
@@ -183,16 +184,13 @@ def _pack(files: Sequence[Path], results: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     new = {str(Path(f).resolve().relative_to(Path(results).resolve())): Path(f) for f in files}
     kept = {name: data for name, data in (_packed_members(out) if out.exists() else {}).items() if name not in new}
-    tmp = out.with_name(out.name + ".partial")
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for name, data in sorted(kept.items()):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-            for name, f in new.items():
-                tar.add(f, arcname=name)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()  # the rows of a table are a few MB: built in memory, then written atomically
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in sorted(kept.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        for name, f in new.items():
+            tar.add(f, arcname=name)
+    write_bytes_atomic(buffer.getvalue(), out)
     return out

@@ -199,26 +199,19 @@ def _reuse_problem(run: RunDir) -> str | None:
     return None
 
 
-def _partial_folders(run: RunDir) -> tuple[Path, ...]:
-    return run.path, run.codes_dir / "split=query", run.codes_dir / "split=database", run.plots_dir
-
-
 def _drop_partials(run: RunDir) -> None:
-    """Remove the ``*.partial`` files a killed writer left in the run (its own files, codes and plots; never
-    ``encoded/``, which `cmh encode` writes under its own lock). Called holding the run's training lock, so
-    no live writer of these folders can own one."""
-    for folder in _partial_folders(run):
-        for path in folder.glob("*.partial") if folder.is_dir() else ():
-            if path.is_file() and not path.is_symlink():
-                log.info("removing %s, left by an interrupted write", path)
-                path.unlink(missing_ok=True)
+    """Remove what interrupted writes left in the run; called holding its training lock, so no live writer
+    of these folders can own one."""
+    for path in run.leftover_partials():
+        log.info("removing %s, left by an interrupted write", path)
+        path.unlink(missing_ok=True)
 
 
 def _drop_partials_unless_busy(run: RunDir) -> None:
     """``_drop_partials`` for a finished run, when it has leftovers and no process is writing it now."""
     from pipeline.ground.store.checkpoints import RunBusy
 
-    if not any(f.is_dir() and any(f.glob("*.partial")) for f in _partial_folders(run)):
+    if not run.leftover_partials():
         return
     try:
         with training_lock(run.path, run.run_id):

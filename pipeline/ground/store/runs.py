@@ -20,7 +20,7 @@ from pipeline.ground.registry import check_path_safe
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.parquet import write_json_atomic
-from pipeline.ground.store.tempfiles import partial_for
+from pipeline.ground.store.tempfiles import PARTIAL_SUFFIX, partial_for
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.pt"
@@ -206,6 +206,14 @@ class RunDir:
         if not codes_parts(self.codes_dir, "database"):
             missing.append(f"{CODES_DIR}/split=database")
         return missing
+
+    def leftover_partials(self) -> list[Path]:
+        """The ``.partial`` files interrupted writes left in the run's own files, codes and plots (never in
+        ``encoded/``, which `cmh encode` writes under its own lock). Only the holder of the run's training
+        lock may take them for leftovers: outside it, a live writer may own one."""
+        folders = (self.path, self.codes_dir / "split=query", self.codes_dir / "split=database", self.plots_dir)
+        return sorted(p for folder in folders if folder.is_dir() for p in folder.glob(f"*{PARTIAL_SUFFIX}")
+                      if p.is_file() and not p.is_symlink())
 
     def require_trained(self) -> None:
         """CacheError when the run was killed before its model and database codes were written."""

@@ -11,6 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
+#: The suffix of a write in progress; a file with it that no writer holds was left by a killed one.
+PARTIAL_SUFFIX = ".partial"
+
 
 def current_umask() -> int:
     """The process umask, read without changing it (``os.umask`` can only be read by setting it, which
@@ -30,7 +33,7 @@ def current_umask() -> int:
 def partial_for(path: str | os.PathLike) -> tuple[int, str]:
     """``(fd, name)`` of a new ``<path>.XXXX.partial`` beside ``path``, mode ``0666 & ~umask``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=PARTIAL_SUFFIX)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     except BaseException:
