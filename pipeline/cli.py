@@ -159,10 +159,12 @@ def train(
 
     start, runs = time.perf_counter(), _cache(cache)
     done = []
+    def heard(r) -> None:  # each run's line as it finishes
+        typer.echo(f"{r.describe()} -> {r.run_dir}")
+        done.append(r)
+
     with _resumable("training"):
-        for r in train_runs(runs, req):  # each run's line as it finishes
-            typer.echo(f"{r.describe()} -> {r.run_dir}")
-            done.append(r)
+        train_runs(runs, req, on_result=heard)
     trained = sum(1 for r in done if not getattr(r, "skipped", False))
     typer.echo(f"train finished in {time.perf_counter() - start:.0f} s: {len(done)} run(s) of {method} "
                f"({trained} trained, {len(done) - trained} already there) under {runs.runs_dir()}")

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from pipeline.ground.errors import ConfigError
 from pipeline.ground.provenance import environment, git_revision, hardware
 from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef
 from pipeline.ground.store.cache import Cache, DatasetCache
-from pipeline.ground.store.checkpoints import RunCheckpoints, training_lock
+from pipeline.ground.store.checkpoints import RunBusy, RunCheckpoints, training_lock
 from pipeline.ground.store.codes import binarize
 from pipeline.ground.store.features import config_hash
 from pipeline.ground.store.runs import RunDir, RunId
@@ -130,14 +130,18 @@ def planned_run_ids(req: TrainRequest) -> list[str]:
     return [_spec(req, method_name, bits).run_id for bits in req.bits]
 
 
-def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
-    """Train, code, evaluate and write one run per code length of ``req``; finished runs are reused."""
+def train_runs(cache: Cache, req: TrainRequest,
+               on_result: Callable[[RunResult], None] = lambda r: None) -> list[RunResult]:
+    """Train, code, evaluate and write one run per code length of ``req``; finished runs are reused.
+    ``on_result`` hears of each run as it ends. A code length another process is training is left to it:
+    the others go on, and RunBusy names it (or them) at the end."""
     method_name = check_request(req)
     req = _with_default_features(req, method_name)
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dataset = cache.dataset(req.dataset)
     data = _load(dataset, req)
-    results = []
+    results: list[RunResult] = []
+    busy: list[RunBusy] = []
     for bits in req.bits:
         spec = _spec(req, method_name, bits)
         run = cache.run(spec.run_id)
@@ -150,14 +154,26 @@ def train_runs(cache: Cache, req: TrainRequest) -> list[RunResult]:
                 _drop_partials_unless_busy(run)  # a kill while its plots were drawn leaves one in a finished run
                 log.info("run %s exists (same config): skipped; pass --force to retrain", spec.run_id)
                 results.append(RunResult(spec.run_id, run.path, bits, _summary_from_report(run), skipped=True))
+                on_result(results[-1])
                 continue
             log.warning("run %s %s: training it again", spec.run_id, problem)
             fresh = True
         else:
             fresh = req.force
-        with training_lock(run.path, spec.run_id):
-            _drop_partials(run)
-            results.append(_train_one(run, spec, req, dataset, data, device, fresh=fresh))
+        try:
+            with training_lock(run.path, spec.run_id):
+                _drop_partials(run)
+                results.append(_train_one(run, spec, req, dataset, data, device, fresh=fresh))
+        except RunBusy as exc:
+            busy.append(exc)
+            continue
+        on_result(results[-1])
+    if len(busy) == 1 and not results:
+        raise busy[0]
+    if busy:
+        holders = sorted({b.holder for b in busy})
+        raise RunBusy(f"{'; '.join(map(str, busy))} (the other {len(results)} run(s) of this command are done)",
+                      " and ".join(holders))
     return results
 
 
@@ -209,8 +225,6 @@ def _drop_partials(run: RunDir) -> None:
 
 def _drop_partials_unless_busy(run: RunDir) -> None:
     """``_drop_partials`` for a finished run, when it has leftovers and no process is writing it now."""
-    from pipeline.ground.store.checkpoints import RunBusy
-
     if not run.leftover_partials():
         return
     try:

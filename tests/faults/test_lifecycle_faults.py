@@ -74,6 +74,19 @@ def test_a_busy_cell_is_left_to_its_trainer_and_the_command_ends_with_one_line(c
         assert "written:" in result.out and run in result.out
 
 
+def test_train_over_several_lengths_trains_the_free_ones_then_names_the_busy_one(cli, built):
+    from pipeline.ground.store.checkpoints import training_lock
+
+    _, cache, _ = built
+    busy, free = _planned("baseline", 8), _planned("baseline", 32)
+    with training_lock(cache / "runs" / busy, busy):
+        result = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "8,32", "--cache", cache)
+    line = one_line_error(result)
+    assert f"run {busy} is being trained by process {os.getpid()}" in line
+    assert "the other 1 run(s) of this command are done" in line
+    assert free in result.out and (cache / "runs" / free / "report.parquet").is_file()  # trained after the busy one
+
+
 # -- 2: checkpoints carry the run id --------------------------------------------------------------------------
 def test_a_checkpoint_records_its_run_id(built):
     import torch
