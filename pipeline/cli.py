@@ -8,7 +8,9 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -105,15 +107,31 @@ def extract(
     _leave_now()
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a batch system's time limit): raised in the main thread like a Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 @contextlib.contextmanager
 def _resumable(what: str) -> Iterator[None]:
-    """Ctrl-C in a command that resumes (train, grid, table): ``Interrupted`` instead of click's "Aborted!",
-    for ``main`` to print as one line with exit status 130 (the grid has stopped its workers by then)."""
+    """Ctrl-C or SIGTERM in a command that resumes (train, grid, table): ``Interrupted`` instead of click's
+    "Aborted!" or a silent death, for ``main`` to print as one line with exit status 130 or 143 (the grid
+    has stopped its workers by then, and every lock is released)."""
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
+    rest = "what it finished is kept, and running the same command again resumes the rest from the last checkpoints"
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted (Ctrl-C): the {what} stopped; what it finished is kept, and running the same "
-                          f"command again resumes the rest from the last checkpoints") from None
+        raise Interrupted(f"interrupted (Ctrl-C): the {what} stopped; {rest}") from None
+    except _Terminated:
+        raise Interrupted(f"terminated (SIGTERM): the {what} stopped; {rest}", status=143) from None
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _leave_now(status: int = 0) -> None:
@@ -516,10 +534,10 @@ def main() -> None:
         sys.exit(2)
     except Interrupted as exc:
         typer.echo(f"error: {exc}", err=True)
-        # 128 + SIGINT, as a shell reports a command Ctrl-C stopped; left at once, since the interpreter's own
-        # exit after a KeyboardInterrupt sometimes ended the process by SIGINT instead (status -2, seen in tests)
-        _leave_now(130)
-        sys.exit(130)
+        # 128 + the signal, as a shell reports it; left at once, since the interpreter's own exit after a
+        # KeyboardInterrupt sometimes ended the process by SIGINT instead (status -2, seen in tests)
+        _leave_now(exc.status)
+        sys.exit(exc.status)
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS + _SHAPE_ERRNOS:
             raise

@@ -23,7 +23,12 @@ class WeightsError(CMHError):
 
 
 class Interrupted(BaseException):
-    """Ctrl-C (SIGINT) stopped a command whose finished work is kept and whose rerun resumes the rest.
+    """Ctrl-C (SIGINT) or SIGTERM stopped a command whose finished work is kept and whose rerun resumes the rest.
 
     A BaseException, like the KeyboardInterrupt it stands for, so that no ``except Exception`` on the way
-    up takes it for a failure of one step; the command line prints one line for it and exits 130."""
+    up takes it for a failure of one step; the command line prints one line for it and exits with
+    ``status`` (128 + the signal's number, as a shell reports it)."""
+
+    def __init__(self, message: str, status: int = 130) -> None:
+        super().__init__(message)
+        self.status = status

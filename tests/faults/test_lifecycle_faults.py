@@ -139,8 +139,9 @@ def test_a_readme_without_the_dataset_block_is_refused_before_any_training(cli, 
     assert not (tmp_path / "results").exists()
 
 
-# -- 4: Ctrl-C with parallel workers ------------------------------------------------------------------------
-def test_ctrl_c_stops_the_workers_and_says_a_rerun_resumes(built, tmp_path):
+# -- 4: Ctrl-C (or SIGTERM) with parallel workers ------------------------------------------------------------
+@pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_stops_the_workers_and_says_a_rerun_resumes(built, tmp_path, sig, status, word):
     from pipeline.ground.store.checkpoints import lock_holder
 
     _, cache, _ = built
@@ -155,16 +156,19 @@ def test_ctrl_c_stops_the_workers_and_says_a_rerun_resumes(built, tmp_path):
             time.sleep(0.3)
         holders = {lock_holder(p) for p in runs.iterdir()} - {None}
         assert len(holders) == 2, "the two workers did not start training"
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
+        else:
+            os.kill(proc.pid, sig)  # `kill <pid>`, or a batch system's time limit: the command alone
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "interrupted" in errors[0] and "resumes" in errors[0], err
+    assert len(errors) == 1 and word in errors[0] and "resumes" in errors[0], err
     for pid in holders:  # no worker left running
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     assert not any(lock_holder(p) for p in runs.iterdir())
