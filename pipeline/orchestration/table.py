@@ -164,7 +164,7 @@ def _require_writable(path: Path, option: str) -> None:
 
 def _packed_members(out: Path) -> dict[str, bytes]:
     """The members of an existing ``--pack`` archive (name -> bytes); ConfigError when it is not one."""
-    fix = f"move it away (or give --pack another path) and run the command again"
+    fix = "move it away (or give --pack another path) and run the command again"
     if not out.is_file():
         raise ConfigError(f"--pack {out} exists and is not a file: {fix}")
     try:
