@@ -55,6 +55,7 @@ class CellOutcome:
 
     status: str
     line: str
+    cell: str = ""  # the cell's short name, e.g. "dsah 32b s2"
     run_id: str = ""
     holder: str = ""  # busy: the pid training the cell
 
@@ -114,18 +115,18 @@ def _train_cell(cache: Cache, train_req, threads: int | None, skip_config_errors
 
     name = f"{train_req.method} {train_req.bits[0]}b s{train_req.seed}"
     if train_req.stop_at is not None and time.time() >= train_req.stop_at:
-        return [CellOutcome("not started", f"{name}: not started (the budget is spent; the next run starts it)")]
+        return [CellOutcome("not started", f"{name}: not started (the budget is spent; the next run starts it)", name)]
     if threads:
         torch.set_num_threads(threads)
     try:
         results = train_runs(cache, train_req)
     except RunBusy as exc:  # the other cells go on; this one is someone else's for now
-        return [CellOutcome("busy", f"{name}: {exc}", holder=exc.holder)]
+        return [CellOutcome("busy", f"{name}: {exc}", name, holder=exc.holder)]
     except ConfigError as exc:
         if not skip_config_errors:
             raise
-        return [CellOutcome("skipped", f"{train_req.method} at {train_req.bits[0]} bits skipped: {exc}")]
-    return [CellOutcome("paused" if r.paused else "cached" if r.skipped else "trained", r.describe(), r.run_id)
+        return [CellOutcome("skipped", f"{train_req.method} at {train_req.bits[0]} bits skipped: {exc}", name)]
+    return [CellOutcome("paused" if r.paused else "cached" if r.skipped else "trained", r.describe(), name, r.run_id)
             for r in results]
 
 
@@ -136,7 +137,7 @@ def busy_error(outcomes: Sequence[CellOutcome]) -> CacheError | None:
     if not busy:
         return None
     holders = sorted({o.holder or "another process" for o in busy})
-    names = ", ".join(o.line.split(":")[0] for o in busy[:6]) + (" ..." if len(busy) > 6 else "")
+    names = ", ".join(o.cell for o in busy[:6]) + (" ..." if len(busy) > 6 else "")
     return CacheError(f"{len(busy)} cell(s) busy, being trained by another process ({names}); every other cell is "
                       f"done: rerun when {' and '.join(holders)} finishes")
 

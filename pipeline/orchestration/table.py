@@ -118,7 +118,7 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
              f"`tar -xzf {result.archive.name} -C {req.results}`)")
     missing = result.missing
     echo(f"{len(published)} cell(s) published now; {len(missing)} still missing" +
-         (": " + ", ".join(o.line.split(':')[0] for o in missing[:8]) + (" ..." if len(missing) > 8 else "")
+         (": " + ", ".join(o.cell for o in missing[:8]) + (" ..." if len(missing) > 8 else "")
           if missing else ""))
     if req.readme is not None and not (published or already or current_run_ids(req.results, req.dataset)):
         # a first call whose cells all paused or were busy: no block to draw yet, which is no error

@@ -38,8 +38,13 @@ def test_dry_run_of_the_gpu_pass_publishes_every_cell_and_packs_the_new_rows(dem
 
 def test_a_budget_starts_no_cell_after_it_and_the_next_call_does_the_rest(demo, tmp_path):
     results = tmp_path / "results"
-    out = build_table(demo, _req(results, budget=1e-9, checkpoint_every=1), echo=lambda line: None)
+    lines: list[str] = []
+    out = build_table(demo, _req(results, budget=1e-9, checkpoint_every=1), echo=lines.append)
     assert not out.published and {o.status for o in out.outcomes} <= {"not started", "paused"}
+    # the summary names each missing cell the same way, paused or never started
+    summary = next(line for line in lines if "still missing" in line)
+    assert all(o.cell in summary for o in out.outcomes) and "4 still missing" in summary
+    assert {o.cell.split()[-1] for o in out.outcomes} == {"s1", "s2"}
     time.sleep(0.01)
     rest = build_table(demo, _req(results), echo=lambda line: None)
     assert len(rest.published) == 4
