@@ -467,7 +467,7 @@ def ls(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """List what the cache holds: datasets (items, splits, encoders, size), runs (method, bits, seed, epochs or
-    budget, mAP@50, size, complete or partial) and the runs' encodings and indexes."""
+    budget, mAP@50, size, complete, trained, partial or damaged) and the runs' encodings and indexes."""
     from pipeline.orchestration.inventory import LsRequest, list_cache
 
     for line in list_cache(_cache(cache), LsRequest(patterns=patterns or (), kind=kind, dataset=dataset,

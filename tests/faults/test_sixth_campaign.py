@@ -169,3 +169,15 @@ def test_a_negative_gallery_seed_is_one_line_before_the_table_is_written(cli, bu
     line = one_line_error(cli("report", "--dataset", "pairs", "--cache", cache, "--html", "--gallery-seed", "-1"))
     assert "--gallery-seed -1" in line, line
     assert not (cache / "reports").exists() or not any((cache / "reports").iterdir())
+
+
+# -- `cmh ls` ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lost", ["config.json", "model.pt"])
+def test_a_run_with_its_report_but_not_its_config_or_model_is_listed_damaged_not_complete(cli, built, lost):
+    _, cache, run = built
+    (cache / "runs" / run / lost).unlink()  # by hand, or a `cmh rm` killed half-way through the folder
+    result = cli("ls", "--cache", cache, "--kind", "runs")
+    assert result.code == 0, result.err
+    line = next(line for line in result.out.splitlines() if run in line)
+    assert line.endswith("damaged"), line
+    assert "(0 complete)" in result.out, result.out
