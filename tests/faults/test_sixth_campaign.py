@@ -181,3 +181,22 @@ def test_a_run_with_its_report_but_not_its_config_or_model_is_listed_damaged_not
     line = next(line for line in result.out.splitlines() if run in line)
     assert line.endswith("damaged"), line
     assert "(0 complete)" in result.out, result.out
+
+
+# -- a home folder that cannot be found ----------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["--cache", "CMH_CACHE", "--data-dir", "empty HOME"])
+def test_a_tilde_naming_no_home_is_one_line_not_a_traceback_nor_the_root_folder(cli, monkeypatch, tmp_path, how):
+    args = ["extract", "--dataset", "pairs", "--encoders", "bow"]
+    if how == "--cache":
+        args += ["--cache", "~nosuchuser-cmh/cache", "--data-dir", tmp_path]
+    elif how == "CMH_CACHE":
+        monkeypatch.setenv("CMH_CACHE", "~nosuchuser-cmh/cache")
+        args += ["--data-dir", tmp_path]
+    elif how == "--data-dir":
+        args += ["--cache", tmp_path / "cache", "--data-dir", "~nosuchuser-cmh/data"]
+    else:
+        monkeypatch.setenv("HOME", "")  # pathlib would expand ~/cmh-cache to /cmh-cache
+        args += ["--cache", "~/cmh-cache", "--data-dir", tmp_path]
+    line = one_line_error(cli(*args))
+    assert "write the path out in full" in line, line
+    assert not Path("/cmh-cache").exists()
