@@ -200,3 +200,12 @@ def test_a_tilde_naming_no_home_is_one_line_not_a_traceback_nor_the_root_folder(
     line = one_line_error(cli(*args))
     assert "write the path out in full" in line, line
     assert not Path("/cmh-cache").exists()
+
+
+# -- lists of numbers -------------------------------------------------------------------------------------------
+def test_code_lengths_separated_by_a_blank_are_two_lengths_not_one(cli, built):
+    _, cache, run = built
+    result = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16 8", "--cache", cache)
+    assert result.code == 0, result.err
+    bits = sorted(p.name.split("-")[2] for p in (cache / "runs").iterdir())
+    assert bits == ["16b", "8b"], bits  # BITS='16 8' once trained a single 168-bit run
