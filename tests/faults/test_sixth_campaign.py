@@ -209,3 +209,13 @@ def test_code_lengths_separated_by_a_blank_are_two_lengths_not_one(cli, built):
     assert result.code == 0, result.err
     bits = sorted(p.name.split("-")[2] for p in (cache / "runs").iterdir())
     assert bits == ["16b", "8b"], bits  # BITS='16 8' once trained a single 168-bit run
+
+
+# -- a copy of a run folder ------------------------------------------------------------------------------------
+def test_a_copy_of_a_run_folder_is_not_counted_as_a_second_seed(cli, built, caplog):
+    _, cache, run = built
+    shutil.copytree(cache / "runs" / run, cache / "runs" / f"{run}.bak")  # a backup before retraining
+    result = cli("report", "--dataset", "pairs", "--cache", cache)
+    assert result.code == 0, result.err
+    assert "n=1;" in result.out and "n=2" not in result.out, result.out
+    assert f"{run}.bak holds run {run} under another name" in caplog.text, caplog.text
