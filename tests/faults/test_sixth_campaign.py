@@ -219,3 +219,13 @@ def test_a_copy_of_a_run_folder_is_not_counted_as_a_second_seed(cli, built, capl
     assert result.code == 0, result.err
     assert "n=1;" in result.out and "n=2" not in result.out, result.out
     assert f"{run}.bak holds run {run} under another name" in caplog.text, caplog.text
+
+
+# -- `cmh demo --methods` --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("methods, said", [("nosuch", "unknown method 'nosuch'"), ("", "--methods is empty"),
+                                           ("baseline,baseline", "baseline more than once")])
+def test_demo_methods_are_checked_before_the_demo_set_is_made(cli, tmp_path, methods, said):
+    cache = tmp_path / "cache"
+    line = one_line_error(cli("demo", "--methods", methods, "--cache", cache))
+    assert said in line, line
+    assert not cache.exists()  # no demo set generated, no features extracted
