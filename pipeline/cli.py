@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -33,8 +34,9 @@ def _cache(cache: Optional[Path]):
 
 
 def _ints(text: str) -> list[int]:
+    # commas or blanks separate values: dropping the blanks instead read BITS='16 32' as one 1632-bit length
     try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+        values = [int(v) for v in re.split(r"[,\s]+", text) if v]
     except ValueError:
         raise typer.BadParameter(f"expected a comma list of integers, got {text!r}") from None
     twice = sorted({v for v in values if values.count(v) > 1})
@@ -467,7 +469,7 @@ def ls(
     cache: Optional[Path] = CacheOpt,
 ) -> None:
     """List what the cache holds: datasets (items, splits, encoders, size), runs (method, bits, seed, epochs or
-    budget, mAP@50, size, complete or partial) and the runs' encodings and indexes."""
+    budget, mAP@50, size, complete, trained, partial or damaged) and the runs' encodings and indexes."""
     from pipeline.orchestration.inventory import LsRequest, list_cache
 
     for line in list_cache(_cache(cache), LsRequest(patterns=patterns or (), kind=kind, dataset=dataset,

@@ -1,6 +1,7 @@
 """Paths a user gives for folders that cmh writes into (a cache, a report folder, the results registry)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.ground.errors import ConfigError
@@ -16,3 +17,19 @@ def require_folder(path: Path, option: str, what: str = "a folder") -> Path:
                                   f"when missing)")
             break
     return path
+
+
+def expand_home(path: str | os.PathLike) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded (a quoted one reaches us as it was typed);
+    ConfigError when that home is unknown: pathlib raises RuntimeError for an unknown user, and an empty
+    $HOME would make ``~/cache`` the folder ``/cache``."""
+    text = os.fspath(path)
+    if not text.startswith("~"):
+        return Path(text)
+    head = text.split("/", 1)[0]
+    if head == "~" and "HOME" in os.environ and not os.environ["HOME"].strip():
+        raise ConfigError(f"{text}: $HOME is empty, so ~ names no folder; set HOME, or write the path out in full")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{text}: {head} names no home folder (no such user); write the path out in full") from None

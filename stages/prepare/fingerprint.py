@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.ground.item_table import ItemTable
+from pipeline.ground.paths import expand_home
 
 #: Recorded with the fingerprint; a cache without it was written by a version that hashed names only.
 FINGERPRINT_KIND = "content+files+options/v2"
@@ -29,7 +30,7 @@ def origin_fingerprint(table: ItemTable, data_dir: Path, source: str, options: M
     """A 16-hex-digit hash of the table's content, ``data_dir`` resolved, ``source``, ``options`` and every file's stat."""
     h = hashlib.sha256()
     h.update(table.content_fingerprint().encode())
-    h.update(str(Path(data_dir).expanduser().resolve()).encode())
+    h.update(str(expand_home(data_dir).resolve()).encode())
     h.update(source.encode())
     h.update(json.dumps(dict(options), sort_keys=True, default=str).encode())
     # the source file itself (a pairs file, an annotation JSON); a folder's time changes with any file added

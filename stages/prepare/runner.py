@@ -22,6 +22,7 @@ from stages.prepare.datasets.base import ItemTable
 from pipeline.ground.errors import CacheError, ConfigError, DataError
 from stages.prepare.fingerprint import FINGERPRINT_KIND, origin_fingerprint
 from stages.prepare.images import IMAGE_PASS
+from pipeline.ground.paths import expand_home
 from pipeline.ground.settings import data_root
 from pipeline.ground.store.items import Splits, items_meta, read_items, read_splits, splits_meta, write_items, write_splits
 from pipeline.ground.store.layout import CacheLayout
@@ -53,7 +54,7 @@ class DatasetRequest:
 def resolve_data_dir(req: DatasetRequest) -> Path:
     entry = get_dataset(req.dataset)
     if req.data_dir is not None:
-        path = Path(req.data_dir).expanduser()  # make passes DATA_DIR quoted: the shell leaves "~" as it is
+        path = expand_home(req.data_dir)  # make passes DATA_DIR quoted: the shell leaves "~" as it is
     else:
         default = entry.extra.get("default_dir")
         if default is None:

@@ -118,6 +118,8 @@ class Cache(CacheLayout):
             if not marker.exists():
                 continue
             run = RunDir(path)
+            if _copied(run):
+                continue
             if dataset is not None and run.dataset != dataset:  # not by name: mirflickr-n2000-... starts alike
                 continue
             out.append(run)
@@ -134,6 +136,26 @@ class Cache(CacheLayout):
             raise CacheError(f"no run reports{where} under {self.layout.runs_dir()}; train a run first "
                              f"(`cmh train`, `make train`){_cached_hint(self, dataset)}")
         return read_report_rows([r.report_path for r in runs])
+
+
+def _copied(run: RunDir) -> bool:
+    """Whether ``run`` is a folder whose name is not the run id its config.json records (a backup copy such as
+    ``<run>.bak``, or a renamed run), said once per process. Its report rows carry the recorded id, so a table
+    would count that run twice, as two seeds of one cell."""
+    try:
+        recorded = run.read_config().get("run_id") if run.config_path.exists() else None
+    except CacheError:
+        return False  # damaged: the readers name it
+    if not isinstance(recorded, str) or recorded == run.run_id:
+        return False
+    if run.path not in _COPIES_SAID:  # a report walks runs/ more than once
+        _COPIES_SAID.add(run.path)
+        log.warning("left out: %s holds run %s under another name (a copy?); rename it back or move it out of %s",
+                    run.path, recorded, run.path.parent)
+    return True
+
+
+_COPIES_SAID: set[Path] = set()
 
 
 def _cached_hint(cache: Cache, dataset: str | None) -> str:

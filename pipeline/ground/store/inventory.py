@@ -18,8 +18,9 @@ from pipeline.ground.store.checkpoints import CHECKPOINT_FILE, lock_holder
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.runs import ENCODE_RECORD, ENCODED_DIR, INDEX_DIR, RunDir
 
-#: A run's state, from the files its writer leaves in order (``runs.py``).
-COMPLETE, TRAINED, PARTIAL = "complete", "trained", "partial"
+#: A run's state, from the files its writer leaves in order (``runs.py``); DAMAGED: a report without the
+#: config.json, model or codes it was written after (removed by hand, or a `cmh rm` killed half-way).
+COMPLETE, TRAINED, PARTIAL, DAMAGED = "complete", "trained", "partial", "damaged"
 
 
 def tree_bytes(path: Path) -> int:
@@ -62,7 +63,7 @@ class RunInfo:
     text_features: str | None
     epochs: int | None  # None: closed form, or the method's default schedule
     paper_epochs: int | None
-    state: str  # COMPLETE | TRAINED | PARTIAL
+    state: str  # COMPLETE | TRAINED | PARTIAL | DAMAGED
     bytes: int
     model_bytes: int
     checkpoint_bytes: int
@@ -139,7 +140,8 @@ def run_info(run: RunDir) -> RunInfo:
         except CacheError:
             config = {}
     if run.report_path.exists():
-        state = COMPLETE
+        # every use of the run (query, encode, serve, report) refuses it without these: never list it complete
+        state = COMPLETE if run.config_path.exists() and run.is_trained() else DAMAGED
     elif run.is_trained():
         state = TRAINED
     else:
@@ -148,7 +150,7 @@ def run_info(run: RunDir) -> RunInfo:
                    config.get("seed"), config.get("image_features"), config.get("text_features"),
                    config.get("epochs"), config.get("paper_epochs"), state, tree_bytes(run.path),
                    tree_bytes(run.model_path), tree_bytes(run.path / CHECKPOINT_FILE))
-    if state == COMPLETE:
+    if state in (COMPLETE, DAMAGED):
         info.map50 = _map50(run.report_path)
     encoded = run.path / ENCODED_DIR
     if encoded.is_dir():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -83,6 +84,7 @@ class RunDir:
             raise CacheError(f"--run is empty: give a run id (a folder under {layout.runs_dir()}) or a run folder's path")
         for path in (Path(run), layout.runs_dir() / run):
             if (path / CONFIG_FILE).exists():
+                _require_in_cache(layout, path)
                 return cls(path)
         named = layout.runs_dir() / run if Path(run).name == run and run not in (".", "..") else None
         for path in (named, Path(run)):
@@ -262,3 +264,14 @@ class RunDir:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return self.model_path
+
+
+def _require_in_cache(layout: CacheLayout, path: Path) -> None:
+    """CacheError when ``path`` is a run folder of another cache (``<other>/runs/<run>`` beside a ``datasets/``):
+    its items, features and encodings would be looked for in ``layout``'s cache, which then either lacks the
+    dataset (and the message would say to extract it) or holds another extraction of it."""
+    home = path.resolve().parent
+    if home.name != "runs" or home == layout.runs_dir().resolve() or not (home.parent / "datasets").is_dir():
+        return
+    raise CacheError(f"run folder {path} belongs to the cache {home.parent}, not to the one this command reads "
+                     f"({layout.root}): add --cache {shlex.quote(str(home.parent))} (or set CMH_CACHE to it)")

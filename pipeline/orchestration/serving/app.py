@@ -32,10 +32,11 @@ def build_app(service: SearchService) -> Any:
     """The ASGI application (Starlette inside the body-size limit) serving ``service``."""
 
     async def api_search(request: Request) -> Response:
+        params = _search_params(request)
         if request.method == "POST":
-            answer = await service.search_image(await _upload(request, service), request.query_params.get("k"))
+            answer = await service.search_image(await _upload(request, service), params.get("k"))
         else:
-            answer = await service.search_text(request.query_params.get("text"), request.query_params.get("k"))
+            answer = await service.search_text(params.get("text"), params.get("k"))
         return JSONResponse(answer)
 
     async def api_item(request: Request) -> Response:
@@ -62,6 +63,7 @@ def build_app(service: SearchService) -> Any:
         k = request.query_params.get("k")
         answer, error, status = None, None, 200
         try:
+            _search_params(request)
             if request.method == "POST":
                 answer = await service.search_image(await _upload(request, service), k, preview=True)
             elif text is not None:
@@ -102,6 +104,27 @@ def build_app(service: SearchService) -> Any:
     app = Starlette(routes=routes, exception_handlers={Refusal: refused, HTTPException: http_error,
                                                        Exception: failed})
     return BodyLimit(app, service.limits.max_body_bytes)
+
+
+#: The query parameters a search reads, by method: a picture search (POST) reads no text.
+SEARCH_PARAMS = {"GET": ("text", "k"), "POST": ("k",)}
+
+
+def _search_params(request: Request) -> dict[str, str]:
+    """The search's query parameters, each given once; a 400 for one given twice (which would win?) or one the
+    search does not read (``bits=32`` or ``run=...`` would be ignored, and the answer taken for what was asked)."""
+    allowed = SEARCH_PARAMS[request.method]
+    usage = ("GET: text=<tags>&k=<1..N>" if request.method == "GET" else
+             "POST: a picture in the body, and k=<1..N> in the URL (a text search is a GET)")
+    out: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            raise Refusal(400, f"{request.method} {request.url.path} does not read the parameter {name[:40]!r}",
+                          f"give only {' and '.join(allowed)}; {usage}")
+        if name in out:
+            raise Refusal(400, f"the parameter {name!r} is given twice", f"give it once; {usage}")
+        out[name] = value
+    return out
 
 
 async def _upload(request: Request, service: SearchService) -> bytes:

@@ -8,6 +8,7 @@ with the ones taken at load, and a changed file turns the answer into a 409 nami
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ def _signature(path: Path) -> Signature:
 class Watched:
     what: str  # what a change means, for the message
     path: Path
+    removed: bool = False  # the file is gone (not replaced): the change found, not the one watched for
 
 
 def watched_files(searcher: Searcher) -> list[Watched]:
@@ -83,7 +85,10 @@ class Freshness:
             return None
         self._checked = now
         for watched, before in zip(self.files, self.at_load):
-            if _signature(watched.path) != before:
-                self._found = watched
-                return watched
+            now = _signature(watched.path)
+            if now != before:
+                # a file gone is not "trained again": `cmh rm` (or a hand) removed it, and a restart would fail
+                self._found = watched if now is not None else dataclasses.replace(
+                    watched, what=f"{watched.path.name} was removed from {watched.path.parent}", removed=True)
+                return self._found
         return None

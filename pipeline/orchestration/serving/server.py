@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import signal
 import socket
 import warnings
@@ -43,17 +44,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``; ConfigError naming the fix when it cannot be had. ``host`` is an
-    IP address or ``localhost``: no name is looked up, so a typo never waits on a resolver."""
+def numeric_host(host: str) -> str:
+    """``host`` as the IP address to bind (``localhost`` is 127.0.0.1); ConfigError for anything else, checked
+    before the run loads so that a typo costs no model load."""
     numeric = "127.0.0.1" if host == "localhost" else host
     try:
         ipaddress.ip_address(numeric)
+    except ValueError:
+        raise _not_an_address(host) from None
+    return numeric
+
+
+def _not_an_address(host: str) -> ConfigError:
+    return ConfigError(f"--host {host!r} is not an IP address: give one of this machine's, e.g. 127.0.0.1 (this "
+                       f"machine only), 0.0.0.0 (every interface) or ::1")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ConfigError naming the fix when it cannot be had. ``host`` is an
+    IP address or ``localhost``: no name is looked up, so a typo never waits on a resolver."""
+    numeric = numeric_host(host)
+    try:
         infos = socket.getaddrinfo(numeric, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST)
-    except (ValueError, socket.gaierror):
-        raise ConfigError(f"--host {host!r} is not an IP address: give one of this machine's, e.g. 127.0.0.1 (this "
-                          f"machine only), 0.0.0.0 (every interface) or ::1") from None
+    except socket.gaierror:
+        raise _not_an_address(host) from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,9 +101,11 @@ def serve(cache: Cache, req: ServeRequest, say: Callable[[str], None] = log.info
 
     if not 0 <= req.port <= 65535:
         raise ConfigError(f"--port {req.port} is not a TCP port: give 1024-65535 (0 picks a free one)")
-    if not req.max_upload_mb > 0:
-        raise ConfigError(f"--max-upload-mb {req.max_upload_mb}: give a positive size in MB")
+    # inf would overflow int() below, and a size under one byte would refuse every upload as "too large"
+    if not (math.isfinite(req.max_upload_mb) and req.max_upload_mb * 1_000_000 >= 1):
+        raise ConfigError(f"--max-upload-mb {req.max_upload_mb}: give a positive, finite size in MB (e.g. 20)")
     limits = Limits(max_body_bytes=int(req.max_upload_mb * 1_000_000))
+    numeric_host(req.host)
     service = SearchService(cache, req.run, dataset=req.dataset, limits=limits, say=say)  # refusals: before binding
     try:
         sock = bind(req.host, req.port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -104,21 +105,26 @@ class SearchService:
             self._stale_said = True
             log.warning("run %s changed on disk since it was loaded (%s: %s); searches answer 409 until "
                         "`%s` is started again", self.run_id, change.what, change.path, self.restart_command())
+        if change.removed and not self.searcher.run.path.is_dir():
+            raise Refusal(409, f"run {self.run_id} was removed from the cache since this server loaded it",
+                          "stop this server: train the run again (`cmh train`) and restart it, or serve another run "
+                          "(`cmh ls` lists them)")
+        fix = "to search the new codes" if not change.removed else "(it refuses the run until what is missing is made again)"
         raise Refusal(409, f"run {self.run_id} changed on disk since this server loaded it: {change.what}",
-                      f"restart the server (`{self.restart_command()}`) to search the new codes")
+                      f"restart the server (`{self.restart_command()}`) {fix}")
 
     def top_k(self, raw: str | None) -> int:
         """``k`` of a request: 1..N, DEFAULT_K (at most N) when not given."""
         n = self.searcher.n
         if raw is None or raw == "":
             return min(DEFAULT_K, n)
-        try:
-            k = int(raw)
-        except ValueError:
-            raise Refusal(400, f"k must be a whole number, got {raw[:40]!r}", f"give k from 1 to {n}") from None
-        if not 1 <= k <= n:
-            raise Refusal(400, f"k={k} is out of range: {n} items are searched", f"give k from 1 to {n}")
-        return k
+        # decimal ASCII digits only: int() would also read "1_0", " 3 " and other scripts' digits
+        if not re.fullmatch(r"-?[0-9]+", raw):
+            raise Refusal(400, f"k must be a whole number, got {raw[:40]!r}", f"give k from 1 to {n}")
+        # more than 18 digits is out of range whatever they are (and int() refuses over 4300 of them)
+        if len(raw.lstrip("-")) > 18 or not 1 <= int(raw) <= n:
+            raise Refusal(400, f"k={raw[:40]} is out of range: {n} items are searched", f"give k from 1 to {n}")
+        return int(raw)
 
     # -- searches -----------------------------------------------------------------------------------------
     async def search_text(self, text: str | None, k: str | None) -> dict[str, Any]:
@@ -196,8 +202,13 @@ class SearchService:
         """The item's thumbnail file, made on first use in the shared thumbnail store under the cache."""
         self.item(item_id)  # 404 for an unknown item
         ref = self.searcher.items.image[self.searcher.row(item_id)]
-        with self._thumbs_lock:
-            thumb = self.thumbs.get(item_id, ref)
+        try:
+            with self._thumbs_lock:
+                thumb = self.thumbs.get(item_id, ref)
+        except OSError as exc:  # the store's folder is a file, read-only or on a full disk: the server's, not the request's
+            log.warning("thumbnail of item %s not stored: %s", item_id, exc)
+            raise Refusal(503, f"the thumbnail store {self.thumbs.dir} cannot be written ({exc.strerror})",
+                          "make it a writable folder with free space (searches do not need it)") from None
         if thumb.path is None:
             raise Refusal(404, f"item {item_id} has no picture to show: {thumb.problem}",
                           "put the dataset's images back where `cmh extract` read them")

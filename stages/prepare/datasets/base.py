@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.ground.errors import DataError
 from pipeline.ground.item_table import ItemTable, TextKind
+from pipeline.ground.paths import expand_home
 from pipeline.ground.registry import Registry
 
 __all__ = ["DATASETS", "ItemTable", "TextKind", "register_dataset", "require_dir", "require_file",
@@ -25,7 +26,7 @@ register_dataset = DATASETS.register
 
 def require_dir(data_dir: Path, dataset: str, expected: str) -> Path:
     """``data_dir`` as an absolute Path, or DataError naming it and how to point DATA_DIR elsewhere."""
-    path = Path(data_dir).expanduser()
+    path = expand_home(data_dir)
     if not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "does not exist"
         raise DataError(

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from stages.prepare.datasets.base import ItemTable, register_dataset
 from stages.prepare.datasets.pairs import read_pairs_file
 from pipeline.ground.errors import ConfigError, DataError
+from pipeline.ground.paths import expand_home
 from pipeline.ground.settings import DEFAULT_CACHE_ROOT
 from pipeline.ground.store.parquet import write_bytes_atomic
 
@@ -79,7 +80,7 @@ def demo(
         raise ConfigError(f"demo option size={size}: use an image side between 32 and 512 pixels")
     if image_format not in ("jpg", "png"):
         raise ConfigError(f"demo option image_format={image_format!r}: use 'jpg' or 'png'")
-    root = Path(data_dir).expanduser()
+    root = expand_home(data_dir)
     if root.exists() and not root.is_dir():
         raise DataError(f"demo: {root} is a file; give DATA_DIR=<folder> for the generated images")
     params = {"version": GENERATOR_VERSION, "seed": int(seed), "n_items": int(n_items), "size": int(size),

@@ -24,6 +24,7 @@ import numpy as np
 from stages.prepare.datasets.base import ItemTable, TextKind, drop_unusable, register_dataset, report_skipped, whole_id
 from stages.prepare.datasets.text import clean_texts, open_text, parse_json_line, read_lines
 from pipeline.ground.errors import ConfigError, DataError
+from pipeline.ground.paths import expand_home
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def pairs(
 
 def find_pairs_file(data_dir: Path, file: str | Path | None = None) -> Path:
     """The pairs file: ``data_dir`` itself, ``data_dir/file``, or the one ``pairs.jsonl``/``pairs.csv`` in it."""
-    data_dir = data_dir.expanduser()
+    data_dir = expand_home(data_dir)
     if data_dir.is_file() and file is None:
         return data_dir.resolve()
     if not data_dir.is_dir():
@@ -130,7 +131,7 @@ def read_pairs_file(
     if skipped:
         report_skipped(dataset, skipped, path)
     base = path.parent
-    images = [Path(r["image"]).expanduser() for r in rows]  # "~/photos/a.jpg" means the home folder
+    images = [expand_home(r["image"]) for r in rows]  # "~/photos/a.jpg" means the home folder
     refs = [str(image if image.is_absolute() else base / image) for image in images]
     sel = np.asarray(keep, dtype=np.int64)
     table = ItemTable(
