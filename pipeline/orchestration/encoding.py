@@ -27,6 +27,7 @@ import torch
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.provenance import environment
 from pipeline.ground.store.cache import Cache, DatasetCache
+from pipeline.ground.store.checkpoints import run_lock
 from pipeline.orchestration.engines import check_engine_options
 from pipeline.ground.store.features import config_hash
 from pipeline.ground.store.layout import PHYSICAL_SPLITS
@@ -104,13 +105,33 @@ def encode_dataset(cache: Cache, run: str, dataset: str, *, chunk_rows: int = CH
     ``concurrency`` and ``device`` apply there only): same files, resumable by either engine."""
     check_engine_options(engine, ray_address=ray_address, concurrency=concurrency, device=device)
     from stages.train import methods  # noqa: F401  (registers every method)
-    from stages.train.base import load_method
-    from pipeline.ground.progress import progress_bar
 
     if chunk_rows < 1:
         raise CacheError(f"--chunk-rows {chunk_rows}: give 1 or more")
     run_dir = cache.find_run(run)
-    ds = cache.dataset(dataset)
+    # the run's writer lock, held to the end: a `cmh rm`, training or second encode of the run meanwhile is
+    # refused naming this process, and leftovers of a killed encode can be told from a live one's files
+    with run_lock(run_dir.path, run_dir.run_id, "encoding", create=False):
+        return _encode_held(cache, run_dir, dataset, chunk_rows=chunk_rows, progress=progress, say=say,
+                            engine=engine, ray_address=ray_address, concurrency=concurrency, device=device)
+
+
+def _drop_encode_partials(run_dir: RunDir, dataset: str) -> None:
+    """Remove what a killed encode of ``dataset`` left half-written; its caller holds the run's writer lock."""
+    for path in run_dir.encode_partials(dataset):
+        log.info("removing %s, left by an interrupted encode", path)
+        path.unlink(missing_ok=True)
+
+
+def _encode_held(cache: Cache, run_dir: RunDir, dataset: str, *, chunk_rows: int, progress: bool,
+                 say: Callable[[str], None], engine: str, ray_address: str | None, concurrency: int | None,
+                 device: str | None) -> EncodeResult:
+    """``encode_dataset`` holding the run's writer lock."""
+    from stages.train.base import load_method
+    from pipeline.ground.progress import progress_bar
+
+    ds = cache.dataset(dataset)  # an unknown or unsafe name is said before any path is formed from it
+    _drop_encode_partials(run_dir, dataset)
     run_dir.require_trained()
     config = cache.require_current(run_dir)
     method = load_method(run_dir.model_path)

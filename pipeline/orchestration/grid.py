@@ -138,8 +138,8 @@ def busy_error(outcomes: Sequence[CellOutcome]) -> CacheError | None:
         return None
     holders = sorted({o.holder or "another process" for o in busy})
     names = ", ".join(o.cell for o in busy[:6]) + (" ..." if len(busy) > 6 else "")
-    return CacheError(f"{len(busy)} cell(s) busy, being trained by another process ({names}); every other cell is "
-                      f"done: rerun when {' and '.join(holders)} finishes")
+    return CacheError(f"{len(busy)} cell(s) busy, being written (trained, encoded or indexed) by another process "
+                      f"({names}); every other cell is done: rerun when {' and '.join(holders)} finishes")
 
 
 def _worker_start() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.ground.errors import CacheError
 from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.checkpoints import run_lock
 from pipeline.ground.store.parquet import read_json, write_bytes_atomic, write_json_atomic
 from pipeline.ground.store.runs import RunDir
 
@@ -101,7 +102,22 @@ def build_indexes(cache: Cache, run: str, *, dataset: str | None = None, kind: s
 
     binary_index.check_kind(kind)
     source = CodesSource(cache.find_run(run), dataset, cache)
+    # the run's writer lock, held to the end: a `cmh rm`, training, encode or second index of the run meanwhile
+    # is refused naming this process, and a killed build's leftovers can be told from a live one's files
+    with run_lock(source.run.path, source.run.run_id, "indexing", create=False):
+        return _build_held(cache, source, kind, overrides, say)
+
+
+def _build_held(cache: Cache, source: CodesSource, kind: str, overrides: Mapping[str, Any] | None,
+                say: Callable[[str], None]) -> list[IndexInfo]:
+    """``build_indexes`` holding the run's writer lock."""
+    from stages.evaluate import binary_index
+
+    dataset = source.dataset
     config = cache.require_current(source.run)
+    for path in source.run.index_partials(dataset):
+        log.info("removing %s, left by an interrupted index build", path)
+        path.unlink(missing_ok=True)
     codes = source.read()
     n, bits = len(codes["item_id"]), int(codes["bits"])
     if n == 0:

@@ -121,7 +121,7 @@ def _run_line(r: RunInfo) -> str:
     else:
         schedule = f"{r.epochs} epochs" + (f" (budget: paper {r.paper_epochs})" if r.budget else "")
     scores = " ".join(f"{t} {v:.4f}" for t, v in sorted(r.map50.items()) if t in ("i2t", "t2i"))
-    state = r.state + (f", training now (pid {r.busy})" if r.busy else "")
+    state = r.state + (f", {r.busy_doing or 'training'} now (pid {r.busy})" if r.busy else "")
     state += ", checkpoint" if r.checkpoint_bytes else ""
     return (f"{r.run_id}  {r.method or '?'} {r.bits or '?'}b s{r.seed if r.seed is not None else '?'}  "
             f"{r.image_features or '?'}/{r.text_features or '?'}  {schedule}  "

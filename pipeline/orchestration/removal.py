@@ -67,7 +67,7 @@ def remove(cache: Cache, req: RmRequest, echo: Callable[[str], None] = print) ->
     busy = [p for p in plan if p.busy]
     held = [p for p in plan if p.held and not req.force]
     if not req.yes:
-        blockers = (f"; {len(busy)} refused (being trained)" if busy else "") + \
+        blockers = (f"; {len(busy)} refused (being written by another process)" if busy else "") + \
                    (f"; {len(held)} need --force" if held else "")
         echo(f"dry run: nothing removed{blockers}; add --yes to remove them")
         return result
@@ -126,7 +126,7 @@ def _scope(req: RmRequest) -> str:
 def _plan_run(run: RunInfo) -> Planned:
     p = Planned(run.run_id, run.bytes, lambda: removal.remove_run(run), note=run.state)
     if run.busy:
-        p.busy = f"process {run.busy} is training it"
+        p.busy = f"process {run.busy} is {run.busy_doing or 'training'} it"
     holds = ([f"codes of {', '.join(run.encodings)} (cmh encode)"] if run.encodings else []) + \
             (["an index of its database (cmh index)"] if "database" in run.indexes else [])
     if holds:
@@ -139,7 +139,7 @@ def _plan_checkpoint(run: RunInfo) -> Planned:
                 note="finished: the checkpoint is a leftover" if run.state == COMPLETE
                 else "unfinished: training it again starts from epoch 0")
     if run.busy:
-        p.busy = f"process {run.busy} is training it"
+        p.busy = f"process {run.busy} is {run.busy_doing or 'training'} it"
     return p
 
 
@@ -151,7 +151,7 @@ def _plan_dataset(cache: Cache, dataset: DatasetInfo, runs: list[RunInfo]) -> Pl
     encoded = [r for r in runs if dataset.name in r.encodings]
     busy = [r for r in trained if r.busy]
     if busy:
-        p.busy = f"process {busy[0].busy} is training run {busy[0].run_id} on it"
+        p.busy = f"process {busy[0].busy} is {busy[0].busy_doing or 'training'} run {busy[0].run_id}, trained on it"
     parts = []
     if trained:
         parts.append(f"{len(trained)} run(s) were trained on it ({_few([r.run_id for r in trained])})")

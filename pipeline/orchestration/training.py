@@ -216,7 +216,7 @@ def _reuse_problem(run: RunDir) -> str | None:
 
 
 def _drop_partials(run: RunDir) -> None:
-    """Remove what interrupted writes left in the run; called holding its training lock, so no live writer
+    """Remove what interrupted writes left in the run; called holding its writer lock, so no live writer
     of these folders can own one."""
     for path in run.leftover_partials():
         log.info("removing %s, left by an interrupted write", path)

@@ -8,9 +8,11 @@ previous checkpoint as it was. A checkpoint that cannot be read, or that another
 version wrote, is said in one line and training starts over; a folder, FIFO or other non-file in its
 place is refused in one line, since deleting it is the user's call.
 
-``train.lock`` is held (``flock``) for as long as a process trains the run, and names that process,
-so a second process asked to train the same run refuses instead of writing beside it. The kernel
-releases the lock when its holder dies, even by SIGKILL, so a stale lock never blocks a rerun.
+``train.lock`` is the run's writer lock: held (``flock``) for as long as a process writes the run
+(training it, ``cmh encode``, ``cmh index``, ``cmh rm``), it names that process and what it is doing,
+so a second writer of the same run refuses instead of writing beside it or deleting under it. Readers
+(query, serve) take no lock. The kernel releases the lock when its holder dies, even by SIGKILL, so a
+stale lock never blocks a rerun. (The file keeps its historical name: tests and users know it.)
 """
 from __future__ import annotations
 
@@ -35,8 +37,12 @@ LOCK_FILE = "train.lock"
 DEFAULT_INTERVAL_S = 300.0
 
 
+#: What a writer holding the lock does to the run -> the participle a refusal names it by.
+ACTIVITIES = {"training": "trained", "encoding": "encoded", "indexing": "indexed", "removing": "removed"}
+
+
 class RunBusy(CacheError):
-    """Another process holds the run's training lock; ``holder`` is its pid (as the lock file names it)."""
+    """Another process holds the run's writer lock; ``holder`` is its pid (as the lock file names it)."""
 
     def __init__(self, message: str, holder: str = "another process") -> None:
         super().__init__(message)
@@ -150,47 +156,104 @@ def _check_lock_path(path: Path) -> None:
         return
     kind = ("a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
             else "not a regular file (a FIFO, socket or device)")
-    raise CacheError(f"{path} is {kind}, where the run's training lock belongs: remove it (`rm -r {path}`) and run "
+    raise CacheError(f"{path} is {kind}, where the run's writer lock belongs: remove it (`rm -r {path}`) and run "
                      f"the command again")
 
 
 @contextlib.contextmanager
-def training_lock(run_dir: Path, run_id: str) -> Iterator[None]:
-    """Hold the run's ``train.lock`` while training; CacheError naming the holder when another has it."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(run_dir) / LOCK_FILE
+def run_lock(run_dir: Path, run_id: str, activity: str = "training", *, create: bool = True) -> Iterator[None]:
+    """Hold the run's writer lock (``train.lock``) while ``activity`` writes the run; RunBusy naming the holder
+    and what it does when another process has it.
+
+    ``create=False`` is for writers of a run that must already exist (encode, index): a run folder that is
+    gone (removed meanwhile) is refused in one line rather than made again around a lone ``encoded/``."""
+    if activity not in ACTIVITIES:
+        raise ValueError(f"unknown run activity {activity!r}")
+    run_dir = Path(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    for _ in range(5):  # a few hand-overs at most; each one is a holder that just finished
+        fd = _open_lock(path, run_dir, run_id)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                _check_lock_path(path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder, doing = _parse_holder(os.pread(fd, 64, 0))
+                raise RunBusy(f"run {run_id} is being {ACTIVITIES.get(doing, 'written')} by process {holder} (holding "
+                              f"{path}); wait for it to finish, or stop it, then run the command again",
+                              holder) from None
+            # A holder unlinks the file before it lets go, and `cmh rm` deletes it with the folder: a lock won
+            # on such an unlinked file guards nothing, since the next writer opens a fresh one. Only the file
+            # still at the path counts.
+            if not _same_file(fd, path):
+                if not create and not run_dir.is_dir():
+                    raise _gone(run_dir, run_id)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n{activity}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # while still held: the next writer makes a fresh one
+            return
+        finally:
+            os.close(fd)
+    raise RunBusy(f"run {run_id}'s lock {path} keeps changing hands (other processes are writing it); wait for "
+                  f"them to finish, then run the command again")
+
+
+def training_lock(run_dir: Path, run_id: str) -> contextlib.AbstractContextManager[None]:
+    """The run's writer lock, held while training it (see ``run_lock``)."""
+    return run_lock(run_dir, run_id, "training")
+
+
+def _gone(run_dir: Path, run_id: str) -> CacheError:
+    return CacheError(f"run folder {run_dir} is gone (removed while this command started?), so run {run_id} "
+                      f"cannot be written; train it again (`cmh train`), or pick another run (`cmh ls --kind runs`)")
+
+
+def _open_lock(path: Path, run_dir: Path, run_id: str) -> int:
     _check_lock_path(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except FileNotFoundError:  # only when the folder itself is missing (create=False, or removed meanwhile)
+        raise _gone(run_dir, run_id) from None
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise
         _check_lock_path(path)  # swapped in after the first look: said the same way
         raise
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            _check_lock_path(path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise RunBusy(f"run {run_id} is being trained by process {holder} (holding {path}); wait for it to "
-                          f"finish, or stop it, then run the command again", holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # while still held: the next trainer makes a fresh one
-    finally:
-        os.close(fd)
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _parse_holder(raw: bytes) -> tuple[str, str]:
+    """(pid, activity) as a lock file names them; older files hold the pid alone (training)."""
+    words = raw.decode(errors="replace").split()
+    return (words[0] if words else "another process"), (words[1] if len(words) > 1 else "training")
 
 
 def lock_holder(run_dir: Path) -> str | None:
-    """The pid training the run now (its lock is held), or None."""
+    """The pid writing the run now (its lock is held), or None."""
+    state = lock_state(run_dir)
+    return state[0] if state else None
+
+
+def lock_state(run_dir: Path) -> tuple[str, str] | None:
+    """(pid, activity: training, encoding, indexing or removing) of the process writing the run now, or None."""
     path = Path(run_dir) / LOCK_FILE
     try:  # non-blocking, not followed: a FIFO in its place must not hang `cmh ls`
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -202,7 +265,7 @@ def lock_holder(run_dir: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            return _parse_holder(os.pread(fd, 64, 0))
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ground.errors import CacheError
-from pipeline.ground.store.checkpoints import CHECKPOINT_FILE, lock_holder
+from pipeline.ground.store.checkpoints import CHECKPOINT_FILE, lock_state
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.runs import ENCODE_RECORD, ENCODED_DIR, INDEX_DIR, RunDir
 
@@ -70,7 +70,8 @@ class RunInfo:
     map50: dict[str, float] = field(default_factory=dict)  # task -> mAP@50
     encodings: list[str] = field(default_factory=list)  # datasets coded with this run (cmh encode)
     indexes: list[str] = field(default_factory=list)  # "database" and/or encoded datasets with an index/
-    busy: str | None = None  # the pid training it now
+    busy: str | None = None  # the pid writing it now (training, encoding, indexing or removing it)
+    busy_doing: str = ""  # what that process does: training, encoding, indexing or removing
 
     @property
     def run_id(self) -> str:
@@ -158,7 +159,9 @@ def run_info(run: RunDir) -> RunInfo:
         info.indexes = [d for d in info.encodings if run.index_dir(d).is_dir()]
     if (run.path / INDEX_DIR).is_dir():
         info.indexes.insert(0, "database")
-    info.busy = lock_holder(run.path)
+    state = lock_state(run.path)
+    if state:
+        info.busy, info.busy_doing = state
     return info
 
 

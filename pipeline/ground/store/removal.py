@@ -1,14 +1,14 @@
 """Removing parts of the cache (``cmh rm``): a run folder, a dataset's items and features, a dataset's
 report thumbnails, a run's checkpoint. The store is the one place that deletes under the cache root.
 
-A run is removed while holding its training lock, so a trainer cannot start writing into a folder that is
-being deleted, and a run whose lock another process holds is refused naming that process.
+A run is removed while holding its writer lock, so no trainer, encoder or indexer can start writing into a
+folder that is being deleted, and a run whose lock another process holds is refused naming that process.
 """
 from __future__ import annotations
 
 import shutil
 
-from pipeline.ground.store.checkpoints import RunBusy, lock_holder, training_lock
+from pipeline.ground.store.checkpoints import ACTIVITIES, RunBusy, lock_state, run_lock
 from pipeline.ground.store.inventory import DatasetInfo, RunInfo
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.lock import DatasetLock
@@ -16,17 +16,18 @@ from pipeline.ground.store.lock import DatasetLock
 
 def remove_run(run: RunInfo) -> int:
     """Delete the run's folder (its model, codes, report, encodings and indexes); the bytes freed."""
-    with training_lock(run.run.path, run.run_id):  # RunBusy naming the pid when another process trains it
+    with run_lock(run.run.path, run.run_id, "removing"):  # RunBusy naming the pid when another process writes it
         shutil.rmtree(run.run.path)
     return run.bytes
 
 
 def remove_checkpoint(run: RunInfo) -> int:
     """Delete the run's ``checkpoint.pt`` (a rerun then trains from epoch 0); the bytes freed."""
-    holder = lock_holder(run.run.path)
-    if holder:
-        raise RunBusy(f"run {run.run_id} is being trained by process {holder}: its checkpoint is in use; wait for it "
-                      f"to finish, or stop it, then run the command again")
+    state = lock_state(run.run.path)
+    if state:
+        holder, doing = state
+        raise RunBusy(f"run {run.run_id} is being {ACTIVITIES.get(doing, 'written')} by process {holder}: its "
+                      f"checkpoint is in use; wait for it to finish, or stop it, then run the command again", holder)
     run.checkpoint.unlink(missing_ok=True)
     return run.checkpoint_bytes
 

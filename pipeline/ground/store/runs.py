@@ -210,12 +210,24 @@ class RunDir:
         return missing
 
     def leftover_partials(self) -> list[Path]:
-        """The ``.partial`` files interrupted writes left in the run's own files, codes and plots (never in
-        ``encoded/``, which `cmh encode` writes under its own lock). Only the holder of the run's training
-        lock may take them for leftovers: outside it, a live writer may own one."""
-        folders = (self.path, self.codes_dir / "split=query", self.codes_dir / "split=database", self.plots_dir)
-        return sorted(p for folder in folders if folder.is_dir() for p in folder.glob(f"*{PARTIAL_SUFFIX}")
-                      if p.is_file() and not p.is_symlink())
+        """The ``.partial`` files interrupted writes left in the run's own files, codes and plots (those under
+        ``encoded/`` and ``index/`` are `cmh encode`'s and `cmh index`'s: ``encode_partials``,
+        ``index_partials``). Only the holder of the run's writer lock may take them for leftovers: outside
+        it, a live writer may own one."""
+        return _partials_in(self.path, self.codes_dir / "split=query", self.codes_dir / "split=database",
+                            self.plots_dir)
+
+    def encode_partials(self, dataset: str) -> list[Path]:
+        """The ``.partial`` files an interrupted `cmh encode` of ``dataset`` left: its record and codes parts
+        (its index is `cmh index`'s). As ``leftover_partials``: for the writer lock's holder only."""
+        codes = self.encoded_codes_dir(dataset)
+        splits = sorted(codes.glob("split=*")) if codes.is_dir() else []
+        return _partials_in(self.encoded_dir(dataset), *splits)
+
+    def index_partials(self, dataset: str | None = None) -> list[Path]:
+        """The ``.partial`` files an interrupted `cmh index` left in the ``index/`` it writes (the run's
+        database's, or ``dataset``'s). As ``leftover_partials``: for the writer lock's holder only."""
+        return _partials_in(self.index_dir(dataset))
 
     def require_trained(self) -> None:
         """CacheError when the run was killed before its model and database codes were written."""
@@ -264,6 +276,12 @@ class RunDir:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return self.model_path
+
+
+def _partials_in(*folders: Path) -> list[Path]:
+    """The ``.partial`` files directly in ``folders`` (regular files only: a link is never followed to delete)."""
+    return sorted(p for folder in folders if folder.is_dir() for p in folder.glob(f"*{PARTIAL_SUFFIX}")
+                  if p.is_file() and not p.is_symlink())
 
 
 def _require_in_cache(layout: CacheLayout, path: Path) -> None:
