@@ -33,7 +33,7 @@ from pipeline.ground.store.features import config_hash
 from pipeline.ground.store.layout import PHYSICAL_SPLITS
 from pipeline.ground.store.parquet import read_json, read_metadata, write_json_atomic
 from pipeline.ground.store.aligned import FeatureRef
-from pipeline.ground.store.runs import RunDir
+from pipeline.ground.store.runs import RunDir, drop_leftovers
 from stages.train import coding
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,6 @@ def encode_dataset(cache: Cache, run: str, dataset: str, *, chunk_rows: int = CH
                             engine=engine, ray_address=ray_address, concurrency=concurrency, device=device)
 
 
-def _drop_encode_partials(run_dir: RunDir, dataset: str) -> None:
-    """Remove what a killed encode of ``dataset`` left half-written; its caller holds the run's writer lock."""
-    for path in run_dir.encode_partials(dataset):
-        log.info("removing %s, left by an interrupted encode", path)
-        path.unlink(missing_ok=True)
-
-
 def _encode_held(cache: Cache, run_dir: RunDir, dataset: str, *, chunk_rows: int, progress: bool,
                  say: Callable[[str], None], engine: str, ray_address: str | None, concurrency: int | None,
                  device: str | None) -> EncodeResult:
@@ -131,7 +124,7 @@ def _encode_held(cache: Cache, run_dir: RunDir, dataset: str, *, chunk_rows: int
     from pipeline.ground.progress import progress_bar
 
     ds = cache.dataset(dataset)  # an unknown or unsafe name is said before any path is formed from it
-    _drop_encode_partials(run_dir, dataset)
+    drop_leftovers(run_dir.encode_partials(dataset), "encode")
     run_dir.require_trained()
     config = cache.require_current(run_dir)
     method = load_method(run_dir.model_path)

@@ -27,7 +27,7 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.checkpoints import run_lock
 from pipeline.ground.store.parquet import read_json, write_bytes_atomic, write_json_atomic
-from pipeline.ground.store.runs import RunDir
+from pipeline.ground.store.runs import RunDir, drop_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,7 @@ def _build_held(cache: Cache, source: CodesSource, kind: str, overrides: Mapping
 
     dataset = source.dataset
     config = cache.require_current(source.run)
-    for path in source.run.index_partials(dataset):
-        log.info("removing %s, left by an interrupted index build", path)
-        path.unlink(missing_ok=True)
+    drop_leftovers(source.run.index_partials(dataset), "index build")
     codes = source.read()
     n, bits = len(codes["item_id"]), int(codes["bits"])
     if n == 0:

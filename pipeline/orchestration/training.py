@@ -26,7 +26,7 @@ from pipeline.ground.store.cache import Cache, DatasetCache
 from pipeline.ground.store.checkpoints import RunBusy, RunCheckpoints, training_lock
 from pipeline.ground.store.codes import binarize
 from pipeline.ground.store.features import config_hash
-from pipeline.ground.store.runs import RunDir, RunId
+from pipeline.ground.store.runs import RunDir, RunId, drop_leftovers
 from pipeline.ground.versions import RESULTS_VERSION
 from stages.train import coding
 from stages.train import methods  # noqa: F401  (registers every method)
@@ -218,9 +218,7 @@ def _reuse_problem(run: RunDir) -> str | None:
 def _drop_partials(run: RunDir) -> None:
     """Remove what interrupted writes left in the run; called holding its writer lock, so no live writer
     of these folders can own one."""
-    for path in run.leftover_partials():
-        log.info("removing %s, left by an interrupted write", path)
-        path.unlink(missing_ok=True)
+    drop_leftovers(run.leftover_partials(), "write")
 
 
 def _drop_partials_unless_busy(run: RunDir) -> None:

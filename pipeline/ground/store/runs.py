@@ -9,6 +9,7 @@ of the same request skips only complete runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -38,6 +39,8 @@ ENCODE_RECORD = "_encode.json"  # encoded/<dataset>/_encode.json (cmh encode)
 RETRAIN_HINT = "train the run again with `cmh train ... --force`"
 
 _RUN_ID = re.compile(r"^(?P<stem>.+)-(?P<bits>\d+)b-s(?P<seed>\d+)-(?P<key>[0-9a-f]+)$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,14 @@ class RunDir:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return self.model_path
+
+
+def drop_leftovers(paths: list[Path], writer: str) -> None:
+    """Remove the ``.partial`` files an interrupted ``writer`` left (``RunDir.leftover_partials``,
+    ``encode_partials``, ``index_partials``); only the holder of the run's writer lock may call it."""
+    for path in paths:
+        log.info("removing %s, left by an interrupted %s", path, writer)
+        path.unlink(missing_ok=True)
 
 
 def _partials_in(*folders: Path) -> list[Path]:
