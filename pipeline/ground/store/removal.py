@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 
-from pipeline.ground.store.checkpoints import ACTIVITIES, RunBusy, lock_state, run_lock
+from pipeline.ground.store.checkpoints import lock_state, run_busy, run_lock
 from pipeline.ground.store.inventory import DatasetInfo, RunInfo
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.lock import DatasetLock
@@ -26,8 +26,7 @@ def remove_checkpoint(run: RunInfo) -> int:
     state = lock_state(run.run.path)
     if state:
         holder, doing = state
-        raise RunBusy(f"run {run.run_id} is being {ACTIVITIES.get(doing, 'written')} by process {holder}: its "
-                      f"checkpoint is in use; wait for it to finish, or stop it, then run the command again", holder)
+        raise run_busy(run.run_id, holder, doing, "its checkpoint is in use")
     run.checkpoint.unlink(missing_ok=True)
     return run.checkpoint_bytes
 
