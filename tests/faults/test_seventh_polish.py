@@ -1,13 +1,21 @@
 """Seventh polish: small faults a review noted and left alone.
 
 * one wording for "run X is being <activity> by process N", whichever command is refused;
+* `cmh rm` renames a run folder to a hidden tombstone under the run's lock before deleting it, so an encode or
+  index starting meanwhile finds no run rather than a half-deleted folder; listings skip tombstones, and the
+  next `cmh rm` deletes one a killed `cmh rm` left, in one log line;
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.faults.conftest import one_line_error
 
 
 def _run_folder(cache: Path, run_id: str = "pairs-baseline-16-s1") -> Path:
@@ -39,3 +47,72 @@ def test_a_busy_run_is_refused_in_one_wording_by_the_lock_and_by_checkpoint_remo
     for exc, what in ((by_lock.value, f"holding {folder / 'train.lock'}"), (by_rm.value, "its checkpoint is in use")):
         assert str(exc) == f"{said}{what}{fix}" and exc.holder == str(os.getpid())
     assert (folder / "checkpoint.pt").read_bytes() == b"state"
+
+
+# -- 2: `cmh rm` against an encode or index that starts while it deletes ------------------------------------
+def test_a_writer_starting_while_rm_deletes_finds_no_run_and_nothing_lists_the_tombstone(tmp_path, monkeypatch):
+    from pipeline.ground.errors import CacheError
+    from pipeline.ground.store import removal
+    from pipeline.ground.store.cache import Cache
+    from pipeline.ground.store.checkpoints import run_lock
+    from pipeline.ground.store.inventory import run_folders, run_info
+    from pipeline.ground.store.runs import RunDir
+
+    cache = Cache(tmp_path / "cache")
+    folder = _run_folder(cache.root)
+    run = folder.name
+    (folder / "report.parquet").write_bytes(b"")  # complete as far as Cache.runs looks
+    seen: dict = {}
+    real_rmtree = shutil.rmtree
+
+    def rmtree_with_a_writer_arriving(path, *args, **kwargs):
+        (Path(path) / "train.lock").unlink(missing_ok=True)  # as far as the deletion has gone when the writer starts
+        try:
+            with run_lock(folder, run, "encoding", create=False):  # what `cmh encode` / `cmh index` take
+                seen["writer"] = "got in"
+        except CacheError as exc:
+            seen["writer"] = str(exc)
+        seen["listed"] = ([r.run_id for r in cache.runs(complete=False)], [r.path for r in run_folders(cache)])
+        with pytest.raises(CacheError, match="`cmh rm` is deleting"):
+            RunDir.find(cache, Path(path).name)  # never served or queried as a run
+        seen["tomb"] = Path(path)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_with_a_writer_arriving)
+    removal.remove_run(run_info(RunDir(folder)))
+    assert "is gone" in seen["writer"], seen["writer"]
+    assert seen["listed"] == ([], [])
+    assert seen["tomb"].parent == folder.parent and seen["tomb"].name.startswith(".")
+    assert list((cache.root / "runs").iterdir()) == []  # neither the run nor its tombstone, nor a new lock
+
+
+def test_a_tombstone_a_killed_rm_left_is_ignored_by_ls_and_deleted_by_the_next_rm_in_one_line(cli, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    folder = _run_folder(cache)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has any more
+    tomb = cache / "runs" / f".removing-{dead.pid}-{folder.name}-old"
+    (tomb / "encoded").mkdir(parents=True)
+    (tomb / "encoded" / "codes.parquet").write_bytes(b"half")
+    live = cache / "runs" / f".removing-{os.getppid()}-other"  # a `cmh rm` still deleting it: its own to finish
+    live.mkdir()
+
+    caplog.set_level(logging.DEBUG)
+    listed = cli("ls", "--cache", cache)
+    assert listed.code == 0 and "removing-" not in listed.out + listed.err + caplog.text
+    assert folder.name in listed.out
+    dry = cli("rm", folder.name, "--cache", cache)
+    assert dry.code == 0 and tomb.is_dir() and "removing-" not in dry.out + caplog.text  # a dry run deletes nothing
+    removed = cli("rm", folder.name, "--yes", "--cache", cache)
+    assert removed.code == 0, removed.err
+    said = [m for m in caplog.messages if "removing-" in m]
+    assert len(said) == 1 and "interrupted `cmh rm`" in said[0] and str(tomb) in said[0] and str(live) not in said[0]
+    assert "removing-" not in removed.out + removed.err
+    assert sorted(p.name for p in (cache / "runs").iterdir()) == [live.name]
+
+
+def test_a_run_named_by_its_tombstone_is_refused_in_one_line(cli, tmp_path):
+    cache = tmp_path / "cache"
+    tomb = _run_folder(cache, ".removing-1-pairs-baseline-16-s1")
+    line = one_line_error(cli("query", "--run", str(tomb), "--text", "dog", "--cache", cache))
+    assert "`cmh rm` is deleting" in line and "cmh ls --kind runs" in line

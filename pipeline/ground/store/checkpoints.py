@@ -205,8 +205,11 @@ def run_lock(run_dir: Path, run_id: str, activity: str = "training", *, create: 
             try:
                 yield
             finally:
+                # while still held, so the next writer makes a fresh one; only our own file: `cmh rm` renames the
+                # folder away under its lock, and a trainer may have made the run again at the path since
                 with contextlib.suppress(OSError):
-                    os.unlink(path)  # while still held: the next writer makes a fresh one
+                    if _same_file(fd, path):
+                        os.unlink(path)
             return
         finally:
             os.close(fd)
