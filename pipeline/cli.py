@@ -523,6 +523,22 @@ def _empty_path_option(argv: list[str]) -> str | None:
     return None
 
 
+#: Characters that would break an ``error:`` line or act on the terminal: C0 and C1 controls (newline, carriage
+#: return, escape), DEL, and Unicode's line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters written as Python escapes (``\\n``, ``\\x1b``), the rest as it is: a
+    path or a name holding a newline (``--cache $'a\\nb'``) would otherwise split an error in two lines."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _say_error(message: str) -> None:
+    """The one ``error:`` line every refusal ends in, whatever its message holds."""
+    typer.echo(f"error: {_one_line(message)}", err=True)
+
+
 def main() -> None:
     try:
         empty = _empty_path_option(sys.argv[1:])
@@ -532,10 +548,10 @@ def main() -> None:
         app()
     except CMHError as exc:
         logging.getLogger("cmh").debug("error", exc_info=True)
-        typer.echo(f"error: {exc}", err=True)
+        _say_error(str(exc))
         sys.exit(2)
     except Interrupted as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _say_error(str(exc))
         # 128 + the signal, as a shell reports it; left at once, since the interpreter's own exit after a
         # KeyboardInterrupt sometimes ended the process by SIGINT instead (status -2, seen in tests)
         _leave_now(exc.status)
@@ -554,10 +570,10 @@ def main() -> None:
             fix = "free space on that disk (or write to another one)"
         else:
             fix = "make it readable and writable for you (or write elsewhere)"
-        typer.echo(f"error: {where}: {exc.strerror}: {fix}, and run the command again", err=True)
+        _say_error(f"{where}: {exc.strerror}: {fix}, and run the command again")
         sys.exit(2)
     except KeyError as exc:  # registry lookups: the message already lists the alternatives
         if exc.args and isinstance(exc.args[0], str) and "registered:" in exc.args[0]:
-            typer.echo(f"error: {exc.args[0]}", err=True)
+            _say_error(exc.args[0])
             sys.exit(2)
         raise

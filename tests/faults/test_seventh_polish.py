@@ -4,6 +4,7 @@
 * `cmh rm` renames a run folder to a hidden tombstone under the run's lock before deleting it, so an encode or
   index starting meanwhile finds no run rather than a half-deleted folder; listings skip tombstones, and the
   next `cmh rm` deletes one a killed `cmh rm` left, in one log line;
+* an error whose message holds a control character (a path with a newline) is still one `error:` line;
 """
 from __future__ import annotations
 
@@ -116,3 +117,38 @@ def test_a_run_named_by_its_tombstone_is_refused_in_one_line(cli, tmp_path):
     tomb = _run_folder(cache, ".removing-1-pairs-baseline-16-s1")
     line = one_line_error(cli("query", "--run", str(tomb), "--text", "dog", "--cache", cache))
     assert "`cmh rm` is deleting" in line and "cmh ls --kind runs" in line
+
+
+# -- 3: a newline in a path does not split the error line ---------------------------------------------------
+@pytest.mark.parametrize("command", [
+    lambda odd, tmp: ["ls", "--cache", odd],
+    lambda odd, tmp: ["train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--cache", odd],
+    lambda odd, tmp: ["query", "--run", "r", "--image", odd / "q.png", "--cache", tmp],
+    lambda odd, tmp: ["extract", "--dataset", "pairs", "--data-dir", odd, "--cache", tmp / "c"],
+], ids=["ls", "train", "query", "extract"])
+def test_a_path_with_a_newline_is_named_escaped_in_one_error_line(cli, tmp_path, command):
+    odd = tmp_path / "a\nb\x1b[31m"  # a newline, and an escape sequence that would colour the terminal red
+    result = cli(*command(odd, tmp_path))
+    line = one_line_error(result)
+    assert f"{tmp_path}/a\\nb\\x1b[31m" in line, line
+    assert "\nb" not in result.err and "\x1b" not in result.err
+
+
+def test_every_error_branch_of_the_entry_point_escapes_control_characters(monkeypatch, capsys):
+    """CMH errors, storage errors (the path comes from the OS), registry lookups and interruptions alike."""
+    import errno
+
+    from pipeline import cli as cli_module
+    from pipeline.ground.errors import CacheError, Interrupted
+
+    for exc in (CacheError("bad\rname"), PermissionError(errno.EACCES, "Permission denied", "/x/a\nb"),
+                KeyError("no method 'a\nb'; registered: baseline"), Interrupted("stopped at a\nb")):
+        def app(exc=exc):
+            raise exc
+
+        monkeypatch.setattr(cli_module, "app", app)
+        monkeypatch.setattr(cli_module, "_empty_path_option", lambda argv: None)
+        with pytest.raises(SystemExit):
+            cli_module.main()
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and ("\\n" in err or "\\r" in err), err
