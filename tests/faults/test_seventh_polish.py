@@ -5,18 +5,22 @@
   index starting meanwhile finds no run rather than a half-deleted folder; listings skip tombstones, and the
   next `cmh rm` deletes one a killed `cmh rm` left, in one log line;
 * an error whose message holds a control character (a path with a newline) is still one `error:` line;
+* a query picture over the pixel limit is refused from its header in one line, without PIL's warning above it;
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import struct
 import subprocess
+import warnings
+import zlib
 from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import one_line_error
+from tests.faults.conftest import cli_subprocess, one_line_error
 
 
 def _run_folder(cache: Path, run_id: str = "pairs-baseline-16-s1") -> Path:
@@ -152,3 +156,51 @@ def test_every_error_branch_of_the_entry_point_escapes_control_characters(monkey
             cli_module.main()
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and ("\\n" in err or "\\r" in err), err
+
+
+# -- 4: a huge query picture: our limit, our line, no PIL warning -------------------------------------------
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` and carries one scanline: a few KB on disk, and decoding it
+    whole would fail as truncated, so a refusal naming megapixels proves the size was checked first."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * (3 * width + 1)))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height, size", [(12_000, 10_000, "12000 x 10000 = 120 megapixels"),
+                                                 (20_000, 10_000, "over 179 megapixels")])
+def test_a_query_picture_over_the_limit_is_one_line_without_pils_warning(tmp_path, width, height, size):
+    picture = tmp_path / "scan.png"
+    picture.write_bytes(_png_header_only(width, height))
+    result = cli_subprocess("query", "--run", "r", "--image", picture, "--cache", tmp_path, timeout=120)
+    assert result.code == 2 and result.err.count("\n") == 1, result.err  # the error line and nothing above it
+    assert result.err == (f"error: query image {picture} is {size}, more than the 50 a query decodes: scale it down "
+                          f"to at most 50 megapixels (the search reads it at 224 px)\n")
+
+
+def test_a_query_picture_under_the_limit_is_read_as_before(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.ground.images import load_image, load_query_image
+
+    path = tmp_path / "q.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 4), dtype=np.uint8)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        picture = load_query_image(str(path), max_pixels=40 * 30)
+    assert np.array_equal(np.asarray(picture), np.asarray(load_image(str(path))))  # the codes cannot change
+
+
+def test_an_upload_past_pils_ceiling_names_the_services_limit(tmp_path):
+    from pipeline.orchestration.serving.refusals import Refusal
+    from pipeline.orchestration.serving.upload import read_picture
+
+    with pytest.raises(Refusal) as refused:
+        read_picture(_png_header_only(20_000, 10_000))
+    assert refused.value.status == 400
+    assert refused.value.error == "the picture is over 179 megapixels, more than the 50 the service decodes"
+    assert "at most 50 megapixels" in refused.value.fix
