@@ -6,6 +6,7 @@
   next `cmh rm` deletes one a killed `cmh rm` left, in one log line;
 * an error whose message holds a control character (a path with a newline) is still one `error:` line;
 * a query picture over the pixel limit is refused from its header in one line, without PIL's warning above it;
+* a usage error (an option's value not of its type, an unknown or missing option) is one `error:` line too.
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def test_every_error_branch_of_the_entry_point_escapes_control_characters(monkey
 
     for exc in (CacheError("bad\rname"), PermissionError(errno.EACCES, "Permission denied", "/x/a\nb"),
                 KeyError("no method 'a\nb'; registered: baseline"), Interrupted("stopped at a\nb")):
-        def app(exc=exc):
+        def app(exc=exc, **kwargs):
             raise exc
 
         monkeypatch.setattr(cli_module, "app", app)
@@ -204,3 +205,35 @@ def test_an_upload_past_pils_ceiling_names_the_services_limit(tmp_path):
     assert refused.value.status == 400
     assert refused.value.error == "the picture is over 179 megapixels, more than the 50 the service decodes"
     assert "at most 50 megapixels" in refused.value.fix
+
+
+# -- 5: usage errors in one line -----------------------------------------------------------------------------
+@pytest.mark.parametrize("args, said", [
+    (["table", "--workers", "abc"], "Invalid value for '--workers': Input should be a valid integer"),
+    (["serve", "--run", "r", "--port", "x"], "Invalid value for '--port'"),
+    (["serve", "--run", "r", "--max-upload-mb", "big"], "Invalid value for '--max-upload-mb'"),
+    (["train", "--method", "baseline", "--bits", "x"], "Invalid value for --bits: expected a comma list of integers"),
+    (["grid", "--epochs", "many"], "Invalid value for --epochs: epochs 'many' is not a whole number"),
+    (["train", "--bits", "16"], "Missing option '--method'"),
+    (["train", "--method", "baseline", "--bogus"], "No such option: --bogus"),
+    (["nope"], "No such command 'nope'"),
+])
+def test_a_usage_error_is_one_line_naming_the_option_and_the_fix(cli, tmp_path, args, said):
+    result = cli(*args, "--cache", tmp_path) if args[0] != "nope" else cli(*args)
+    line = one_line_error(result)  # exit status 2, as click gives usage errors
+    assert line.startswith(f"error: {said}"), line
+    command = "cmh" if args[0] == "nope" else f"cmh {args[0]}"
+    assert line.endswith(f"see `{command} --help`)") or line.endswith(f"see `{command} --help`"), line
+    if args[1:2] in (["--workers"], ["--port"]):
+        assert "give a whole number" in line
+    assert result.err.count("\n") == 1 and "Usage:" not in result.err and "\u256d" not in result.err  # no box
+    assert result.out == ""
+
+
+def test_help_and_a_bare_cmh_still_print_the_help(cli):
+    helped = cli("--help")
+    assert helped.code == 0 and "Usage:" in helped.out and "error:" not in helped.err
+    command_help = cli("table", "--help")
+    assert command_help.code == 0 and "--workers" in command_help.out
+    bare = cli()
+    assert bare.code == 2 and "Usage:" in bare.out + bare.err and "error:" not in bare.err
