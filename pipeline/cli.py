@@ -18,6 +18,11 @@ from typing import Iterator, Optional
 
 import typer
 
+try:  # typer 0.2x parses with a copy of click of its own, older ones with click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
 from pipeline.ground.errors import CMHError, ConfigError, Interrupted
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -33,15 +38,16 @@ def _cache(cache: Optional[Path]):
     return open_cache(cache)
 
 
-def _ints(text: str) -> list[int]:
+def _ints(text: str, option: str | None = None) -> list[int]:
     # commas or blanks separate values: dropping the blanks instead read BITS='16 32' as one 1632-bit length
     try:
         values = [int(v) for v in re.split(r"[,\s]+", text) if v]
     except ValueError:
-        raise typer.BadParameter(f"expected a comma list of integers, got {text!r}") from None
+        raise typer.BadParameter(f"expected a comma list of integers, got {text!r}", param_hint=option) from None
     twice = sorted({v for v in values if values.count(v) > 1})
     if twice:  # a repeated value would train or tabulate one cell twice
-        raise typer.BadParameter(f"{text!r} names {', '.join(map(str, twice))} more than once; give each value once")
+        raise typer.BadParameter(f"{text!r} names {', '.join(map(str, twice))} more than once; give each value once",
+                                 param_hint=option)
     return values
 
 
@@ -52,7 +58,7 @@ def _key_values(pairs: list[str], option: str = "--set") -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint=option)
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
@@ -172,7 +178,7 @@ def train(
     """Train a hashing method on cached features, encode query/database, evaluate and write a run directory."""
     from pipeline.orchestration.training import TrainRequest, train_runs
 
-    req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits), image=image, text=text, seed=seed,
+    req = TrainRequest(dataset=dataset, method=method, bits=_ints(bits, "--bits"), image=image, text=text, seed=seed,
                        epochs=epochs, overrides=_key_values(set_), eval_mode=eval_mode, tie=tie, device=device,
                        force=force, checkpoint_every=checkpoint_every)
     import time
@@ -214,7 +220,8 @@ def report(
                        warn=lambda line: typer.echo(line, err=True))
     else:
         if readme is not None or figure is not None:
-            raise typer.BadParameter("--readme and --figure go with --results")
+            raise click_errors.UsageError("--readme and --figure go with --results: add --results (e.g. --results "
+                                   "results), or leave them out")
         run(_cache(cache), ReportRequest(dataset=dataset, metric=metric, out_dir=out_dir, published=published,
                                          html=html, gallery_queries=gallery_queries, gallery_seed=gallery_seed,
                                          top_k=top_k), echo=typer.echo)
@@ -358,7 +365,8 @@ def grid(
     twice = sorted({m for m in method_names if method_names.count(m) > 1})
     if twice:
         raise typer.BadParameter(f"--methods names {', '.join(twice)} more than once; give each method once")
-    req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), image=image,
+    req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits, "--bits"), seeds=_ints(seeds, "--seeds"),
+                      image=image,
                       text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
                       out_dir=out_dir, checkpoint_every=checkpoint_every)
     start = time.perf_counter()
@@ -401,7 +409,8 @@ def table(
     start = time.perf_counter()
     with _resumable("table"):
         result = build_table(_cache(cache), TableRequest(
-            dataset=dataset, methods=method_names, bits=_ints(bits), seeds=_ints(seeds), results=results,
+            dataset=dataset, methods=method_names, bits=_ints(bits, "--bits"), seeds=_ints(seeds, "--seeds"),
+            results=results,
             readme=readme, budget=budget, workers=workers, device=device,
             epochs=_epochs_per_method(epochs, method_names), checkpoint_every=checkpoint_every, pack=pack),
             echo=typer.echo)
@@ -421,7 +430,7 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
             return int(value)
         except ValueError:
             raise typer.BadParameter(f"epochs {where}{value.strip()!r} is not a whole number; use N or "
-                                     f"method=N,... (e.g. djsrh=15,dsah=20)") from None
+                                     f"method=N,... (e.g. djsrh=15,dsah=20)", param_hint="--epochs") from None
 
     if "=" not in text:
         return {"*": number(text, "")}
@@ -430,10 +439,11 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
         name, _, value = pair.partition("=")
         name = name.strip()
         if methods is not None and name not in methods:
-            raise typer.BadParameter(f"epochs for {name!r}, which is not among --methods {','.join(methods)}")
+            raise typer.BadParameter(f"epochs for {name!r}, which is not among --methods {','.join(methods)}",
+                                     param_hint="--epochs")
         if name in out:  # the last one would win without a word
             raise typer.BadParameter(f"epochs for {name} are given twice ({out[name]} and {value.strip()}); "
-                                     f"give each method once")
+                                     f"give each method once", param_hint="--epochs")
         out[name] = number(value, f"for {name} ")
     return out
 
@@ -523,19 +533,69 @@ def _empty_path_option(argv: list[str]) -> str | None:
     return None
 
 
+#: Characters that would break an ``error:`` line or act on the terminal: C0 and C1 controls (newline, carriage
+#: return, escape), DEL, and Unicode's line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters written as Python escapes (``\\n``, ``\\x1b``), the rest as it is: a
+    path or a name holding a newline (``--cache $'a\\nb'``) would otherwise split an error in two lines."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _say_error(message: str) -> None:
+    """The one ``error:`` line every refusal ends in, whatever its message holds."""
+    typer.echo(f"error: {_one_line(message)}", err=True)
+
+
+def _usage_error(exc: click_errors.UsageError) -> str:
+    """A usage error (an option that is unknown, missing, or not of its type) as the message of one ``error:``
+    line naming the fix, instead of click's usage box."""
+    names = []
+    ctx = exc.ctx
+    while ctx is not None and ctx.parent is not None:  # the root's name is how Python was started: say `cmh`
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(["cmh", *reversed(names)])
+    fix = ""
+    if isinstance(exc, click_errors.BadParameter) and exc.param is not None:  # a value of the wrong type
+        # typer 0.2x keeps the option's Python type; click's own options, a ParamType with a name
+        typed = getattr(getattr(exc.param, "type_descriptor", None), "annotation", None)
+        named = getattr(getattr(exc.param, "type", None), "name", None)
+        fix = ("give a whole number" if typed is int or named == "integer" else
+               "give a number" if typed is float or named == "float" else "")
+    message = exc.format_message().rstrip(".")
+    return f"{message}; {fix} (see `{command} --help`)" if fix else f"{message}; see `{command} --help`"
+
+
 def main() -> None:
     try:
         empty = _empty_path_option(sys.argv[1:])
         if empty is not None:
             raise ConfigError(f"{empty} is empty: give a path (an empty one would mean the current folder), or leave "
                               f"the option out for its default")
-        app()
+        # not standalone: click's errors come here, to be said in one line like every other refusal
+        status = app(standalone_mode=False)
+        if isinstance(status, int) and status:  # --help gives 0; Ctrl-C outside a command that resumes, 130
+            sys.exit(status)
+    except getattr(click_errors, "NoArgsIsHelpError", ()) as exc:  # `cmh` alone: the help is printed already
+        sys.exit(exc.exit_code)
+    except click_errors.UsageError as exc:
+        _say_error(_usage_error(exc))
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        _say_error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
     except CMHError as exc:
         logging.getLogger("cmh").debug("error", exc_info=True)
-        typer.echo(f"error: {exc}", err=True)
+        _say_error(str(exc))
         sys.exit(2)
     except Interrupted as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _say_error(str(exc))
         # 128 + the signal, as a shell reports it; left at once, since the interpreter's own exit after a
         # KeyboardInterrupt sometimes ended the process by SIGINT instead (status -2, seen in tests)
         _leave_now(exc.status)
@@ -554,10 +614,10 @@ def main() -> None:
             fix = "free space on that disk (or write to another one)"
         else:
             fix = "make it readable and writable for you (or write elsewhere)"
-        typer.echo(f"error: {where}: {exc.strerror}: {fix}, and run the command again", err=True)
+        _say_error(f"{where}: {exc.strerror}: {fix}, and run the command again")
         sys.exit(2)
     except KeyError as exc:  # registry lookups: the message already lists the alternatives
         if exc.args and isinstance(exc.args[0], str) and "registered:" in exc.args[0]:
-            typer.echo(f"error: {exc.args[0]}", err=True)
+            _say_error(exc.args[0])
             sys.exit(2)
         raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 #: Side (pixels) a JPEG is decoded at when only checking that it decodes (libjpeg scales by 1/2..1/8 for free).
 CHECK_DRAFT_SIDE = 64
+#: The largest query picture decoded (``cmh query --image``, the search service's upload), in pixels: a
+#: 48-megapixel phone photo passes, a 100-megapixel scan does not (decoding it would take gigabytes).
+MAX_QUERY_PIXELS = 50_000_000
 
 
 @lru_cache(maxsize=8)
@@ -44,6 +48,37 @@ def load_image(ref: str) -> Image.Image:
         raise
     except Exception as exc:  # PIL/h5py raise many types; all mean "this image is unusable"
         raise DataError(f"cannot read image {ref}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_query_image(path: str, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:
+    """The RGB picture of a query, read as ``load_image`` reads it, with its size checked from the header before
+    a pixel is decoded: DataError over ``max_pixels`` naming the limit and the fix. This check stands in for
+    PIL's own (a DecompressionBombWarning printed above the error from 89 megapixels, an error from 179), which
+    is never shown. Dataset images are not read through here: extraction decodes them as it always has."""
+    if _is_stack(path):
+        return load_image(path)
+    require_regular_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # lazy: the header only
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise _too_many_pixels(path, f"{width} x {height} = {width * height / 1e6:.0f}", max_pixels)
+                im.load()
+                return as_rgb(im, path)
+    except Image.DecompressionBombError:  # past PIL's hard ceiling, which it checks before telling the size
+        raise _too_many_pixels(path, f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}", max_pixels) from None
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises many types; all mean "this image is unusable"
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _too_many_pixels(path: str, size: str, max_pixels: int) -> DataError:
+    return DataError(f"query image {path} is {size} megapixels, more than the {max_pixels / 1e6:.0f} a query "
+                     f"decodes: scale it down to at most {max_pixels / 1e6:.0f} megapixels (the search reads it at "
+                     f"224 px)")
 
 
 def as_rgb(im: Image.Image, ref: str) -> Image.Image:

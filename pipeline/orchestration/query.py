@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.ground.images import load_image
+from pipeline.ground.images import load_query_image
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.paths import require_folder
 from pipeline.ground.store.cache import Cache
@@ -68,7 +68,7 @@ def query_run(cache: Cache, run: str, *, text: str | None = None, image: Path | 
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if text is not None and not text.strip():
         raise ConfigError("the query text is empty: give some words, e.g. --text \"dog, beach\"")
-    picture = load_image(str(image)) if image is not None else None  # exists, is a file, decodes
+    picture = load_query_image(str(image)) if image is not None else None  # exists, is a file, decodes
     cache.find_run(run)  # a run that is not cached, with the near matches
     modality = "image" if image is not None else "text"
     searcher = Searcher(cache, run, dataset=dataset, modalities=(modality,), say=say)

@@ -53,6 +53,8 @@ def remove(cache: Cache, req: RmRequest, echo: Callable[[str], None] = print) ->
     if req.kind not in KINDS:
         raise ConfigError(f"--kind {req.kind!r}: choose {', '.join(KINDS)}")
     patterns = check_patterns(req.patterns)
+    if req.yes and cache.root.is_dir():  # (a dry run deletes nothing; listings skip them meanwhile)
+        removal.drop_tombstones(cache)  # what a killed `cmh rm` left half deleted
     if not patterns and not req.all:
         raise ConfigError(f"say which {req.kind} to remove: a name or a quoted glob (e.g. `cmh rm 'demo-ucmfh-*'`), "
                           f"or --all for every one (`cmh ls` lists them)")

@@ -329,7 +329,7 @@ def test_a_non_integer_setting_is_refused_by_the_parser(cli, built, args):
     _, cache, _ = built
     result = cli("grid", "--dataset", "pairs", "--methods", "baseline", "--bits", "8", "--cache", cache, *args)
     assert result.code == 2 and "Traceback" not in result.err
-    assert f"Invalid value for '{args[0]}'" in " ".join(result.err.split()), result.err  # typer's usage box
+    assert f"Invalid value for '{args[0]}'" in " ".join(result.err.split()), result.err  # the parser's refusal, one line
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -109,11 +109,8 @@ class Cache(CacheLayout):
 
     def runs(self, dataset: str | None = None, *, complete: bool = True) -> list[RunDir]:
         """Run folders (with a report when ``complete``), of ``dataset`` only when given, by id."""
-        base = self.layout.runs_dir()
-        if not base.is_dir():
-            return []
         out = []
-        for path in sorted(base.iterdir()):
+        for path in self.layout.run_paths():  # not the tombstones of a `cmh rm` under way
             marker = path / (REPORT_FILE if complete else CONFIG_FILE)
             if not marker.exists():
                 continue

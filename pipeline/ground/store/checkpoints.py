@@ -49,6 +49,14 @@ class RunBusy(CacheError):
         self.holder = holder
 
 
+def run_busy(run_id: str, holder: str, doing: str, what: str) -> RunBusy:
+    """The refusal of a command that would write (or remove) a run another process holds: it names that
+    process and what it does (``doing``, an ``ACTIVITIES`` key), then ``what`` is held (the lock file, the
+    checkpoint), and says to wait for it or stop it. One wording for every such refusal."""
+    return RunBusy(f"run {run_id} is being {ACTIVITIES.get(doing, 'written')} by process {holder} ({what}); wait "
+                   f"for it to finish, or stop it, then run the command again", holder)
+
+
 #: Identity keys that checkpoints written by older code lack; such a checkpoint is judged on the other keys.
 _ADDED_LATER = ("run_id",)
 
@@ -184,9 +192,7 @@ def run_lock(run_dir: Path, run_id: str, activity: str = "training", *, create: 
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 holder, doing = _parse_holder(os.pread(fd, 64, 0))
-                raise RunBusy(f"run {run_id} is being {ACTIVITIES.get(doing, 'written')} by process {holder} (holding "
-                              f"{path}); wait for it to finish, or stop it, then run the command again",
-                              holder) from None
+                raise run_busy(run_id, holder, doing, f"holding {path}") from None
             # A holder unlinks the file before it lets go, and `cmh rm` deletes it with the folder: a lock won
             # on such an unlinked file guards nothing, since the next writer opens a fresh one. Only the file
             # still at the path counts.
@@ -199,8 +205,11 @@ def run_lock(run_dir: Path, run_id: str, activity: str = "training", *, create: 
             try:
                 yield
             finally:
+                # while still held, so the next writer makes a fresh one; only our own file: `cmh rm` renames the
+                # folder away under its lock, and a trainer may have made the run again at the path since
                 with contextlib.suppress(OSError):
-                    os.unlink(path)  # while still held: the next writer makes a fresh one
+                    if _same_file(fd, path):
+                        os.unlink(path)
             return
         finally:
             os.close(fd)

@@ -129,8 +129,7 @@ def dataset_info(layout: CacheLayout, name: str, reports_dir: Path) -> DatasetIn
 
 def run_folders(layout: CacheLayout) -> list[RunDir]:
     """Every folder under ``runs/``, finished or not (``Cache.runs`` gives the finished ones)."""
-    base = layout.runs_dir()
-    return [RunDir(p) for p in sorted(base.iterdir()) if p.is_dir()] if base.is_dir() else []
+    return [RunDir(p) for p in layout.run_paths()]
 
 
 def run_info(run: RunDir) -> RunInfo:

@@ -9,6 +9,9 @@ from pipeline.ground.registry import check_path_safe
 #: Splits with physical feature shards; the others are gathered from `database` by membership.
 PHYSICAL_SPLITS = ("query", "database")
 SPLITS = ("train", "query", "database", "validation")
+#: ``cmh rm`` renames a run folder to ``runs/.removing-<pid>-<run id>`` (hidden, and no run id starts with a dot)
+#: before deleting it, so no writer can open the run's lock in a folder half deleted.
+TOMBSTONE_PREFIX = ".removing-"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,19 @@ class CacheLayout:
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir() / check_path_safe(run_id)
+
+    def run_paths(self) -> list[Path]:
+        """Every folder under ``runs/`` that may be a run, by name: hidden entries are not (a run id starts with a
+        letter or digit), among them the tombstones of ``cmh rm``."""
+        base = self.runs_dir()
+        if not base.is_dir():
+            return []
+        return sorted(p for p in base.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+    def tombstones(self) -> list[Path]:
+        """The run folders ``cmh rm`` renamed for deletion and has not deleted yet (or was killed deleting)."""
+        base = self.runs_dir()
+        return sorted(base.glob(f"{TOMBSTONE_PREFIX}*")) if base.is_dir() else []
 
     def encoders(self, dataset: str) -> list[str]:
         """Encoders with features of ``dataset``: folders holding a manifest (one without it is not a cache)."""

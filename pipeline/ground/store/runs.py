@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from pipeline.ground.errors import CacheError
 from pipeline.ground.registry import check_path_safe
-from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.layout import TOMBSTONE_PREFIX, CacheLayout
 from pipeline.ground.store.near import near_matches
 from pipeline.ground.store.parquet import write_json_atomic
 from pipeline.ground.store.tempfiles import PARTIAL_SUFFIX, partial_for
@@ -85,6 +85,9 @@ class RunDir:
         """A run named by its id (under the cache's runs/) or by its directory; CacheError listing the runs."""
         if not run.strip():  # "" would name runs/ itself, blamed as a run folder without config.json
             raise CacheError(f"--run is empty: give a run id (a folder under {layout.runs_dir()}) or a run folder's path")
+        if Path(run).name.startswith(TOMBSTONE_PREFIX):  # a folder `cmh rm` is deleting: never read as a run
+            raise CacheError(f"{run} is a run folder that `cmh rm` is deleting (or was killed deleting), not a run: "
+                             f"pick a run from `cmh ls --kind runs`")
         for path in (Path(run), layout.runs_dir() / run):
             if (path / CONFIG_FILE).exists():
                 _require_in_cache(layout, path)
@@ -96,8 +99,7 @@ class RunDir:
                 raise CacheError(f"run folder {path} has no {CONFIG_FILE} (deleted, or damaged by hand), so what it "
                                  f"was trained on is unknown: train it again with `cmh train ... --force`, or delete "
                                  f"the folder")
-        have = sorted(p.name for p in layout.runs_dir().glob("*")
-                      if (p / REPORT_FILE).exists() and (p / CONFIG_FILE).exists())
+        have = [p.name for p in layout.run_paths() if (p / REPORT_FILE).exists() and (p / CONFIG_FILE).exists()]
         close = near_matches(Path(run).name, have)
         if close:
             raise CacheError(f"no run {run!r} under {layout.runs_dir()}; closest: {', '.join(close)} "

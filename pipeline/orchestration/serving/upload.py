@@ -13,11 +13,11 @@ from typing import Any
 from PIL import Image
 
 from pipeline.ground.errors import DataError
-from pipeline.ground.images import as_rgb
+from pipeline.ground.images import MAX_QUERY_PIXELS, as_rgb
 from pipeline.orchestration.serving.refusals import Refusal
 
-#: The largest picture decoded, in pixels: a 48-megapixel phone photo passes, a 100-megapixel scan does not.
-MAX_PIXELS = 50_000_000
+#: The largest picture decoded, in pixels: the limit `cmh query --image` keeps too.
+MAX_PIXELS = MAX_QUERY_PIXELS
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 SEND_ONE = ("send a JPEG, PNG, WebP, GIF, BMP or TIFF picture, as the multipart field `image` or as the raw body "
             "with its image content type")
@@ -30,8 +30,9 @@ def read_picture(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
         raise Refusal(400, "the upload is empty", SEND_ONE)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:  # PIL's own ceiling, far above ours: refused all the same
-        raise Refusal(400, f"the picture is too large to decode ({exc})", _smaller(max_pixels)) from None
+    except Image.DecompressionBombError:  # PIL's own ceiling, far above ours, checked before it tells the size
+        raise Refusal(400, f"the picture is over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels, more than "
+                      f"the {max_pixels / 1e6:.0f} the service decodes", _smaller(max_pixels)) from None
     except Image.UnidentifiedImageError:
         raise Refusal(400, f"the upload ({len(data)} bytes, starting {data[:8]!r}) is not a picture in a format the "
                       f"service reads", SEND_ONE) from None
