@@ -25,8 +25,8 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.store.items import Splits, check_schema_version, extract_command
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from pipeline.ground.store.lock import held_alone
-from pipeline.ground.store.parquet import (arrow_to_vectors, read_json, read_table, vectors_to_arrow,
-                                    write_json_atomic, write_table_atomic)
+from pipeline.ground.store.parquet import (arrow_to_vectors, check_record, read_json_object, read_table,
+                                           vectors_to_arrow, write_json_atomic, write_table_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class FeatureWriter:
     def check_or_create_manifest(self, overwrite: bool = False) -> None:
         path = self.layout.manifest_path(self.dataset, self.encoder)
         if path.exists() and not overwrite:
-            old = read_json(path, "re-run `cmh extract` with --overwrite to rebuild these features")
+            old = read_json_object(path, "re-run `cmh extract` with --overwrite to rebuild these features")
             check_schema_version(old, path)
             keys = ("config_hash", "code_version", "dataset_fingerprint", "splits_fingerprint", "shard_size")
             diff = {k: (old.get(k), self.manifest[k]) for k in keys if old.get(k) != self.manifest[k]}
@@ -316,10 +316,14 @@ def read_manifest(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, 
             f"(cached encoders: {', '.join(have) or 'none'}); extract them with "
             f"`{extract_command(layout, dataset, encoders=[encoder])}`"
         )
-    manifest = read_json(path, f"rebuild these features with "
-                               f"`{extract_command(layout, dataset, encoders=[encoder], overwrite=True)}`")
+    fix = f"rebuild these features with `{extract_command(layout, dataset, encoders=[encoder], overwrite=True)}`"
+    manifest = read_json_object(path, fix)
     check_schema_version(manifest, path)
-    return manifest
+    return check_record(manifest, path, fix, MANIFEST_FIELDS)
+
+
+#: What every reader of a feature manifest takes from it, with the JSON types.
+MANIFEST_FIELDS: dict[str, type] = {"columns": dict, "default_columns": dict, "shard_size": int, "parts": dict}
 
 
 def read_split_raw(layout: CacheLayout, dataset: str, encoder: str, split: str,

@@ -24,7 +24,8 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.store.lock import held_alone
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
-from pipeline.ground.store.parquet import arrow_to_vectors, read_metadata, read_table, vectors_to_arrow, write_table_atomic
+from pipeline.ground.store.parquet import (arrow_to_vectors, check_record, read_metadata, read_table, vectors_to_arrow,
+                                           write_table_atomic)
 
 #: How a damaged items/splits file is repaired.
 _FIX = "re-run `cmh extract` for this dataset with --overwrite"
@@ -75,7 +76,11 @@ def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
         )
     meta = read_metadata(path, _FIX)
     check_schema_version(meta, path)
-    return meta
+    return check_record(meta, path, _FIX, ITEMS_META_FIELDS)
+
+
+#: What every reader of the item table takes from its metadata, with the JSON types.
+ITEMS_META_FIELDS: dict[str, type] = {"dataset": str, "label_names": list, "text_kind": str, "source": str}
 
 
 def _cached_names(layout: CacheLayout) -> list[str]:

@@ -163,9 +163,12 @@ def read_metadata(path: str | os.PathLike, fix: str = REBUILD_HINT) -> dict[str,
     try:
         meta = pq.read_schema(path).metadata or {}
         raw = meta.get(META_KEY)
-        return json.loads(raw) if raw else {}
+        blob = json.loads(raw) if raw else {}
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise unreadable(path, exc, fix) from None
+    if not isinstance(blob, dict):
+        raise CacheError(f"{path} is damaged (its cmh metadata is a JSON {json_kind(blob)}, not an object): {fix}")
+    return blob
 
 
 def read_json(path: str | os.PathLike, fix: str = REBUILD_HINT) -> Any:
@@ -175,3 +178,37 @@ def read_json(path: str | os.PathLike, fix: str = REBUILD_HINT) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CacheError(f"{path} is damaged ({exc}): {fix}") from None
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls ``value``'s type (``array``, ``null``, ``number``...), for messages about a record."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "value")
+
+
+def check_record(record: Any, path: str | os.PathLike, fix: str,
+                 fields: Mapping[str, type | tuple[type, ...]] = {}) -> dict[str, Any]:
+    """``record`` (JSON read from ``path``) when it is an object holding ``fields`` with those types; CacheError
+    naming what is wrong otherwise. Valid JSON of another shape (``[]``, ``null``, ``{}``) would otherwise reach
+    the reader as an AttributeError or KeyError, or, read with ``.get``, as a record that says nothing."""
+    if not isinstance(record, dict):
+        raise CacheError(f"{path} is damaged (a JSON {json_kind(record)}, not an object): {fix}")
+    missing = [name for name in fields if name not in record]
+    if missing:
+        raise CacheError(f"{path} is damaged (no {', '.join(missing)}): {fix}")
+    for name, kind in fields.items():
+        value = record[name]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            value = None  # True is an int to Python, not a count or a length
+        if not isinstance(value, kind):
+            raise CacheError(f"{path} is damaged ({name} is a JSON {json_kind(record[name])}): {fix}")
+    return record
+
+
+def read_json_object(path: str | os.PathLike, fix: str = REBUILD_HINT,
+                     fields: Mapping[str, type | tuple[type, ...]] = {}) -> dict[str, Any]:
+    """A JSON record of the cache that must be an object with ``fields`` (see ``check_record``)."""
+    return check_record(read_json(path, fix), path, fix, fields)

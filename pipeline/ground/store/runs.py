@@ -21,7 +21,7 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.registry import check_path_safe
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
-from pipeline.ground.store.parquet import write_json_atomic
+from pipeline.ground.store.parquet import check_record, write_json_atomic
 from pipeline.ground.store.tempfiles import PARTIAL_SUFFIX, partial_for
 
 CONFIG_FILE = "config.json"
@@ -37,6 +37,8 @@ INDEX_DIR = "index"  # index/ beside a codes/ folder: its search index (cmh inde
 ENCODE_RECORD = "_encode.json"  # encoded/<dataset>/_encode.json (cmh encode)
 
 RETRAIN_HINT = "train the run again with `cmh train ... --force`"
+#: The fields of a run's config.json that every reader relies on, with their JSON types.
+CONFIG_FIELDS: dict[str, type] = {"dataset": str, "method": str, "bits": int}
 
 _RUN_ID = re.compile(r"^(?P<stem>.+)-(?P<bits>\d+)b-s(?P<seed>\d+)-(?P<key>[0-9a-f]+)$")
 
@@ -120,11 +122,14 @@ class RunDir:
         """The dataset the run was trained on (its config.json, else its report), or None when unreadable."""
         from pipeline.ground.store.parquet import read_metadata
 
-        try:
-            if self.config_path.exists():
+        if self.config_path.exists():
+            try:
                 return self.read_config().get("dataset")
+            except (CacheError, OSError):
+                pass  # damaged: the report's own record says it, so a listing of the dataset still finds the run
+        try:
             return read_metadata(self.report_path).get("dataset") if self.report_path.exists() else None
-        except (CacheError, OSError, AttributeError):
+        except (CacheError, OSError):
             return None
 
     @property
@@ -248,9 +253,11 @@ class RunDir:
             raise CacheError(f"{self.config_path} is missing, so what run {self.run_id} was trained on is unknown; "
                              f"{RETRAIN_HINT}")
         try:
-            return json.loads(self.config_path.read_text(encoding="utf-8"))
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise CacheError(f"{self.config_path} is unreadable ({exc}); {RETRAIN_HINT}") from None
+        # what every reader of a run takes from it: without these it could not be told apart from another run
+        return check_record(config, self.config_path, RETRAIN_HINT, CONFIG_FIELDS)
 
     def write_history(self, history: dict[str, Any]) -> Path:
         return write_json_atomic(history, self.history_path)
