@@ -69,3 +69,108 @@ def test_item_table_metadata_of_another_json_shape_is_named(cli, built, blob, sa
     _set_metadata(cache / "datasets" / "dataset=pairs" / "items.parquet", blob)
     line = one_line_error(cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "8", "--cache", cache))
     assert "items.parquet is damaged" in line and said in line and "--overwrite" in line, line
+
+
+# -- Parquet files of the cache that Arrow reads but that their writer never wrote -------------------------------
+def _rewrite(path: Path, change) -> None:
+    """Rewrite a Parquet file with ``change(table)``, keeping its schema metadata (what a reader checks first)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata
+    pq.write_table(change(pq.read_table(path)).replace_schema_metadata(meta), path)
+
+
+def _column(table, name, array):
+    return table.set_column(table.schema.get_field_index(name), name, array)
+
+
+def _nan_row(table):
+    import numpy as np
+    import pyarrow as pa
+
+    vectors = table.column("pool").combine_chunks()
+    values = vectors.flatten().to_numpy(zero_copy_only=False).copy()
+    values[: vectors.type.list_size] = np.nan  # the first item's vector
+    return _column(table, "pool", pa.FixedSizeListArray.from_arrays(pa.array(values), vectors.type.list_size))
+
+
+def _with_ids(table, change):
+    import pyarrow as pa
+
+    ids = table.column("item_id").to_numpy().copy()
+    change(ids)
+    return _column(table, "item_id", pa.array(ids))
+
+
+def _pool_as_lists(table):
+    import pyarrow as pa
+
+    return _column(table, "pool", pa.array(table.column("pool").to_pylist(), pa.list_(pa.float64())))
+
+
+def _ids_as_text(table):
+    import pyarrow as pa
+
+    return _column(table, "item_id", pa.array([str(i) for i in table.column("item_id").to_pylist()]))
+
+
+def _twice(ids):
+    ids[1] = ids[0]
+
+
+def _foreign(ids):
+    ids[0] = 10**6
+
+
+SHARD_FAULTS = {
+    "pool as lists of any length": (_pool_as_lists, "has column 'pool' of type list<element: double>, not fixed-size"),
+    "item ids as text": (_ids_as_text, "has column 'item_id' of type string, not integers"),
+    "an item id twice": (lambda t: _with_ids(t, _twice), "more than once"),
+    "rows lost": (lambda t: t.slice(0, 3), "lost rows"),
+    "another item's id": (lambda t: _with_ids(t, _foreign), "lost rows"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(SHARD_FAULTS))
+def test_a_feature_shard_with_other_columns_ids_or_rows_is_named_and_a_rerun_rebuilds_it(cli, built, fault):
+    data, cache, run = built
+    change, said = SHARD_FAULTS[fault]
+    shard = cache / "features/dataset=pairs/encoder=alexnet.imagenet/split=database/part-00000.parquet"
+    _rewrite(shard, change)
+    line = one_line_error(cli("encode", "--run", run, "--dataset", "pairs", "--cache", cache))
+    assert said in line and "--encoders alexnet`, which rebuilds it" in line, line
+    # the command it names (an extraction without --overwrite) finds the shard and rebuilds it
+    again = cli("extract", "--dataset", "pairs", "--data-dir", data, "--encoders", "alexnet", "-o",
+                "dataset.text_kind=tags", "--cache", cache)
+    assert again.code == 0, again.err
+    assert cli("encode", "--run", run, "--dataset", "pairs", "--cache", cache).code == 0
+
+
+def test_non_finite_features_are_named_with_the_overwrite_not_as_a_diverged_model(cli, built):
+    _, cache, _ = built
+    _rewrite(cache / "features/dataset=pairs/encoder=alexnet.imagenet/split=train/part-00000.parquet", _nan_row)
+    for method in ("baseline", "cca-itq"):  # cca-itq's SVD raised a raw LinAlgError on them
+        line = one_line_error(cli("train", "--method", method, "--dataset", "pairs", "--bits", "8", "--cache", cache))
+        assert "non-finite value(s) (NaN or infinity) in column 'pool'" in line and "--overwrite" in line, line
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda t: t.drop(["labels"]), "has no column 'labels'"),
+    (lambda t: t.take(list(range(t.num_rows)) + [0]), "more than once"),
+])
+def test_an_item_table_with_other_columns_or_an_id_twice_is_named(cli, built, change, said):
+    _, cache, _ = built
+    _rewrite(cache / "datasets/dataset=pairs/items.parquet", change)
+    line = one_line_error(cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "8", "--cache", cache))
+    assert "items.parquet is not an item table" in line and said in line and "--overwrite" in line, line
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda t: t.drop(["image_code"]), "has no column 'image_code'"),
+    (lambda t: _with_ids(t, _twice), "more than once"),
+])
+def test_a_codes_file_with_a_column_lost_or_an_item_twice_is_named(cli, built, change, said):
+    _, cache, run = built
+    _rewrite(cache / "runs" / run / "codes/split=database/part-00000.parquet", change)
+    line = one_line_error(cli("query", "--run", run, "--text", "dog", "--cache", cache))
+    assert "part-00000.parquet" in line and said in line and "--force" in line, line

@@ -39,6 +39,47 @@ def arrow_to_vectors(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
+def vector_column_problem(table: pa.Table | pa.Schema, name: str, width: int | None = None,
+                          values: str = "numeric") -> str | None:
+    """Why column ``name`` is not a vector column (``FixedSizeList`` of ``width`` numbers, or of
+    ``values="uint64"`` words, with no row missing), or None. A file of the right name may hold anything
+    Arrow can read. On a schema only the type is checked."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    if name not in schema.names:
+        return f"has no column {name!r}"
+    kind = schema.field(name).type
+    if not pa.types.is_fixed_size_list(kind):
+        return f"has column {name!r} of type {kind}, not fixed-size vectors"
+    value = kind.value_type
+    if not (value == pa.uint64() if values == "uint64" else pa.types.is_integer(value) or pa.types.is_floating(value)):
+        return f"has column {name!r} of {value} vectors, not {values}"
+    if width is not None and kind.list_size != width:
+        return f"has column {name!r} of width {kind.list_size}, not {width}"
+    if isinstance(table, pa.Table) and table.column(name).null_count:
+        return f"has {table.column(name).null_count} row(s) without a {name!r} vector"
+    return None
+
+
+def id_column_problem(table: pa.Table | pa.Schema, name: str = "item_id") -> str | None:
+    """Why ``name`` is not a column of distinct integer ids (on a schema: only its type is checked), or None.
+    A repeated id would pair one item's row with another's, or list an item twice, without a word."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    if name not in schema.names:
+        return f"has no column {name!r}"
+    if not pa.types.is_integer(schema.field(name).type):
+        return f"has column {name!r} of type {schema.field(name).type}, not integers"
+    if isinstance(table, pa.Table):
+        column = table.column(name)
+        if column.null_count:
+            return f"has {column.null_count} row(s) without an {name}"
+        values, counts = np.unique(column.to_numpy(), return_counts=True)
+        repeated = values[counts > 1]
+        if len(repeated):
+            more = f" (and {len(repeated) - 1} other id(s))" if len(repeated) > 1 else ""
+            return f"lists {name} {int(repeated[0])}{more} more than once"
+    return None
+
+
 def write_table_atomic(
     table: pa.Table,
     path: str | os.PathLike,
