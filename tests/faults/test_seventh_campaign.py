@@ -174,3 +174,28 @@ def test_a_codes_file_with_a_column_lost_or_an_item_twice_is_named(cli, built, c
     _rewrite(cache / "runs" / run / "codes/split=database/part-00000.parquet", change)
     line = one_line_error(cli("query", "--run", run, "--text", "dog", "--cache", cache))
     assert "part-00000.parquet" in line and said in line and "--force" in line, line
+
+
+# -- a model.pt that is not the run's -------------------------------------------------------------------------
+@pytest.mark.parametrize("saved, said", [([], "is not a model saved by `cmh train` (a list)"),
+                                         ({"method": "baseline"}, "(no state_dict, config, dims, bits)")])
+def test_a_model_file_of_another_kind_is_one_line(cli, built, saved, said):
+    import torch
+
+    _, cache, run = built
+    torch.save(saved, cache / "runs" / run / "model.pt")
+    line = one_line_error(cli("query", "--run", run, "--text", "dog", "--cache", cache))
+    assert "model.pt" in line and said in line and "--force" in line, line
+
+
+def test_a_model_copied_from_a_run_of_another_code_length_is_refused_not_searched_with(cli, built):
+    import shutil
+
+    _, cache, run = built
+    assert cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "8", "--cache", cache).code == 0
+    other = next(p for p in (cache / "runs").iterdir() if "-8b-" in p.name)
+    shutil.copy(other / "model.pt", cache / "runs" / run / "model.pt")
+    # its 8-bit query codes were compared with the 16-bit database codes, and a ranking printed
+    for command in (["query", "--run", run, "--text", "dog"], ["encode", "--run", run, "--dataset", "pairs"]):
+        line = one_line_error(cli(*command, "--cache", cache))
+        assert "holds a baseline model of 8 bits, but its run trained baseline at 16 bits" in line, line
