@@ -199,3 +199,31 @@ def test_a_model_copied_from_a_run_of_another_code_length_is_refused_not_searche
     for command in (["query", "--run", run, "--text", "dog"], ["encode", "--run", run, "--dataset", "pairs"]):
         line = one_line_error(cli(*command, "--cache", cache))
         assert "holds a baseline model of 8 bits, but its run trained baseline at 16 bits" in line, line
+
+
+# -- a finished run's report or codes replaced after the fact ----------------------------------------------------
+def _values_as_text(table):
+    import pyarrow as pa
+
+    return _column(table, "value", pa.array([str(v) for v in table.column("value").to_pylist()]))
+
+
+@pytest.mark.parametrize("change, why", [(lambda t: t.drop(["value"]), "without column(s) value"),
+                                         (_values_as_text, "whose scores are string, not numbers")])
+def test_train_trains_a_run_whose_report_lost_its_scores_again_instead_of_a_traceback(cli, built, caplog, change, why):
+    _, cache, run = built
+    _rewrite(cache / "runs" / run / "report.parquet", change)
+    result = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--cache", cache)
+    assert result.code == 0 and f"has a report.parquet {why}: training it again" in caplog.text, result.err
+    assert "mAP@50 i2t 0." in result.out
+
+
+def test_codes_cut_short_are_refused_by_query_and_trained_again_not_searched_in_part(cli, built, caplog):
+    _, cache, run = built
+    _rewrite(cache / "runs" / run / "codes/split=database/part-00000.parquet", lambda t: t.slice(0, 3))
+    # query searched the 3 codes left as if they were the database
+    line = one_line_error(cli("query", "--run", run, "--text", "dog", "--cache", cache))
+    assert "database codes of run" in line and "hold 3 item(s) where 36 were coded" in line and "--force" in line
+    result = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--cache", cache)
+    assert result.code == 0 and "has 3 database codes where 36 were written: training it again" in caplog.text
+    assert cli("query", "--run", run, "--text", "dog", "--cache", cache).code == 0

@@ -191,10 +191,17 @@ class RunDir:
         return write_codes(self.codes_dir, split, item_id, image, text, meta)
 
     def read_codes(self, split: str, unpack: bool = True) -> dict[str, Any]:
-        """One split's codes: item ids, bits, and the codes (``unpack``) or their packed words."""
+        """One split's codes: item ids, bits, and the codes (``unpack``) or their packed words; CacheError when
+        they are fewer or more than the run coded (its config.json's ``n_<split>``), since a search or a table
+        over part of the codes would look like one over all of them."""
         from pipeline.ground.store.codes import read_codes
 
-        return read_codes(self.codes_dir, split, unpack=unpack)
+        codes = read_codes(self.codes_dir, split, unpack=unpack)
+        coded = self.read_config().get(f"n_{split}") if self.config_path.exists() else None
+        if isinstance(coded, int) and not isinstance(coded, bool) and len(codes["item_id"]) != coded:
+            raise CacheError(f"the {split} codes of run {self.run_id} hold {len(codes['item_id'])} item(s) where "
+                             f"{coded} were coded (a codes file replaced or cut short): {RETRAIN_HINT}")
+        return codes
 
     def mark_incomplete(self) -> None:
         """Retraining in place: drop the report (and curves) first, so that until the new report is written
