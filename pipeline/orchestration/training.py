@@ -21,7 +21,7 @@ import torch
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.provenance import environment, git_revision, hardware
-from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef
+from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef, canonical_feature_spec
 from pipeline.ground.store.cache import Cache, DatasetCache
 from pipeline.ground.store.checkpoints import RunBusy, RunCheckpoints, training_lock
 from pipeline.ground.store.codes import binarize
@@ -304,6 +304,9 @@ class _Spec:
 
 def _with_default_features(req: TrainRequest, method_name: str, quiet: bool = False) -> TrainRequest:
     builder = METHODS.get(method_name).builder
+    # the spec is part of the run id: "alexnet:pool " or "alexnet:pool," would train a second run of the same features
+    req = dataclasses.replace(req, image=None if req.image is None else canonical_feature_spec(req.image),
+                              text=None if req.text is None else canonical_feature_spec(req.text))
     if req.image is not None and req.text is not None:
         return req
     req = dataclasses.replace(req, image=req.image or builder.default_image_features,

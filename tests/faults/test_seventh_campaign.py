@@ -247,3 +247,22 @@ def test_a_query_of_thousands_of_unknown_words_is_one_short_line_and_looks_up_fe
     result = cli("query", "--run", run, "--text", "dog " + words, "--cache", cache)
     said = next(x for x in result.err.splitlines() if x.startswith("query terms in the vocabulary: dog"))
     assert result.code == 0 and said.endswith("zq19 and 4980 more)") and len(said) < 300, said
+
+
+# -- two spellings of the same features ------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["alexnet:pool ", "alexnet:pool,", " alexnet : pool"])
+def test_a_feature_spec_with_blanks_or_a_trailing_comma_is_the_same_run_not_a_second_one(cli, built, spec):
+    _, cache, run = built
+    result = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--image", spec,
+                 "--cache", cache)
+    # the spec is part of the run id: a blank made a second run of the same features, a second "seed" in tables
+    assert result.code == 0 and "(cached)" in result.out, result.out
+    assert [p.name for p in (cache / "runs").iterdir()] == [run]
+
+
+def test_a_feature_spec_naming_a_column_twice_is_refused(cli, built):
+    _, cache, run = built
+    line = one_line_error(cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--image",
+                              "alexnet:pool,alexnet.imagenet:pool", "--cache", cache))
+    assert "names alexnet.imagenet:pool twice" in line, line
+    assert [p.name for p in (cache / "runs").iterdir()] == [run]

@@ -98,6 +98,17 @@ def _concat(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
     return np.concatenate(list(parts.values()), axis=1)
 
 
+def canonical_feature_spec(spec: str) -> str:
+    """``spec`` as the parser reads it, without the blanks around its separators and the empty parts
+    (``"alexnet : pool+cov, "`` -> ``"alexnet:pool+cov"``), so that two spellings of the same features name
+    one run, not two. A spec with no part at all is returned as given (the parser refuses it as empty)."""
+    parts = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        encoder, colon, cols = part.partition(":")
+        parts.append(encoder.strip() + (":" + "+".join(c.strip() for c in cols.split("+")) if colon else ""))
+    return ",".join(parts) or spec
+
+
 def parse_feature_spec(dataset: DatasetCache, spec: str, modality: str) -> list[FeatureRef]:
     """The feature columns ``spec`` names for ``modality`` in ``dataset``; CacheError naming what exists."""
     refs: list[FeatureRef] = []
@@ -118,6 +129,9 @@ def parse_feature_spec(dataset: DatasetCache, spec: str, modality: str) -> list[
             if available[name]["modality"] != modality:
                 raise CacheError(f"column {encoder}:{name} is a {available[name]['modality']} feature, "
                                  f"but it was asked for as the {modality} input")
+            if FeatureRef(encoder, name) in refs:  # read once either way: a second run id of the same features
+                raise CacheError(f"the {modality} feature spec {spec!r} names {encoder}:{name} twice; name each "
+                                 f"column once")
             refs.append(FeatureRef(encoder, name))
     if not refs:
         raise CacheError(f"empty {modality} feature spec {spec!r}")
