@@ -191,9 +191,9 @@ class _ShardCursor:
                 if part[c].dtype.kind == "f" and not np.isfinite(part[c]).all():
                     # no encoder writes one: a NaN would surface as a loss or codes "diverged", far from here
                     bad = int((~np.isfinite(part[c])).sum())
+                    rebuild = extract_command(self.dataset.layout, name, encoders=[self.encoder], overwrite=True)
                     raise CacheError(f"feature shard {path} holds {bad} non-finite value(s) (NaN or infinity) in "
-                                     f"column {c!r}: rebuild the features with "
-                                     f"`{extract_command(self.dataset.layout, name, encoders=[self.encoder], overwrite=True)}`")
+                                     f"column {c!r}: rebuild the features with `{rebuild}`")
             self._cache[p] = part
         return self._cache[p]
 
