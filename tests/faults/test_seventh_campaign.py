@@ -266,3 +266,28 @@ def test_a_feature_spec_naming_a_column_twice_is_refused(cli, built):
                               "alexnet:pool,alexnet.imagenet:pool", "--cache", cache))
     assert "names alexnet.imagenet:pool twice" in line, line
     assert [p.name for p in (cache / "runs").iterdir()] == [run]
+
+
+# -- a process out of file descriptors (a low `ulimit -n`) ---------------------------------------------------------
+def _out_of_descriptors(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.EMFILE, f"Failed to open local file '{args[0] if args else ''}'. Detail: [errno 24] Too many "
+                                f"open files")
+
+
+def test_too_many_open_files_says_ulimit_and_never_calls_a_healthy_file_damaged(cli, built, monkeypatch):
+    import pyarrow.parquet as pq
+
+    data, cache, _ = built
+    shards = sorted((cache / "features").rglob("*.parquet"))
+    # read_table called a cache file it could not open "damaged or not a Parquet file": delete it and rebuild
+    monkeypatch.setattr(pq, "read_table", _out_of_descriptors)
+    line = one_line_error(cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "8", "--cache", cache))
+    assert line.startswith("error: too many open files") and "ulimit -n" in line and "damaged" not in line, line
+    # the extraction's resume check deleted each shard it could not open and began to rebuild it
+    monkeypatch.setattr(pq, "ParquetFile", _out_of_descriptors)
+    line = one_line_error(cli("extract", "--dataset", "pairs", "--data-dir", data, "--encoders", "alexnet,bow", "-o",
+                              "dataset.text_kind=tags", "--cache", cache))
+    assert line.startswith("error: too many open files") and "run the command again" in line, line
+    assert sorted((cache / "features").rglob("*.parquet")) == shards

@@ -25,9 +25,9 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.store.items import Splits, check_schema_version, extract_command
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from pipeline.ground.store.lock import held_alone
-from pipeline.ground.store.parquet import (arrow_to_vectors, check_record, id_column_problem, read_json_object,
-                                           read_table, vector_column_problem, vectors_to_arrow, write_json_atomic,
-                                           write_table_atomic)
+from pipeline.ground.store.parquet import (arrow_to_vectors, check_record, id_column_problem, raise_if_not_the_file,
+                                           read_json_object, read_table, vector_column_problem, vectors_to_arrow,
+                                           write_json_atomic, write_table_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ class FeatureWriter:
             parquet = pq.ParquetFile(path)
             meta, schema = parquet.metadata, parquet.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
+            raise_if_not_the_file(exc, path)  # not a reason to delete the shard
             return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         missing = sorted({"item_id", *self.columns} - set(schema.names))
         if missing:
@@ -196,6 +197,7 @@ class FeatureWriter:
         try:
             ids = parquet.read(columns=["item_id"])
         except (pa.ArrowException, OSError, ValueError) as exc:
+            raise_if_not_the_file(exc, path)
             return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         problem = id_column_problem(ids)
         if problem:

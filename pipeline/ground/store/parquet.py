@@ -1,6 +1,7 @@
 """Parquet helpers: vector columns as FixedSizeList, provenance in schema metadata, atomic writes."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -189,12 +190,25 @@ def _refuse_special(path: str | os.PathLike, fix: str) -> None:
         raise CacheError(f"{path} is not a regular file (a pipe, socket or device): {fix}")
 
 
+#: OSErrors of the process or the file's permissions, not of the file's bytes: a file that cannot be opened
+#: for them is intact, and calling it damaged would have it deleted and rebuilt for nothing.
+NOT_THE_FILE = (errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.ENOMEM)
+
+
+def raise_if_not_the_file(exc: BaseException, path: str | os.PathLike) -> None:
+    """Re-raise ``exc`` as a plain OSError naming ``path`` when it is one of ``NOT_THE_FILE`` (the CLI says the
+    fix in one line: raise `ulimit -n`, make the file readable); return otherwise."""
+    if isinstance(exc, OSError) and exc.errno in NOT_THE_FILE:
+        raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+
+
 def read_table(path: str | os.PathLike, columns: list[str] | None = None, fix: str = REBUILD_HINT) -> pa.Table:
     """``pq.read_table`` with a CacheError naming the file and the fix instead of an Arrow traceback."""
     _refuse_special(path, fix)
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:
+        raise_if_not_the_file(exc, path)
         raise unreadable(path, exc, fix) from None
 
 
@@ -206,6 +220,7 @@ def read_metadata(path: str | os.PathLike, fix: str = REBUILD_HINT) -> dict[str,
         raw = meta.get(META_KEY)
         blob = json.loads(raw) if raw else {}
     except (pa.ArrowException, OSError, ValueError) as exc:
+        raise_if_not_the_file(exc, path)
         raise unreadable(path, exc, fix) from None
     if not isinstance(blob, dict):
         raise CacheError(f"{path} is damaged (its cmh metadata is a JSON {json_kind(blob)}, not an object): {fix}")
