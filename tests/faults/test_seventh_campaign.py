@@ -291,3 +291,14 @@ def test_too_many_open_files_says_ulimit_and_never_calls_a_healthy_file_damaged(
                               "dataset.text_kind=tags", "--cache", cache))
     assert line.startswith("error: too many open files") and "run the command again" in line, line
     assert sorted((cache / "features").rglob("*.parquet")) == shards
+
+
+# -- a pairs file that is a device ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["/dev/null", "link"])
+def test_a_pairs_file_that_is_a_device_is_named_so_not_as_missing(cli, tmp_path, device):
+    if device == "link":  # a .jsonl name for an endless device
+        device = tmp_path / "pairs.jsonl"
+        device.symlink_to("/dev/zero")
+    line = one_line_error(cli("extract", "--dataset", "pairs", "--data-dir", device, "--cache", tmp_path / "cache"))
+    assert "is not a regular file or a folder (a device, FIFO or socket)" in line and "does not exist" not in line, line
+    assert not (tmp_path / "cache").exists()
