@@ -302,3 +302,38 @@ def test_a_pairs_file_that_is_a_device_is_named_so_not_as_missing(cli, tmp_path,
     line = one_line_error(cli("extract", "--dataset", "pairs", "--data-dir", device, "--cache", tmp_path / "cache"))
     assert "is not a regular file or a folder (a device, FIFO or socket)" in line and "does not exist" not in line, line
     assert not (tmp_path / "cache").exists()
+
+
+# -- a checkpoint of this run whose state is of another shape ---------------------------------------------------------
+def _codes_bytes(run: Path) -> dict[str, bytes]:
+    import pyarrow.parquet as pq
+
+    return {split: pq.read_table(run / f"codes/split={split}/part-00000.parquet").to_pandas().to_json().encode()
+            for split in ("query", "database")}
+
+
+@pytest.mark.parametrize("field, value", [("epoch", 10**9), ("rng", None)])
+def test_a_checkpoint_whose_state_cannot_be_put_back_starts_over_and_gives_a_fresh_runs_codes(
+        cli, built, monkeypatch, caplog, field, value):
+    import torch
+
+    from pipeline.ground.store.checkpoints import RunCheckpoints
+
+    _, cache, _ = built
+    train = ("train", "--method", "djsrh", "--dataset", "pairs", "--bits", "16", "--epochs", "3",
+             "--checkpoint-every", "1", "--cache", cache)
+    with monkeypatch.context() as keep:  # a finished run drops its checkpoint: keep the last one instead
+        keep.setattr(RunCheckpoints, "discard", lambda self: None)
+        assert cli(*train).code == 0
+    run = next(p for p in (cache / "runs").iterdir() if "-djsrh-" in p.name)
+    fresh = _codes_bytes(run)
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    saved["state"][field] = value  # the right run's identity, a state of another shape
+    torch.save(saved, run / "checkpoint.pt")
+    (run / "report.parquet").unlink()  # as if killed before its end
+    result = cli(*train)
+    # an epoch past the end finished the run untrained ("resumed from epoch 1000000000"); a negative one failed with
+    # a math domain error, a missing or foreign part with a TypeError or KeyError, each a traceback
+    assert result.code == 0, result.err
+    assert "the checkpoint cannot be resumed" in caplog.text and "starts over from epoch 0" in caplog.text
+    assert _codes_bytes(run) == fresh  # everything the failed restore had put back was undone
