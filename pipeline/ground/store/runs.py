@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.ground.errors import CacheError
+from pipeline.ground.errors import CacheError, interruption
 from pipeline.ground.registry import check_path_safe
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
@@ -283,6 +283,9 @@ class RunDir:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.model_path)
         except RuntimeError as exc:
+            stop = interruption(exc)
+            if stop is not None:  # Ctrl-C or SIGTERM mid-write, then torch's writer failed on its way out
+                raise stop from None
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, OSError):  # torch's writer wraps the OSError it met
                 raise OSError(cause.errno, cause.strerror, str(self.model_path)) from None
