@@ -515,6 +515,17 @@ _STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.E
 _SHAPE_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
 
+def _open_files_limit() -> int | None:
+    """The soft limit on open files of this process (``ulimit -n``), None where it cannot be read."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return None if soft == resource.RLIM_INFINITY else int(soft)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def _empty_path_option(argv: list[str]) -> str | None:
     """The first path option given an empty value (``--cache ""``, ``--results=``), or None.
 
@@ -601,6 +612,14 @@ def main() -> None:
         _leave_now(exc.status)
         sys.exit(exc.status)
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # a low `ulimit -n`: DataLoader workers, pipes, shards
+            logging.getLogger("cmh").debug("error", exc_info=True)
+            limit = _open_files_limit()
+            typer.echo(f"error: too many open files{f' (this shell allows {limit}: `ulimit -n`)' if limit else ''}: "
+                       f"raise the limit, e.g. `ulimit -n 4096`, and run the command again; it resumes where it "
+                       f"stopped", err=True)
+            _leave_now(2)  # before the teardown: a loader left half-started says it again as an ignored exception
+            sys.exit(2)
         if exc.errno not in _STORAGE_ERRNOS + _SHAPE_ERRNOS:
             raise
         # a read-only run folder, a full disk, a file in a folder's place: every write is atomic, so what was

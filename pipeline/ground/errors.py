@@ -32,3 +32,17 @@ class Interrupted(BaseException):
     def __init__(self, message: str, status: int = 130) -> None:
         super().__init__(message)
         self.status = status
+
+
+def interruption(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or signal that ``exc`` was raised while handling, if any (an exception in its context chain that
+    is not an ``Exception``: a KeyboardInterrupt, a SIGTERM's): a writer interrupted mid-file can fail again on its
+    way out (torch's zip writer: "unexpected pos"), and that error would hide why the command stopped."""
+    seen: BaseException | None = exc
+    for _ in range(32):  # a context chain is short; never loop on a cycle
+        if seen is None:
+            return None
+        if not isinstance(seen, Exception):
+            return seen
+        seen = seen.__context__
+    return None

@@ -64,7 +64,7 @@ class CodesSource:
 
         if self.dataset is None:
             self.run.require_trained()
-            return read_codes(self.codes_dir, "database", unpack=False)
+            return self.run.read_codes("database", unpack=False)  # checked against the count the run coded
         from pipeline.orchestration.encoding import read_encode_manifest
 
         manifest = read_encode_manifest(self.run, self.dataset, self.cache)

@@ -58,8 +58,24 @@ class QueryText:
     def said(self) -> str | None:
         if not self.matched:
             return None
-        return (f"query terms in the vocabulary: {', '.join(self.matched)}"
-                + (f" (not in it, ignored: {', '.join(self.ignored)})" if self.ignored else ""))
+        return (f"query terms in the vocabulary: {_listed(self.matched)}"
+                + (f" (not in it, ignored: {_listed(self.ignored)})" if self.ignored else ""))
+
+
+#: Most words of a typed query that a message lists, or that are looked up for close vocabulary terms (each
+#: lookup compares the word with every term: a pasted page of text would take minutes and print a page).
+SAID_WORDS = 20
+
+
+def _listed(words: Sequence[str]) -> str:
+    """``a, b, c``, the first ``SAID_WORDS`` of them, and how many more."""
+    more = len(words) - SAID_WORDS
+    return ", ".join(words[:SAID_WORDS]) + (f" and {more} more" if more > 0 else "")
+
+
+def _quoted(text: str, most: int = 80) -> str:
+    """``text`` quoted for a one-line message, cut (and its length said) when longer than ``most``."""
+    return repr(text) if len(text) <= most else f"{text[:most]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,7 @@ class Searcher:
             for ref in refs:
                 if ref.encoder not in self.encoders:
                     self.encoders[ref.encoder] = encoder_for(self.ds, ref.encoder)
-        self.method = load_method(self.run.model_path)
+        self.method = load_method(self.run.model_path, method=self.config["method"], bits=self.config["bits"])
         self.source = CodesSource(self.run, dataset, cache)
         codes = self.source.read()
         self.n = len(codes["item_id"])
@@ -180,15 +196,15 @@ class Searcher:
                 continue
             known, unknown = encoder.query_terms(text)
             if not known:
-                close = sorted({c for w in unknown for c in encoder.close_terms(w)})
+                close = sorted({c for w in unknown[:SAID_WORDS] for c in encoder.close_terms(w)})
                 hint = (f"; close terms: {', '.join(close)}" if close
                         else f"; none is close, its terms are like: {', '.join(encoder.vocab[:8])}")
-                raise NoKnownTerms(f"no word of the query {text!r} is in the run's {len(encoder.vocab)}-term "
+                raise NoKnownTerms(f"no word of the query {_quoted(text)} is in the run's {len(encoder.vocab)}-term "
                                    f"vocabulary{hint} (the vocabulary is in the features' _manifest.json)",
                                    close, encoder.vocab[:8])
             out.texts[encoder_id] = known
-            out.matched += [w for w in known if w not in out.matched]
-            out.ignored += [w for w in unknown if w not in out.ignored]
+            out.matched = list(dict.fromkeys([*out.matched, *known]))  # in order, once each
+            out.ignored = list(dict.fromkeys([*out.ignored, *unknown]))
         return out
 
     def encode_text(self, query: QueryText) -> np.ndarray:

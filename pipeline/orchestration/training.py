@@ -21,7 +21,7 @@ import torch
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.provenance import environment, git_revision, hardware
-from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef
+from pipeline.ground.store.aligned import AlignedFeatures, FeatureRef, canonical_feature_spec
 from pipeline.ground.store.cache import Cache, DatasetCache
 from pipeline.ground.store.checkpoints import RunBusy, RunCheckpoints, training_lock
 from pipeline.ground.store.codes import binarize
@@ -180,6 +180,9 @@ def train_runs(cache: Cache, req: TrainRequest,
 def _reuse_problem(run: RunDir) -> str | None:
     """Why a run with a report cannot be reused as it is (its config, model, codes or report damaged or
     missing, or written by another code version), or None. Only file footers are read: cheap on a rerun."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from pipeline.ground.errors import CMHError
     from pipeline.ground.store.codes import codes_parts
     from pipeline.ground.store.parquet import read_metadata, read_table
@@ -189,7 +192,7 @@ def _reuse_problem(run: RunDir) -> str | None:
     if not run.config_path.exists():
         return f"cannot be reused: {MISSING_RECORD}"
     try:
-        run.read_config()
+        config = run.read_config()
     except CMHError:
         return f"has a damaged {run.config_path.name}"
     if not run.model_path.is_file():
@@ -203,10 +206,19 @@ def _reuse_problem(run: RunDir) -> str | None:
                 read_metadata(part)
         except CMHError:
             return f"has damaged {split} codes ({part.name})"
+        rows = sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+        coded = config.get(f"n_{split}")
+        if isinstance(coded, int) and rows != coded:  # a codes file replaced or cut short
+            return f"has {rows} {split} codes where {coded} were written"
     try:
         report = read_table(run.report_path)
     except CMHError:
         return f"has a damaged {run.report_path.name}"
+    missing = [c for c in ("task", "metric", "value") if c not in report.column_names]
+    if missing:
+        return f"has a {run.report_path.name} without column(s) {', '.join(missing)}"
+    if not pa.types.is_floating(report.schema.field("value").type):
+        return f"has a {run.report_path.name} whose scores are {report.schema.field('value').type}, not numbers"
     if "code_version" not in report.column_names:
         return f"has a {run.report_path.name} without a code version (an older cmh)"
     versions = {str(v) for v in report.column("code_version").to_pylist()}
@@ -292,6 +304,9 @@ class _Spec:
 
 def _with_default_features(req: TrainRequest, method_name: str, quiet: bool = False) -> TrainRequest:
     builder = METHODS.get(method_name).builder
+    # the spec is part of the run id: "alexnet:pool " or "alexnet:pool," would train a second run of the same features
+    req = dataclasses.replace(req, image=None if req.image is None else canonical_feature_spec(req.image),
+                              text=None if req.text is None else canonical_feature_spec(req.text))
     if req.image is not None and req.text is not None:
         return req
     req = dataclasses.replace(req, image=req.image or builder.default_image_features,

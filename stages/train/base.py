@@ -245,20 +245,35 @@ def save_method(method: HashingMethod, path: Path | BinaryIO) -> None:
                 "method": method.name, "bits": method.bits}, path)
 
 
-def load_method(path: Path) -> HashingMethod:
+def load_method(path: Path, *, method: str | None = None, bits: int | None = None) -> HashingMethod:
     """The method saved at ``path`` by :func:`save_method`, weights loaded, in eval mode.
 
     Every method registers its buffers (closed-form projections, anchors, means) in ``__init__`` with
-    their final shapes, so the saved state loads strictly."""
+    their final shapes, so the saved state loads strictly. ``method`` and ``bits``: what the run's config
+    says it trained; a model of another method or code length (a ``model.pt`` copied from another run)
+    is refused, since its codes would be compared with database codes it did not make."""
+    fix = "train the run again with `cmh train ... --force`"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise CacheError(f"{path} cannot be loaded ({type(exc).__name__}); train the run again "
-                         f"with `cmh train ... --force`") from None
-    entry = METHODS.get(saved["method"])
-    tuples = {f.name for f in dataclasses.fields(entry.config) if isinstance(f.default, tuple)}
-    # JSON turned tuples (betas) into lists; the config dataclass wants them back
-    config = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in saved["config"].items()}
-    method = create_method(entry.name, dims=FeatureDims(**saved["dims"]), bits=int(saved["bits"]), overrides=config)
-    method.load_state_dict(saved["state_dict"])
-    return method.eval()
+        raise CacheError(f"{path} cannot be loaded ({type(exc).__name__}); {fix}") from None
+    fields = ("state_dict", "config", "dims", "method", "bits")
+    if not isinstance(saved, dict) or any(f not in saved for f in fields):
+        what = (f"no {', '.join(f for f in fields if f not in saved)}" if isinstance(saved, dict)
+                else f"a {type(saved).__name__}")
+        raise CacheError(f"{path} is not a model saved by `cmh train` ({what}); {fix}")
+    try:
+        entry = METHODS.get(saved["method"])
+        tuples = {f.name for f in dataclasses.fields(entry.config) if isinstance(f.default, tuple)}
+        # JSON turned tuples (betas) into lists; the config dataclass wants them back
+        config = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in saved["config"].items()}
+        model = create_method(entry.name, dims=FeatureDims(**saved["dims"]), bits=int(saved["bits"]),
+                              overrides=config)
+        model.load_state_dict(saved["state_dict"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        detail = (str(exc.args[0]) if exc.args else type(exc).__name__).splitlines()[0][:120]
+        raise CacheError(f"{path} holds a model cmh cannot rebuild ({type(exc).__name__}: {detail}); {fix}") from None
+    if (method is not None and entry.name != METHODS.resolve(method)) or (bits is not None and model.bits != bits):
+        raise CacheError(f"{path} holds a {entry.name} model of {model.bits} bits, but its run trained {method} at "
+                         f"{bits} bits (a model.pt copied from another run?); {fix}")
+    return model.eval()

@@ -16,6 +16,7 @@ non-finite, so the guard still names the term and the epoch).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -174,8 +175,9 @@ def _fit_by_gradient(method: HashingMethod, train: FeatureBatch, *, seed: int, d
     first = 0
     saved = checkpoints.load() if checkpoints is not None else None
     if saved is not None:
-        first = _restore(saved, method, optimizer, generator, history)
-        log.info("%s %db: resumed from epoch %d of %d", method.name, method.bits, first, epochs)
+        first = _resume(saved, method, optimizer, generator, history, epochs)
+        if first:
+            log.info("%s %db: resumed from epoch %d of %d", method.name, method.bits, first, epochs)
     bar = None
     if progress:
         from pipeline.ground.progress import progress_bar
@@ -224,6 +226,38 @@ def _state(method: HashingMethod, optimizer: torch.optim.Optimizer, generator: t
                     "validation_s": history.validation_s, "checkpoints": history.checkpoints,
                     "checkpoint_s": history.checkpoint_s},
     }
+
+
+def _resume(state: Mapping[str, Any], method: HashingMethod, optimizer: torch.optim.Optimizer,
+            generator: torch.Generator, history: TrainHistory, epochs: int) -> int:
+    """``_restore`` a checkpoint of this run; 0, with everything as it was before, when its state cannot be put
+    back (a field missing or of another shape, weights that do not fit, an epoch outside 0..``epochs``, which
+    would end the run untrained or loop on a negative epoch): training then starts over, as for a damaged file."""
+    done = state.get("epoch") if isinstance(state, Mapping) else None
+    problem = None
+    if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= epochs:
+        problem = f"its epoch {done!r} is not one of 0..{epochs}"
+    else:
+        before = (copy.deepcopy(method.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state(),
+                  np.random.get_state(), random.getstate(), generator.get_state(),
+                  torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+        try:
+            return _restore(state, method, optimizer, generator, history)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            problem = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:100]}"
+            method.load_state_dict(before[0])
+            optimizer.load_state_dict(before[1])
+            torch.set_rng_state(before[2])
+            np.random.set_state(before[3])
+            random.setstate(before[4])
+            generator.set_state(before[5])
+            if before[6] is not None:
+                torch.cuda.set_rng_state_all(before[6])
+            for f in dataclasses.fields(TrainHistory):  # as a fresh run's
+                setattr(history, f.name, getattr(TrainHistory(), f.name))
+    log.warning("%s %db: the checkpoint cannot be resumed (%s); training starts over from epoch 0", method.name,
+                method.bits, problem)
+    return 0
 
 
 def _restore(state: Mapping[str, Any], method: HashingMethod, optimizer: torch.optim.Optimizer,

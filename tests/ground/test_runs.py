@@ -11,8 +11,8 @@ from pipeline.ground.store.runs import RunDir
 
 def test_a_run_says_how_far_it_got(tmp_path):
     run = RunDir.of(Cache(tmp_path), "demo-baseline-16b-s1-abcdef12")
-    run.write_config({"dataset": "demo", "bits": 16})
-    assert run.read_config() == {"dataset": "demo", "bits": 16}
+    run.write_config({"dataset": "demo", "method": "baseline", "bits": 16})
+    assert run.read_config() == {"dataset": "demo", "method": "baseline", "bits": 16}
     assert not run.is_trained() and not run.is_complete()
     with pytest.raises(CacheError, match="model.pt, codes/split=database missing.*again"):
         run.require_trained()

@@ -36,6 +36,8 @@ def _writer(layout, t, splits, encoder="enc", cfg=None, shard_size=3, columns=No
 def _fill(writer, fail=(), fn=lambda ids: np.stack([ids, ids, ids, ids], 1).astype(np.float32)):
     for shard in writer.pending():
         ok = np.array([i for i in shard.item_ids if i not in fail], dtype=np.int64)
+        # as the extraction runner does: a failed item is listed in errors.parquet, and left out of its shard
+        writer.write_errors([(int(i), f"/x/{i}.jpg", "decode failed") for i in shard.item_ids if i in fail])
         writer.write_shard(shard, ok, {c: fn(ok) for c in writer.columns})
     return writer.finalize()
 

@@ -222,6 +222,7 @@ def test_evaluation_never_reads_an_index(cli, built, monkeypatch):
 
 
 def test_an_item_missing_from_one_encoder_is_dropped_and_counted(cli, built):
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -229,7 +230,9 @@ def test_an_item_missing_from_one_encoder_is_dropped_and_counted(cli, built):
     shard = cache / "features" / "dataset=pairs" / "encoder=alexnet.imagenet" / "split=database" / "part-00000.parquet"
     table = pq.read_table(shard)
     gone = table.column("item_id")[3].as_py()
-    pq.write_table(table.filter(pc.not_equal(table.column("item_id"), gone)), shard)  # as a failed image leaves it
+    pq.write_table(table.filter(pc.not_equal(table.column("item_id"), gone)), shard)  # as a failed image leaves it,
+    pq.write_table(pa.table({"item_id": pa.array([gone], pa.int64()), "reference": ["img/3.png"],  # listed as failed
+                             "reason": ["decode failed"]}), shard.parent.parent / "errors.parquet")
     result = cli("encode", "--run", run, "--dataset", "pairs", "--cache", cache, "--chunk-rows", "7")
     assert result.code == 0 and "39 items encoded" in result.out and "1 missing from some encoder" in result.out
     encoded, own = _encoded_codes(cache, run, "pairs"), _run_codes(cache, run)

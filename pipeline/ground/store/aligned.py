@@ -24,7 +24,8 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.item_table import ItemTable
 from pipeline.ground.store.items import extract_command
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
-from pipeline.ground.store.parquet import arrow_to_vectors, read_table
+from pipeline.ground.store.features import read_errors
+from pipeline.ground.store.parquet import arrow_to_vectors, id_column_problem, read_table, vector_column_problem
 
 
 class DatasetCache(Protocol):
@@ -97,6 +98,17 @@ def _concat(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
     return np.concatenate(list(parts.values()), axis=1)
 
 
+def canonical_feature_spec(spec: str) -> str:
+    """``spec`` as the parser reads it, without the blanks around its separators and the empty parts
+    (``"alexnet : pool+cov, "`` -> ``"alexnet:pool+cov"``), so that two spellings of the same features name
+    one run, not two. A spec with no part at all is returned as given (the parser refuses it as empty)."""
+    parts = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        encoder, colon, cols = part.partition(":")
+        parts.append(encoder.strip() + (":" + "+".join(c.strip() for c in cols.split("+")) if colon else ""))
+    return ",".join(parts) or spec
+
+
 def parse_feature_spec(dataset: DatasetCache, spec: str, modality: str) -> list[FeatureRef]:
     """The feature columns ``spec`` names for ``modality`` in ``dataset``; CacheError naming what exists."""
     refs: list[FeatureRef] = []
@@ -117,6 +129,9 @@ def parse_feature_spec(dataset: DatasetCache, spec: str, modality: str) -> list[
             if available[name]["modality"] != modality:
                 raise CacheError(f"column {encoder}:{name} is a {available[name]['modality']} feature, "
                                  f"but it was asked for as the {modality} input")
+            if FeatureRef(encoder, name) in refs:  # read once either way: a second run id of the same features
+                raise CacheError(f"the {modality} feature spec {spec!r} names {encoder}:{name} twice; name each "
+                                 f"column once")
             refs.append(FeatureRef(encoder, name))
     if not refs:
         raise CacheError(f"empty {modality} feature spec {spec!r}")
@@ -146,6 +161,8 @@ class _ShardCursor:
         check_features_match_items(dataset, encoder, manifest)
         self.dataset, self.encoder, self.split = dataset, encoder, split
         self.columns = sorted(set(columns))
+        self.widths = {c: (manifest["columns"].get(c) or {}).get("dim") for c in self.columns}
+        self._failed: set[int] | None = None
         self.shard_size = int(manifest["shard_size"])
         layout = dataset.layout
         if split in PHYSICAL_SPLITS:
@@ -164,9 +181,36 @@ class _ShardCursor:
             if not path.exists():
                 raise CacheError(f"feature shard {path} is missing: {fix}, which rebuilds it")
             table = read_table(path, ["item_id", *self.columns], f"{fix}, which rebuilds damaged shards")
-            self._cache[p] = {"item_id": table.column("item_id").to_numpy(),
-                              **{c: arrow_to_vectors(table.column(c)) for c in self.columns}}
+            problem = id_column_problem(table) or next(
+                (why for c in self.columns if (why := vector_column_problem(table, c, self.widths[c]))), None)
+            if problem:  # a Parquet file, but not one this extraction wrote: rows would pair with other items
+                raise CacheError(f"feature shard {path} {problem}: {fix}, which rebuilds it")
+            part = {"item_id": table.column("item_id").to_numpy(),
+                    **{c: arrow_to_vectors(table.column(c)) for c in self.columns}}
+            for c in self.columns:
+                if part[c].dtype.kind == "f" and not np.isfinite(part[c]).all():
+                    # no encoder writes one: a NaN would surface as a loss or codes "diverged", far from here
+                    bad = int((~np.isfinite(part[c])).sum())
+                    rebuild = extract_command(self.dataset.layout, name, encoders=[self.encoder], overwrite=True)
+                    raise CacheError(f"feature shard {path} holds {bad} non-finite value(s) (NaN or infinity) in "
+                                     f"column {c!r}: rebuild the features with `{rebuild}`")
+            self._cache[p] = part
         return self._cache[p]
+
+    def check_lost(self, lost: np.ndarray) -> None:
+        """CacheError when ``lost`` (items of the table that this encoder's shards lack) holds any that its
+        ``errors.parquet`` does not list as failed: a shard lost rows, and training on the rest would shrink
+        a split without a word."""
+        if self._failed is None:
+            self._failed = set(read_errors(self.dataset.layout, self.dataset.name, self.encoder))
+        unexplained = [int(i) for i in lost if int(i) not in self._failed]
+        if unexplained:
+            layout, name = self.dataset.layout, self.dataset.name
+            raise CacheError(
+                f"the {self.encoder} features of split {self.split!r} of {name!r} lack {len(unexplained)} item(s) "
+                f"that its errors.parquet does not list as failed (e.g. {unexplained[:5]}): a shard under "
+                f"{layout.split_dir(name, self.encoder, self.split)} lost rows; re-run "
+                f"`{extract_command(layout, name, encoders=[self.encoder])}`, which rebuilds it")
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Every stored row whose planned position lies in ``[start, stop)`` (possibly a few more)."""
@@ -241,6 +285,8 @@ def read_aligned(dataset: DatasetCache, split: str, image: Sequence[FeatureRef],
         for encoder, cursor in cursors.items():
             data = cursor.rows(first, first + len(planned))
             rows, found = _locate(data["item_id"], planned)
+            if not found[known].all():
+                cursor.check_lost(planned[known & ~found])
             present &= found
             picks[encoder] = (data, rows)
         keep = planned[present]

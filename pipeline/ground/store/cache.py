@@ -28,7 +28,7 @@ from pipeline.ground.store.features import read_manifest, splits_fingerprint
 from pipeline.ground.store.items import Splits, items_meta, kept_splits, read_items, read_splits, splits_meta
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
-from pipeline.ground.store.lineage import MISSING_RECORD, data_change, stale_run_error
+from pipeline.ground.store.lineage import DAMAGED_RECORD, MISSING_RECORD, data_change, stale_run_error
 from pipeline.ground.store.runs import CONFIG_FILE, REPORT_FILE, RunDir
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,11 @@ class Cache(CacheLayout):
             if not run.config_path.exists():
                 stale.append((run, MISSING_RECORD))
                 continue
-            config = run.read_config()
+            try:
+                config = run.read_config()
+            except CacheError:
+                stale.append((run, DAMAGED_RECORD))
+                continue
             name = config.get("dataset")
             reason = data_change(config, handles.setdefault(name, self.dataset(name))) if name else None
             (stale.append((run, reason)) if reason else current.append(run))

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from pipeline.ground.errors import CacheError
+from pipeline.ground.errors import CacheError, interruption
 from pipeline.ground.store.tempfiles import partial_for
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,12 @@ class RunCheckpoints:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            stop = interruption(exc)
+            if stop is not None and stop is not exc:  # Ctrl-C or SIGTERM mid-write: say that, not the writer's error
+                raise stop from None
             raise
         self._last = time.monotonic()
         self.saved += 1

@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.ground.errors import CacheError, DataError
-from pipeline.ground.store.parquet import read_metadata, read_table, write_table_atomic
+from pipeline.ground.store.parquet import (id_column_problem, read_metadata, read_table, vector_column_problem,
+                                           write_table_atomic)
 
 _RETRAIN = "train the run again with `cmh train ... --force`"
 
@@ -182,7 +183,22 @@ def read_codes(path_dir: Path, split: str, unpack: bool = True, fix: str = _RETR
         raise CacheError(f"{paths[0].parent} mixes code lengths {sorted({int(m['bits']) for m in metas})}; "
                          f"re-encode it (`cmh encode` or {_RETRAIN})")
     tables = [read_table(p, fix=fix) for p in paths]
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    for path, part, meta in zip(paths, tables, metas):
+        written = [CODE_COLUMNS[m] for m in meta.get("modalities") or CODE_COLUMNS if m in CODE_COLUMNS]
+        present = [c for c in CODE_COLUMNS.values() if c in part.column_names]
+        problem = (id_column_problem(part)
+                   or next((why for c in written if (why := vector_column_problem(part, c, n_words(bits), "uint64"))),
+                           None)
+                   or (None if present else "has no code column"))
+        if problem:  # a Parquet file with the name of a codes part, but not as write_codes wrote it
+            raise CacheError(f"codes file {path} {problem}: {fix}")
+    try:
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    except pa.ArrowInvalid as exc:
+        raise CacheError(f"the codes parts under {paths[0].parent} differ in their columns ({exc}): {fix}") from None
+    problem = id_column_problem(table)
+    if problem:
+        raise CacheError(f"the codes under {paths[0].parent} {problem}: {fix}")
     out: dict[str, Any] = {"item_id": table.column("item_id").to_numpy(), "bits": bits, "meta": metas[0]}
     for modality, col in CODE_COLUMNS.items():
         if col in table.column_names:

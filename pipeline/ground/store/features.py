@@ -25,8 +25,9 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.store.items import Splits, check_schema_version, extract_command
 from pipeline.ground.store.layout import PHYSICAL_SPLITS, CacheLayout
 from pipeline.ground.store.lock import held_alone
-from pipeline.ground.store.parquet import (arrow_to_vectors, read_json, read_table, vectors_to_arrow,
-                                    write_json_atomic, write_table_atomic)
+from pipeline.ground.store.parquet import (arrow_to_vectors, check_record, id_column_problem, raise_if_not_the_file,
+                                           read_json_object, read_table, vector_column_problem, vectors_to_arrow,
+                                           write_json_atomic, write_table_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class FeatureWriter:
     def check_or_create_manifest(self, overwrite: bool = False) -> None:
         path = self.layout.manifest_path(self.dataset, self.encoder)
         if path.exists() and not overwrite:
-            old = read_json(path, "re-run `cmh extract` with --overwrite to rebuild these features")
+            old = read_json_object(path, "re-run `cmh extract` with --overwrite to rebuild these features")
             check_schema_version(old, path)
             keys = ("config_hash", "code_version", "dataset_fingerprint", "splits_fingerprint", "shard_size")
             diff = {k: (old.get(k), self.manifest[k]) for k in keys if old.get(k) != self.manifest[k]}
@@ -161,7 +162,7 @@ class FeatureWriter:
                     kept = len(keep) - len(failed & set(keep.tolist()))
                     # a shard written before some of its pairs were dropped still holds their rows (readers skip
                     # them): up to that many more rows is as good
-                    problem = self.shard_problem(path, (kept, kept + len(planned) - len(keep)))
+                    problem = self.shard_problem(path, (kept, kept + len(planned) - len(keep)), planned)
                     if problem is None:
                         continue
                     log.warning("%s: %s; rebuilding it", path, problem)
@@ -169,22 +170,40 @@ class FeatureWriter:
                 todo.append(Shard(split, part, keep))
         return todo
 
-    def shard_problem(self, path: Path, expected_rows: int | tuple[int, int] | None) -> str | None:
-        """Why a shard on disk cannot be trusted (unreadable footer, other columns, other row count), or None.
+    def shard_problem(self, path: Path, expected_rows: int | tuple[int, int] | None,
+                      planned: np.ndarray | None = None) -> str | None:
+        """Why a shard on disk cannot be trusted (unreadable footer, other columns or column types, other row
+        count, an item id twice or, given ``planned``, one not planned for it), or None. Only the footer and the
+        ids are read, so a rerun checks every shard cheaply; the values are checked by the reader.
 
         ``expected_rows``: the row count, or the (least, most) it may hold."""
         try:
             parquet = pq.ParquetFile(path)
-            meta, names = parquet.metadata, set(parquet.schema_arrow.names)
+            meta, schema = parquet.metadata, parquet.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
+            raise_if_not_the_file(exc, path)  # not a reason to delete the shard
             return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        missing = sorted({"item_id", *self.columns} - names)
+        missing = sorted({"item_id", *self.columns} - set(schema.names))
         if missing:
             return f"lacks column(s) {missing}"
+        for problem in (id_column_problem(schema),
+                        *(vector_column_problem(schema, name, spec.dim) for name, spec in self.columns.items())):
+            if problem:
+                return problem
         if expected_rows is not None:
             low, high = expected_rows if isinstance(expected_rows, tuple) else (expected_rows, expected_rows)
             if not low <= meta.num_rows <= high:
                 return f"holds {meta.num_rows} rows where {low if low == high else f'{low} to {high}'} were written"
+        try:
+            ids = parquet.read(columns=["item_id"])
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise_if_not_the_file(exc, path)
+            return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        problem = id_column_problem(ids)
+        if problem:
+            return problem
+        if planned is not None and not np.isin(ids.column("item_id").to_numpy(), planned).all():
+            return "holds rows of items that are not planned for it"
         return None
 
     def failed_ids(self) -> set[int]:
@@ -316,10 +335,14 @@ def read_manifest(layout: CacheLayout, dataset: str, encoder: str) -> dict[str, 
             f"(cached encoders: {', '.join(have) or 'none'}); extract them with "
             f"`{extract_command(layout, dataset, encoders=[encoder])}`"
         )
-    manifest = read_json(path, f"rebuild these features with "
-                               f"`{extract_command(layout, dataset, encoders=[encoder], overwrite=True)}`")
+    fix = f"rebuild these features with `{extract_command(layout, dataset, encoders=[encoder], overwrite=True)}`"
+    manifest = read_json_object(path, fix)
     check_schema_version(manifest, path)
-    return manifest
+    return check_record(manifest, path, fix, MANIFEST_FIELDS)
+
+
+#: What every reader of a feature manifest takes from it, with the JSON types.
+MANIFEST_FIELDS: dict[str, type] = {"columns": dict, "default_columns": dict, "shard_size": int, "parts": dict}
 
 
 def read_split_raw(layout: CacheLayout, dataset: str, encoder: str, split: str,

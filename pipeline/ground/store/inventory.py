@@ -116,7 +116,7 @@ def dataset_info(layout: CacheLayout, name: str, reports_dir: Path) -> DatasetIn
     for enc in layout.encoder_folders(name):
         try:
             manifest = json.loads(layout.manifest_path(name, enc).read_text())
-            if not manifest.get("complete", True):
+            if not isinstance(manifest, dict) or not manifest.get("complete", True):
                 incomplete.append(enc)
         except (OSError, ValueError):
             incomplete.append(enc)
@@ -134,14 +134,15 @@ def run_folders(layout: CacheLayout) -> list[RunDir]:
 
 def run_info(run: RunDir) -> RunInfo:
     config: dict[str, Any] = {}
+    readable = False
     if run.config_path.exists():
         try:
-            config = run.read_config()
+            config, readable = run.read_config(), True
         except CacheError:
             config = {}
     if run.report_path.exists():
         # every use of the run (query, encode, serve, report) refuses it without these: never list it complete
-        state = COMPLETE if run.config_path.exists() and run.is_trained() else DAMAGED
+        state = COMPLETE if readable and run.is_trained() else DAMAGED
     elif run.is_trained():
         state = TRAINED
     else:

@@ -24,7 +24,8 @@ from pipeline.ground.errors import CacheError
 from pipeline.ground.store.lock import held_alone
 from pipeline.ground.store.layout import CacheLayout
 from pipeline.ground.store.near import near_matches
-from pipeline.ground.store.parquet import arrow_to_vectors, read_metadata, read_table, vectors_to_arrow, write_table_atomic
+from pipeline.ground.store.parquet import (arrow_to_vectors, check_record, id_column_problem, read_metadata, read_table,
+                                           vector_column_problem, vectors_to_arrow, write_table_atomic)
 
 #: How a damaged items/splits file is repaired.
 _FIX = "re-run `cmh extract` for this dataset with --overwrite"
@@ -75,7 +76,11 @@ def items_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
         )
     meta = read_metadata(path, _FIX)
     check_schema_version(meta, path)
-    return meta
+    return check_record(meta, path, _FIX, ITEMS_META_FIELDS)
+
+
+#: What every reader of the item table takes from its metadata, with the JSON types.
+ITEMS_META_FIELDS: dict[str, type] = {"dataset": str, "label_names": list, "text_kind": str, "source": str}
 
 
 def _cached_names(layout: CacheLayout) -> list[str]:
@@ -97,7 +102,11 @@ def check_schema_version(meta: Mapping[str, Any], path: Any) -> None:
 
 def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
     meta = items_meta(layout, dataset)
-    t = read_table(layout.items_path(dataset), fix=_FIX)
+    path = layout.items_path(dataset)
+    t = read_table(path, fix=_FIX)
+    problem = _items_problem(t)
+    if problem:
+        raise CacheError(f"{path} is not an item table cmh wrote: it {problem}; {_FIX}")
     return ItemTable(
         dataset=meta["dataset"],
         item_id=t.column("item_id").to_numpy(),
@@ -113,6 +122,18 @@ def read_items(layout: CacheLayout, dataset: str) -> ItemTable:
         notes=list(meta.get("notes", [])),
         origin_fingerprint=meta.get("fingerprint"),
     )
+
+
+def _items_problem(t: pa.Table) -> str | None:
+    """Why ``t`` is not an item table as ``write_items`` writes it (columns, their types, ids once each), or None."""
+    kinds = {"image": pa.types.is_string, "texts": lambda k: pa.types.is_list(k) and pa.types.is_string(k.value_type)}
+    for name, is_kind in kinds.items():
+        if name not in t.column_names:
+            return f"has no column {name!r}"
+        if not is_kind(t.schema.field(name).type):
+            return f"has column {name!r} of type {t.schema.field(name).type}"
+    return (id_column_problem(t) or vector_column_problem(t, "labels")
+            or ("bow" in t.column_names and vector_column_problem(t, "bow")) or None)
 
 
 def skipped_ids(items: ItemTable) -> set[int]:

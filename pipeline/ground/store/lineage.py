@@ -19,6 +19,7 @@ from pipeline.ground.errors import CacheError
 
 #: Why a run folder without its config.json cannot be compared (it is treated as a run whose data changed).
 MISSING_RECORD = "its config.json is missing, so the data it was trained on is unknown"
+DAMAGED_RECORD = "its config.json is damaged, so the data it was trained on is unknown"
 #: Manifest fields that decide what an encoder wrote (weights, vocabulary, code, the items it read).
 FEATURE_KEYS = ("config_hash", "code_version", "dataset_fingerprint")
 
@@ -100,7 +101,10 @@ def stale_summary(stale: Sequence[tuple[Any, str]], total: int) -> str:
     """``2 of 5 runs were trained on other data than ... (e.g. RUN: why); retrain them: `cmh train ...```
     for ``(RunDir, reason)`` pairs, naming the first run's own command."""
     run, reason = stale[0]
-    config = run.read_config() if run.config_path.exists() else {}
+    try:
+        config = run.read_config() if run.config_path.exists() else {}
+    except CacheError:
+        config = {}
     command = train_command(config) if config else "cmh train ... --force"
     return (f"{len(stale)} of {total} run(s) were trained on other data than their dataset holds now (e.g. "
             f"{run.run_id}: {reason}); retrain them with the commands they were trained with, e.g. `{command}`")

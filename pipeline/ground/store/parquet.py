@@ -1,6 +1,7 @@
 """Parquet helpers: vector columns as FixedSizeList, provenance in schema metadata, atomic writes."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -37,6 +38,47 @@ def arrow_to_vectors(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
     width = col.type.list_size
     return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
+def vector_column_problem(table: pa.Table | pa.Schema, name: str, width: int | None = None,
+                          values: str = "numeric") -> str | None:
+    """Why column ``name`` is not a vector column (``FixedSizeList`` of ``width`` numbers, or of
+    ``values="uint64"`` words, with no row missing), or None. A file of the right name may hold anything
+    Arrow can read. On a schema only the type is checked."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    if name not in schema.names:
+        return f"has no column {name!r}"
+    kind = schema.field(name).type
+    if not pa.types.is_fixed_size_list(kind):
+        return f"has column {name!r} of type {kind}, not fixed-size vectors"
+    value = kind.value_type
+    if not (value == pa.uint64() if values == "uint64" else pa.types.is_integer(value) or pa.types.is_floating(value)):
+        return f"has column {name!r} of {value} vectors, not {values}"
+    if width is not None and kind.list_size != width:
+        return f"has column {name!r} of width {kind.list_size}, not {width}"
+    if isinstance(table, pa.Table) and table.column(name).null_count:
+        return f"has {table.column(name).null_count} row(s) without a {name!r} vector"
+    return None
+
+
+def id_column_problem(table: pa.Table | pa.Schema, name: str = "item_id") -> str | None:
+    """Why ``name`` is not a column of distinct integer ids (on a schema: only its type is checked), or None.
+    A repeated id would pair one item's row with another's, or list an item twice, without a word."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    if name not in schema.names:
+        return f"has no column {name!r}"
+    if not pa.types.is_integer(schema.field(name).type):
+        return f"has column {name!r} of type {schema.field(name).type}, not integers"
+    if isinstance(table, pa.Table):
+        column = table.column(name)
+        if column.null_count:
+            return f"has {column.null_count} row(s) without an {name}"
+        values, counts = np.unique(column.to_numpy(), return_counts=True)
+        repeated = values[counts > 1]
+        if len(repeated):
+            more = f" (and {len(repeated) - 1} other id(s))" if len(repeated) > 1 else ""
+            return f"lists {name} {int(repeated[0])}{more} more than once"
+    return None
 
 
 def write_table_atomic(
@@ -148,12 +190,25 @@ def _refuse_special(path: str | os.PathLike, fix: str) -> None:
         raise CacheError(f"{path} is not a regular file (a pipe, socket or device): {fix}")
 
 
+#: OSErrors of the process or the file's permissions, not of the file's bytes: a file that cannot be opened
+#: for them is intact, and calling it damaged would have it deleted and rebuilt for nothing.
+NOT_THE_FILE = (errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.ENOMEM)
+
+
+def raise_if_not_the_file(exc: BaseException, path: str | os.PathLike) -> None:
+    """Re-raise ``exc`` as a plain OSError naming ``path`` when it is one of ``NOT_THE_FILE`` (the CLI says the
+    fix in one line: raise `ulimit -n`, make the file readable); return otherwise."""
+    if isinstance(exc, OSError) and exc.errno in NOT_THE_FILE:
+        raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+
+
 def read_table(path: str | os.PathLike, columns: list[str] | None = None, fix: str = REBUILD_HINT) -> pa.Table:
     """``pq.read_table`` with a CacheError naming the file and the fix instead of an Arrow traceback."""
     _refuse_special(path, fix)
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:
+        raise_if_not_the_file(exc, path)
         raise unreadable(path, exc, fix) from None
 
 
@@ -163,9 +218,13 @@ def read_metadata(path: str | os.PathLike, fix: str = REBUILD_HINT) -> dict[str,
     try:
         meta = pq.read_schema(path).metadata or {}
         raw = meta.get(META_KEY)
-        return json.loads(raw) if raw else {}
+        blob = json.loads(raw) if raw else {}
     except (pa.ArrowException, OSError, ValueError) as exc:
+        raise_if_not_the_file(exc, path)
         raise unreadable(path, exc, fix) from None
+    if not isinstance(blob, dict):
+        raise CacheError(f"{path} is damaged (its cmh metadata is a JSON {json_kind(blob)}, not an object): {fix}")
+    return blob
 
 
 def read_json(path: str | os.PathLike, fix: str = REBUILD_HINT) -> Any:
@@ -175,3 +234,37 @@ def read_json(path: str | os.PathLike, fix: str = REBUILD_HINT) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CacheError(f"{path} is damaged ({exc}): {fix}") from None
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls ``value``'s type (``array``, ``null``, ``number``...), for messages about a record."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "value")
+
+
+def check_record(record: Any, path: str | os.PathLike, fix: str,
+                 fields: Mapping[str, type | tuple[type, ...]] = {}) -> dict[str, Any]:
+    """``record`` (JSON read from ``path``) when it is an object holding ``fields`` with those types; CacheError
+    naming what is wrong otherwise. Valid JSON of another shape (``[]``, ``null``, ``{}``) would otherwise reach
+    the reader as an AttributeError or KeyError, or, read with ``.get``, as a record that says nothing."""
+    if not isinstance(record, dict):
+        raise CacheError(f"{path} is damaged (a JSON {json_kind(record)}, not an object): {fix}")
+    missing = [name for name in fields if name not in record]
+    if missing:
+        raise CacheError(f"{path} is damaged (no {', '.join(missing)}): {fix}")
+    for name, kind in fields.items():
+        value = record[name]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            value = None  # True is an int to Python, not a count or a length
+        if not isinstance(value, kind):
+            raise CacheError(f"{path} is damaged ({name} is a JSON {json_kind(record[name])}): {fix}")
+    return record
+
+
+def read_json_object(path: str | os.PathLike, fix: str = REBUILD_HINT,
+                     fields: Mapping[str, type | tuple[type, ...]] = {}) -> dict[str, Any]:
+    """A JSON record of the cache that must be an object with ``fields`` (see ``check_record``)."""
+    return check_record(read_json(path, fix), path, fix, fields)

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.ground.errors import CacheError
+from pipeline.ground.errors import CacheError, interruption
 from pipeline.ground.registry import check_path_safe
 from pipeline.ground.store.layout import TOMBSTONE_PREFIX, CacheLayout
 from pipeline.ground.store.near import near_matches
-from pipeline.ground.store.parquet import write_json_atomic
+from pipeline.ground.store.parquet import check_record, write_json_atomic
 from pipeline.ground.store.tempfiles import PARTIAL_SUFFIX, partial_for
 
 CONFIG_FILE = "config.json"
@@ -37,6 +37,8 @@ INDEX_DIR = "index"  # index/ beside a codes/ folder: its search index (cmh inde
 ENCODE_RECORD = "_encode.json"  # encoded/<dataset>/_encode.json (cmh encode)
 
 RETRAIN_HINT = "train the run again with `cmh train ... --force`"
+#: The fields of a run's config.json that every reader relies on, with their JSON types.
+CONFIG_FIELDS: dict[str, type] = {"dataset": str, "method": str, "bits": int}
 
 _RUN_ID = re.compile(r"^(?P<stem>.+)-(?P<bits>\d+)b-s(?P<seed>\d+)-(?P<key>[0-9a-f]+)$")
 
@@ -122,11 +124,14 @@ class RunDir:
         """The dataset the run was trained on (its config.json, else its report), or None when unreadable."""
         from pipeline.ground.store.parquet import read_metadata
 
-        try:
-            if self.config_path.exists():
+        if self.config_path.exists():
+            try:
                 return self.read_config().get("dataset")
+            except (CacheError, OSError):
+                pass  # damaged: the report's own record says it, so a listing of the dataset still finds the run
+        try:
             return read_metadata(self.report_path).get("dataset") if self.report_path.exists() else None
-        except (CacheError, OSError, AttributeError):
+        except (CacheError, OSError):
             return None
 
     @property
@@ -188,10 +193,17 @@ class RunDir:
         return write_codes(self.codes_dir, split, item_id, image, text, meta)
 
     def read_codes(self, split: str, unpack: bool = True) -> dict[str, Any]:
-        """One split's codes: item ids, bits, and the codes (``unpack``) or their packed words."""
+        """One split's codes: item ids, bits, and the codes (``unpack``) or their packed words; CacheError when
+        they are fewer or more than the run coded (its config.json's ``n_<split>``), since a search or a table
+        over part of the codes would look like one over all of them."""
         from pipeline.ground.store.codes import read_codes
 
-        return read_codes(self.codes_dir, split, unpack=unpack)
+        codes = read_codes(self.codes_dir, split, unpack=unpack)
+        coded = self.read_config().get(f"n_{split}") if self.config_path.exists() else None
+        if isinstance(coded, int) and not isinstance(coded, bool) and len(codes["item_id"]) != coded:
+            raise CacheError(f"the {split} codes of run {self.run_id} hold {len(codes['item_id'])} item(s) where "
+                             f"{coded} were coded (a codes file replaced or cut short): {RETRAIN_HINT}")
+        return codes
 
     def mark_incomplete(self) -> None:
         """Retraining in place: drop the report (and curves) first, so that until the new report is written
@@ -250,9 +262,11 @@ class RunDir:
             raise CacheError(f"{self.config_path} is missing, so what run {self.run_id} was trained on is unknown; "
                              f"{RETRAIN_HINT}")
         try:
-            return json.loads(self.config_path.read_text(encoding="utf-8"))
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise CacheError(f"{self.config_path} is unreadable ({exc}); {RETRAIN_HINT}") from None
+        # what every reader of a run takes from it: without these it could not be told apart from another run
+        return check_record(config, self.config_path, RETRAIN_HINT, CONFIG_FIELDS)
 
     def write_history(self, history: dict[str, Any]) -> Path:
         return write_json_atomic(history, self.history_path)
@@ -271,6 +285,9 @@ class RunDir:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.model_path)
         except RuntimeError as exc:
+            stop = interruption(exc)
+            if stop is not None:  # Ctrl-C or SIGTERM mid-write, then torch's writer failed on its way out
+                raise stop from None
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, OSError):  # torch's writer wraps the OSError it met
                 raise OSError(cause.errno, cause.strerror, str(self.model_path)) from None

@@ -60,13 +60,18 @@ def find_pairs_file(data_dir: Path, file: str | Path | None = None) -> Path:
     data_dir = expand_home(data_dir)
     if data_dir.is_file() and file is None:
         return data_dir.resolve()
+    if data_dir.exists() and not data_dir.is_dir():  # /dev/null, a device or FIFO (or a link to one): never read
+        raise DataError(f"dataset 'pairs': {data_dir} is not a regular file or a folder (a device, FIFO or socket); "
+                        f"pass DATA_DIR=<your pairs.jsonl or pairs.csv, or the folder holding it> (CLI: --data-dir)")
     if not data_dir.is_dir():
         raise DataError(f"dataset 'pairs': {data_dir} does not exist; pass DATA_DIR=<your pairs.jsonl or "
                         f"pairs.csv, or the folder holding it> (CLI: --data-dir); format: docs/pairs-format.md")
     if file is not None:
         path = Path(file) if Path(file).is_absolute() else data_dir / file
         if not path.is_file():
-            raise DataError(f"dataset 'pairs': file {path} does not exist")
+            raise DataError(f"dataset 'pairs': file {path} "
+                            f"{'is not a regular file' if path.exists() else 'does not exist'}; name the pairs file "
+                            f"with the option file=<name> (docs/pairs-format.md)")
         return path.resolve()
     found = [data_dir / n for n in FILE_NAMES if (data_dir / n).is_file()]
     if not found:
