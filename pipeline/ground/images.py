@@ -72,7 +72,8 @@ def load_query_image(path: str, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Ima
     except DataError:
         raise
     except Exception as exc:  # PIL raises many types; all mean "this image is unusable"
-        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}; give a whole picture file that "
+                        f"Pillow reads (JPEG, PNG, WebP, GIF, BMP, TIFF)") from exc
 
 
 def _too_many_pixels(path: str, size: str, max_pixels: int) -> DataError:

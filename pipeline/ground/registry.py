@@ -104,6 +104,9 @@ class Registry(Generic[T]):
 
     def resolve(self, name: str) -> str:
         key = normalise_name(name)
+        if not key:  # METHOD= or --method '': say it is missing, not "unknown ''"
+            raise KeyError(f"no {self.kind} given (an empty name); give one of those registered: {', '.join(self.names())} "
+                           f"(list them with: {self.list_command})")
         if key in self._deprecated:
             new = self._deprecated[key]
             warnings.warn(f"{self.kind} {name!r} was renamed to {new!r}", DeprecationWarning, stacklevel=3)

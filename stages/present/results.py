@@ -125,6 +125,8 @@ def _publishable(run: RunDir) -> tuple[pa.Table, dict[str, Any]]:
     if missing:
         raise DataError(f"{report} lacks the provenance column(s) {missing}: it was written by an older cmh; "
                         f"retrain the run (cmh train --force) before publishing it")
+    if table.num_rows == 0:  # "mixes runs []" would misname it
+        raise DataError(f"{report} holds no rows; {fix}")
     ids = set(table.column("run_id").to_pylist())
     datasets = set(table.column("dataset").to_pylist())
     if len(ids) != 1 or len(datasets) != 1:

@@ -237,3 +237,39 @@ def test_help_and_a_bare_cmh_still_print_the_help(cli):
     assert command_help.code == 0 and "--workers" in command_help.out
     bare = cli()
     assert bare.code == 2 and "Usage:" in bare.out + bare.err and "error:" not in bare.err
+
+
+# -- messages that named no fix or misnamed the fault ---------------------------------------------------------
+def test_an_empty_method_name_is_said_to_be_missing_not_unknown(cli, tmp_path):
+    line = one_line_error(cli("train", "--method", " ", "--dataset", "pairs", "--cache", tmp_path))
+    assert "no method given" in line and "baseline" in line and "unknown method" not in line
+
+
+def test_a_query_file_that_is_no_picture_names_the_fix(tmp_path):
+    from pipeline.ground.errors import DataError
+    from pipeline.ground.images import load_query_image
+
+    junk = tmp_path / "q.jpg"
+    junk.write_bytes(b"not a picture at all")
+    with pytest.raises(DataError) as said:
+        load_query_image(str(junk))
+    assert "UnidentifiedImageError" in str(said.value) and "give a whole picture file" in str(said.value)
+
+
+def test_publishing_a_report_without_rows_says_so(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.ground.errors import DataError
+    from pipeline.ground.store.runs import RunDir
+    from stages.present.results import PROVENANCE, publish_runs
+
+    run = RunDir(tmp_path / "runs" / "pairs-baseline-16b-s1-0000")
+    run.path.mkdir(parents=True)
+    columns = {c: pa.array([], pa.string()) for c in ["task", "metric", "run_id", "dataset", *PROVENANCE]}
+    pq.write_table(pa.table(columns), run.report_path)
+    (tmp_path / "results").mkdir()
+    with pytest.raises(DataError) as said:
+        publish_runs([run], tmp_path / "results")
+    assert "holds no rows" in str(said.value) and "--force" in str(said.value)
+    assert not any((tmp_path / "results").iterdir())
