@@ -213,6 +213,9 @@ def _values_as_text(table):
 def test_train_trains_a_run_whose_report_lost_its_scores_again_instead_of_a_traceback(cli, built, caplog, change, why):
     _, cache, run = built
     _rewrite(cache / "runs" / run / "report.parquet", change)
+    listed = cli("ls", "--kind", "runs", "--cache", cache)  # not "complete" with no score: train trains it again
+    line = next(row for row in listed.out.splitlines() if run in row)
+    assert listed.code == 0 and line.endswith("damaged") and "(0 complete)" in listed.out, listed
     result = cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--cache", cache)
     assert result.code == 0 and f"has a report.parquet {why}: training it again" in caplog.text, result.err
     assert "mAP@50 i2t 0." in result.out

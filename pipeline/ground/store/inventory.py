@@ -152,7 +152,10 @@ def run_info(run: RunDir) -> RunInfo:
                    config.get("epochs"), config.get("paper_epochs"), state, tree_bytes(run.path),
                    tree_bytes(run.model_path), tree_bytes(run.path / CHECKPOINT_FILE))
     if state in (COMPLETE, DAMAGED):
-        info.map50 = _map50(run.report_path)
+        scores = _map50(run.report_path)
+        if scores is None:  # a report of another shape: `cmh train` trains such a run again, so it is not complete
+            state = info.state = DAMAGED
+        info.map50 = scores or {}
     encoded = run.path / ENCODED_DIR
     if encoded.is_dir():
         info.encodings = sorted(p.name for p in encoded.iterdir() if (p / ENCODE_RECORD).exists())
@@ -165,14 +168,18 @@ def run_info(run: RunDir) -> RunInfo:
     return info
 
 
-def _map50(report: Path) -> dict[str, float]:
-    """mAP@50 per task of one run's report (empty when unreadable: `cmh report` names the damage)."""
+def _map50(report: Path) -> dict[str, float] | None:
+    """mAP@50 per task of one run's report; None when it cannot be read as one (no such columns, scores that are
+    not numbers): `cmh report` names the damage."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         t = pq.read_table(report, columns=["task", "metric", "value"])
     except Exception:
-        return {}
+        return None
+    if not pa.types.is_floating(t.schema.field("value").type):
+        return None
     return {task: float(value) for task, metric, value in zip(*(t.column(c).to_pylist() for c in t.column_names))
             if metric == "map@50" and value is not None}
 
