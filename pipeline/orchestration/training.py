@@ -26,7 +26,7 @@ from pipeline.ground.store.cache import Cache, DatasetCache
 from pipeline.ground.store.checkpoints import RunBusy, RunCheckpoints, training_lock
 from pipeline.ground.store.codes import binarize
 from pipeline.ground.store.features import config_hash
-from pipeline.ground.store.runs import RunDir, RunId, drop_leftovers
+from pipeline.ground.store.runs import RunDir, RunId, drop_leftovers, report_scores_problem
 from pipeline.ground.versions import RESULTS_VERSION
 from stages.train import coding
 from stages.train import methods  # noqa: F401  (registers every method)
@@ -180,7 +180,6 @@ def train_runs(cache: Cache, req: TrainRequest,
 def _reuse_problem(run: RunDir) -> str | None:
     """Why a run with a report cannot be reused as it is (its config, model, codes or report damaged or
     missing, or written by another code version), or None. Only file footers are read: cheap on a rerun."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipeline.ground.errors import CMHError
@@ -214,11 +213,9 @@ def _reuse_problem(run: RunDir) -> str | None:
         report = read_table(run.report_path)
     except CMHError:
         return f"has a damaged {run.report_path.name}"
-    missing = [c for c in ("task", "metric", "value") if c not in report.column_names]
-    if missing:
-        return f"has a {run.report_path.name} without column(s) {', '.join(missing)}"
-    if not pa.types.is_floating(report.schema.field("value").type):
-        return f"has a {run.report_path.name} whose scores are {report.schema.field('value').type}, not numbers"
+    problem = report_scores_problem(report.schema)
+    if problem:
+        return f"has a {run.report_path.name} {problem}"
     if "code_version" not in report.column_names:
         return f"has a {run.report_path.name} without a code version (an older cmh)"
     versions = {str(v) for v in report.column("code_version").to_pylist()}

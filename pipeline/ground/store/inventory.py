@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.ground.errors import CacheError
 from pipeline.ground.store.checkpoints import CHECKPOINT_FILE, lock_state
 from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.runs import ENCODE_RECORD, ENCODED_DIR, INDEX_DIR, RunDir
+from pipeline.ground.store.runs import ENCODE_RECORD, ENCODED_DIR, INDEX_DIR, RunDir, report_scores_problem
 
 #: A run's state, from the files its writer leaves in order (``runs.py``); DAMAGED: a report without the
 #: config.json, model or codes it was written after (removed by hand, or a `cmh rm` killed half-way).
@@ -169,16 +169,15 @@ def run_info(run: RunDir) -> RunInfo:
 
 
 def _map50(report: Path) -> dict[str, float] | None:
-    """mAP@50 per task of one run's report; None when it cannot be read as one (no such columns, scores that are
-    not numbers): `cmh report` names the damage."""
-    import pyarrow as pa
+    """mAP@50 per task of one run's report; None when it cannot be read as scores (``report_scores_problem``):
+    `cmh report` names the damage."""
     import pyarrow.parquet as pq
 
     try:
         t = pq.read_table(report, columns=["task", "metric", "value"])
     except Exception:
         return None
-    if not pa.types.is_floating(t.schema.field("value").type):
+    if report_scores_problem(t.schema):
         return None
     return {task: float(value) for task, metric, value in zip(*(t.column(c).to_pylist() for c in t.column_names))
             if metric == "map@50" and value is not None}

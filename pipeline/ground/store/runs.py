@@ -300,6 +300,20 @@ class RunDir:
         return self.model_path
 
 
+def report_scores_problem(schema: Any) -> str | None:
+    """Why a run's report (its Arrow schema) cannot be read as scores, or None: a column of task, metric or
+    value missing, or values that are not numbers. `cmh train` retrains such a run and `cmh ls` lists it
+    damaged."""
+    import pyarrow as pa
+
+    missing = [c for c in ("task", "metric", "value") if c not in schema.names]
+    if missing:
+        return f"without column(s) {', '.join(missing)}"
+    if not pa.types.is_floating(schema.field("value").type):
+        return f"whose scores are {schema.field('value').type}, not numbers"
+    return None
+
+
 def drop_leftovers(paths: list[Path], writer: str) -> None:
     """Remove the ``.partial`` files an interrupted ``writer`` left (``RunDir.leftover_partials``,
     ``encode_partials``, ``index_partials``); only the holder of the run's writer lock may call it."""
