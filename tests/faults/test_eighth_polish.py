@@ -3,15 +3,23 @@
 * every error of the search service, down to what its HTTP parser refuses, is the service's
   ``{"error", "fix"}`` with its status (the page shows it above its search box), and a client that goes away
   mid-upload costs no traceback;
+* `cmh rm --kind datasets` and an extract or encode of the dataset exclude each other through the dataset's lock,
+  each refused in one line naming the other's pid; a record a killed holder left is taken over in one log line;
 """
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.faults.conftest import REPO, one_line_error, write_pairs
 
 
 # -- 1: one error shape for every answer of `cmh serve` -----------------------------------------------------------
@@ -161,3 +169,108 @@ def test_what_the_http_parser_refuses_is_400_in_the_service_shape(parser):
         server.should_exit = True
         thread.join(timeout=20)
         sock.close()
+
+
+# -- 2: removing a dataset against an extract or encode of it ----------------------------------------------------
+HOLD = """
+import sys
+from pathlib import Path
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.lock import DatasetLock
+lock = DatasetLock(CacheLayout(Path(sys.argv[1])), "pairs", sys.argv[2])
+lock.exclusive(attempts=1) if sys.argv[2] == "removing" else lock.shared()
+print("held", flush=True)
+sys.stdin.read()  # until the test lets go
+lock.release()
+"""
+
+
+class _Holder:
+    """Another process holding dataset ``pairs`` of ``cache`` as ``activity`` does, until the block ends."""
+
+    def __init__(self, cache: Path, activity: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(cache), activity], cwd=REPO, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def __enter__(self) -> int:
+        assert self.proc.stdout.readline().strip() == "held"
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.communicate("", timeout=30)
+
+
+def _cached_dataset(cache: Path) -> Path:
+    """What `cmh rm --kind datasets` sees of a dataset: its folder with an item table."""
+    folder = cache / "datasets" / "dataset=pairs"
+    folder.mkdir(parents=True)
+    (folder / "items.parquet").write_bytes(b"items")
+    return folder
+
+
+def test_rm_of_a_dataset_an_encode_reads_is_refused_naming_the_encode(cli, tmp_path):
+    folder = _cached_dataset(tmp_path / "cache")
+    with _Holder(tmp_path / "cache", "encoding") as pid:  # before: removed under the encode, which wrote stale codes
+        line = one_line_error(cli("rm", "--kind", "datasets", "pairs", "--yes", "--cache", tmp_path / "cache"))
+    assert line == (f"error: pairs: dataset 'pairs' is being encoded by process {pid} (lock "
+                    f"{tmp_path / 'cache' / 'locks' / 'dataset=pairs.lock'}); wait for it to finish, or stop it, then "
+                    f"run the command again; nothing removed")
+    assert (folder / "items.parquet").exists()
+    assert cli("rm", "--kind", "datasets", "pairs", "--yes", "--cache", tmp_path / "cache").code == 0
+    assert not folder.exists()
+
+
+def test_an_extract_or_encode_while_a_removal_runs_is_refused_naming_the_removal(cli, tmp_path):
+    from pipeline.ground.errors import CacheError
+    from pipeline.orchestration.encoding import encode_dataset
+    from pipeline.ground.store.cache import Cache
+
+    cache = tmp_path / "cache"
+    _cached_dataset(cache)
+    run = cache / "runs" / "pairs-baseline-16-s1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    data = write_pairs(tmp_path / "data", n=8).parent
+    with _Holder(cache, "removing") as pid:
+        extracted = cli("extract", "--dataset", "pairs", "--data-dir", data, "--cache", cache, "--encoders", "bow",
+                        "-o", "dataset.text_kind=tags")
+        with pytest.raises(CacheError) as encoded:
+            encode_dataset(Cache(cache), run.name, "pairs", progress=False)
+    said = f"dataset 'pairs' is being removed by process {pid} (lock {cache / 'locks' / 'dataset=pairs.lock'})"
+    assert one_line_error(extracted).startswith(f"error: {said}; wait for it to finish")
+    assert str(encoded.value).startswith(said)
+    assert not (run / "encoded").exists() and not (run / "train.lock").exists()
+
+
+def test_a_record_a_killed_holder_left_is_taken_over_in_one_log_line(tmp_path, caplog):
+    from pipeline.ground.store.layout import CacheLayout
+    from pipeline.ground.store.lock import DatasetLock
+
+    layout = CacheLayout(tmp_path / "cache")
+    records = layout.lock_path("pairs").with_suffix(".holders")
+    records.mkdir(parents=True)
+    (records / "999999-0").write_bytes(b"999999\nencoding\n")  # what a SIGKILLed encode leaves: no flock on it
+    with caplog.at_level("INFO"), DatasetLock(layout, "pairs", "removing") as lock:
+        assert lock.exclusive(attempts=1)  # the kernel dropped the dead holder's lock: no wait
+        assert lock.holders() == []
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"dataset 'pairs': process 999999, encoding it, ended without releasing {records / '999999-0'} "
+                    f"(killed?); taken over"]
+    assert list(records.iterdir()) == []  # and this holder's own record went with its lock
+
+
+def test_a_run_lock_a_killed_writer_left_is_taken_over_in_one_log_line(tmp_path, caplog):
+    from pipeline.ground.store.checkpoints import LOCK_FILE, run_lock
+
+    folder = tmp_path / "runs" / "pairs-baseline-16-s1"
+    folder.mkdir(parents=True)
+    (folder / LOCK_FILE).write_bytes(b"999999\ntraining\n")  # a SIGKILLed training: its flock went with it
+    with caplog.at_level("INFO"), run_lock(folder, folder.name, "encoding", create=False):
+        assert (folder / LOCK_FILE).read_bytes() == f"{os.getpid()}\nencoding\n".encode()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"run {folder.name}: process 999999, training it, ended without releasing {folder / LOCK_FILE} (killed?); "
+        f"taken over"]
+    with caplog.at_level("INFO"), run_lock(folder, folder.name, "encoding", create=False):
+        pass  # a lock released the usual way is taken with nothing said
+    assert len(caplog.records) == 1
+
