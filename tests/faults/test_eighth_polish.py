@@ -5,6 +5,8 @@
   mid-upload costs no traceback;
 * `cmh rm --kind datasets` and an extract or encode of the dataset exclude each other through the dataset's lock,
   each refused in one line naming the other's pid; a record a killed holder left is taken over in one log line;
+* `alexnet.imagenet` and `alexnet` in a feature spec train one run, spelled as the published runs are, whose ids
+  all come back unchanged;
 """
 from __future__ import annotations
 
@@ -273,4 +275,42 @@ def test_a_run_lock_a_killed_writer_left_is_taken_over_in_one_log_line(tmp_path,
     with caplog.at_level("INFO"), run_lock(folder, folder.name, "encoding", create=False):
         pass  # a lock released the usual way is taken with nothing said
     assert len(caplog.records) == 1
+
+
+# -- 3: one run for `alexnet` and `alexnet.imagenet` ---------------------------------------------------------------
+def _published() -> list[tuple[str, dict]]:
+    """(run id, first report row) of every published MIRFlickr run, the id from its file name."""
+    import pyarrow.parquet as pq
+
+    files = sorted((REPO / "results" / "mirflickr").glob("mirflickr-*.parquet"))
+    assert len(files) > 10
+    return [(f.name[: -len(".parquet")], pq.read_table(f).slice(0, 1).to_pylist()[0]) for f in files]
+
+
+def test_alexnet_and_alexnet_imagenet_train_one_run_the_published_one():
+    from pipeline.orchestration.training import TrainRequest, feature_identity, planned_run_ids
+
+    def run_id(image: str | None, **kw: Any) -> str:
+        return planned_run_ids(TrainRequest(dataset="mirflickr", bits=(16,), seed=1, image=image, **kw))[0]
+
+    # before: alexnet.imagenet gave eee017b6 and alexnet.imagenet:pool 274b35dc, beside the published ids
+    assert run_id("alexnet.imagenet", method="dsprh") == run_id("alexnet", method="dsprh") == \
+        run_id(None, method="dsprh") == "mirflickr-dsprh-16b-s1-5b12ddc3"
+    assert run_id("alexnet.imagenet:pool", method="baseline") == run_id(" alexnet : pool ", method="baseline") == \
+        "mirflickr-baseline-16b-s1-4378cc7d"
+    assert feature_identity("alexnet.imagenet:pool,bow") == "alexnet:pool,bow"
+    assert feature_identity("clip-vit-b-32.openai") == "clip-vit-b-32.openai"  # clip's weights default to $CLIP_WEIGHTS
+    assert run_id("alexnet:pool", method="baseline") != run_id("alexnet", method="baseline")  # other columns
+
+
+def test_every_published_run_id_comes_back_from_either_spelling_of_its_features():
+    from pipeline.orchestration.training import TrainRequest, planned_run_ids
+
+    for run, row in _published():
+        epochs = row["epochs"] if row["epochs"] != row["paper_epochs"] else None  # a budget run
+        for image in {row["image_features"], row["image_features"].replace("alexnet", "alexnet.imagenet")}:
+            req = TrainRequest(dataset="mirflickr", method=row["method"], bits=(row["bits"],), seed=row["seed"],
+                               image=image, text=row["text_features"], epochs=epochs, eval_mode=row["eval_mode"],
+                               tie=row["tie_rule"])
+            assert planned_run_ids(req) == [run], (image, row["method"])
 
