@@ -7,6 +7,7 @@
   each refused in one line naming the other's pid; a record a killed holder left is taken over in one log line;
 * `alexnet.imagenet` and `alexnet` in a feature spec train one run, spelled as the published runs are, whose ids
   all come back unchanged;
+* a feature shard whose footer or item ids cannot be read is "unreadable (...)" in one wording, from one place.
 """
 from __future__ import annotations
 
@@ -314,3 +315,33 @@ def test_every_published_run_id_comes_back_from_either_spelling_of_its_features(
                                tie=row["tie_rule"])
             assert planned_run_ids(req) == [run], (image, row["method"])
 
+
+# -- 4: one wording for a shard that cannot be read ------------------------------------------------------------------
+def test_a_shard_whose_footer_or_ids_cannot_be_read_is_unreadable_in_one_wording(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.ground.store.features import ColumnSpec, FeatureWriter
+    from pipeline.ground.store.layout import CacheLayout
+
+    writer = FeatureWriter(CacheLayout(tmp_path / "cache"), "d", "e", encoder_config={},
+                           columns={"v": ColumnSpec(4, "float16", "image")}, default_columns={"image": ["v"]},
+                           dataset_fingerprint="x", splits={"query": np.arange(3)})
+    good = tmp_path / "good.parquet"
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(12, np.float16)), 4)
+    pq.write_table(pa.table({"item_id": pa.array(np.arange(3, dtype=np.int64)), "v": vectors}), good,
+                   compression="none")
+    assert writer.shard_problem(good, 3) is None
+    footer = tmp_path / "footer.parquet"
+    footer.write_bytes(b"not a parquet file")
+    ids = tmp_path / "ids.parquet"  # its footer intact, the item_id page overwritten
+    raw = bytearray(good.read_bytes())
+    chunk = pq.ParquetFile(good).metadata.row_group(0).column(0)
+    raw[chunk.data_page_offset:chunk.data_page_offset + chunk.total_compressed_size] = \
+        b"\xff" * chunk.total_compressed_size
+    ids.write_bytes(bytes(raw))
+    said = {path.name: writer.shard_problem(path, 3) for path in (footer, ids)}
+    assert said["footer.parquet"].startswith("unreadable (") and "magic bytes" in said["footer.parquet"], said
+    assert said["ids.parquet"].startswith("unreadable (") and said["ids.parquet"].endswith(")"), said
+    assert "magic bytes" not in said["ids.parquet"] and "\n" not in said["ids.parquet"]
