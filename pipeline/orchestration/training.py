@@ -91,9 +91,18 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def feature_identity(spec: str | None) -> str | None:
+    """A feature spec as a run's identity spells it (its id, config hash and report rows): ``alexnet.imagenet`` and
+    ``alexnet`` name the same features, and train one run, spelled ``alexnet`` as the published runs are. The
+    features are still read as the request spells them, so a preset id named is the one read."""
+    from stages.extract.factory import spec_encoder_name
+
+    return None if spec is None else canonical_feature_spec(spec, spec_encoder_name)
+
+
 def run_id_for(req: TrainRequest, bits: int, resolved: Mapping[str, Any]) -> str:
-    key = config_hash({"image": req.image, "text": req.text, "eval_mode": req.eval_mode, "tie": req.tie,
-                       "config": resolved})
+    key = config_hash({"image": feature_identity(req.image), "text": feature_identity(req.text),
+                       "eval_mode": req.eval_mode, "tie": req.tie, "config": resolved})
     return str(RunId.of(req.dataset, METHODS.resolve(req.method), bits, req.seed, key))
 
 
@@ -378,7 +387,8 @@ def _meta(spec: _Spec, req: TrainRequest, method: HashingMethod, data: _Data, da
     return {
         "run_id": spec.run_id, "config_hash": RunId.parse(spec.run_id).key,
         "epochs": None if closed else int(spec.config.epochs), "method": spec.method, "dataset": req.dataset,
-        "bits": spec.bits, "seed": req.seed, "image_features": req.image, "text_features": req.text,
+        "bits": spec.bits, "seed": req.seed, "image_features": feature_identity(req.image),
+        "text_features": feature_identity(req.text),
         "eval_mode": req.eval_mode, "tie_rule": req.tie, "supervised": bool(method.supervised), "device": device,
         "n_train": len(data.features["train"]), "n_query": len(data.features["query"]),
         "n_database": len(data.features["database"]),

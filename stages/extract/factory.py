@@ -5,6 +5,7 @@ them on first use, so ``cmh --help`` never loads torch or open_clip.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from pipeline.ground.config import merge_config
@@ -30,6 +31,20 @@ def _find(name: str) -> tuple[Entry, Mapping[str, Any]]:
     except KeyError as exc:
         ids = list_encoders()
         raise ConfigError(f"{exc.args[0]}; encoder ids: {', '.join(ids)}") from None
+
+
+def spec_encoder_name(name: str) -> str:
+    """How a run's identity (its id, config hash and report rows) names the encoder ``name`` of a feature spec:
+    a preset id whose options are all its kind's defaults (``alexnet.imagenet``: tag imagenet) by the kind
+    (``alexnet``), the spelling the published runs use, so that both spellings train one run; any other name
+    as given (``clip-vit-b-32.openai`` is not ``clip``, whose weights default to $CLIP_WEIGHTS)."""
+    load_encoders()
+    for entry in ENCODERS.entries():
+        options = entry.variants.get(name)
+        if options is not None and dataclasses.is_dataclass(entry.config):
+            defaults = {f.name: f.default for f in dataclasses.fields(entry.config)}
+            return entry.name if all(k in defaults and defaults[k] == v for k, v in options.items()) else name
+    return name
 
 
 def list_encoders(pattern: str = "*") -> list[str]:

@@ -140,7 +140,7 @@ def prepare_dataset(layout: CacheLayout, req: DatasetRequest, overwrite: bool = 
             # at the same moment); once they are written they are checked like any cached items
             lock.shared()
             if overwrite or not layout.items_path(name).exists():
-                raise lock.busy()
+                raise lock.busy(" (or write to another --name or CACHE=)")
         if layout.items_path(name).exists() and not overwrite:  # also when another process wrote it meanwhile
             lock.shared()
             return _cached(layout, name, table, data_dir, split_params)

@@ -166,7 +166,7 @@ def test_an_extraction_waits_for_no_one_and_mixes_nothing_while_another_holds_th
     with DatasetLock(Cache(cache), "pairs") as lock:
         lock.shared()  # what a running extraction of the cached collection holds
         line = one_line_error(_extract(cli, other, cache, "--overwrite", encoders="bow"))
-    assert "is being extracted by another process" in line and "run this command again" in line
+    assert f"is being extracted by process {os.getpid()}" in line and "run the command again" in line
     assert items.read_bytes() == before
 
 

@@ -16,7 +16,7 @@ features an encoder wrote for them before; the table's ``skipped`` list records 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -98,14 +98,16 @@ def _concat(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
     return np.concatenate(list(parts.values()), axis=1)
 
 
-def canonical_feature_spec(spec: str) -> str:
+def canonical_feature_spec(spec: str, encoder_name: Callable[[str], str] = lambda name: name) -> str:
     """``spec`` as the parser reads it, without the blanks around its separators and the empty parts
     (``"alexnet : pool+cov, "`` -> ``"alexnet:pool+cov"``), so that two spellings of the same features name
-    one run, not two. A spec with no part at all is returned as given (the parser refuses it as empty)."""
+    one run, not two; ``encoder_name`` respells each encoder (a run's identity names a preset that is its
+    kind's defaults by the kind: ``stages.extract.spec_encoder_name``). A spec with no part at all is returned
+    as given (the parser refuses it as empty)."""
     parts = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         encoder, colon, cols = part.partition(":")
-        parts.append(encoder.strip() + (":" + "+".join(c.strip() for c in cols.split("+")) if colon else ""))
+        parts.append(encoder_name(encoder.strip()) + (":" + "+".join(c.strip() for c in cols.split("+")) if colon else ""))
     return ",".join(parts) or spec
 
 

@@ -12,7 +12,8 @@ place is refused in one line, since deleting it is the user's call.
 (training it, ``cmh encode``, ``cmh index``, ``cmh rm``), it names that process and what it is doing,
 so a second writer of the same run refuses instead of writing beside it or deleting under it. Readers
 (query, serve) take no lock. The kernel releases the lock when its holder dies, even by SIGKILL, so a
-stale lock never blocks a rerun. (The file keeps its historical name: tests and users know it.)
+stale lock never blocks a rerun: the next writer takes it over, in one log line naming the process that
+left it (``holders``). (The file keeps its historical name: tests and users know it.)
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from pipeline.ground.errors import CacheError, interruption
+from pipeline.ground.store.holders import ACTIVITIES, being_written, holder_record, parse_holder, say_taken_over
 from pipeline.ground.store.tempfiles import partial_for
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,6 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = "train.lock"
 #: Default interval between checkpoints: a kill loses at most about this much work (plus one epoch).
 DEFAULT_INTERVAL_S = 300.0
-
-
-#: What a writer holding the lock does to the run -> the participle a refusal names it by.
-ACTIVITIES = {"training": "trained", "encoding": "encoded", "indexing": "indexed", "removing": "removed"}
 
 
 class RunBusy(CacheError):
@@ -50,11 +48,8 @@ class RunBusy(CacheError):
 
 
 def run_busy(run_id: str, holder: str, doing: str, what: str) -> RunBusy:
-    """The refusal of a command that would write (or remove) a run another process holds: it names that
-    process and what it does (``doing``, an ``ACTIVITIES`` key), then ``what`` is held (the lock file, the
-    checkpoint), and says to wait for it or stop it. One wording for every such refusal."""
-    return RunBusy(f"run {run_id} is being {ACTIVITIES.get(doing, 'written')} by process {holder} ({what}); wait "
-                   f"for it to finish, or stop it, then run the command again", holder)
+    """The refusal of a command that would write (or remove) a run another process holds (``being_written``)."""
+    return RunBusy(being_written(f"run {run_id}", holder, doing, what), holder)
 
 
 #: Identity keys that checkpoints written by older code lack; such a checkpoint is judged on the other keys.
@@ -194,7 +189,7 @@ def run_lock(run_dir: Path, run_id: str, activity: str = "training", *, create: 
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                holder, doing = _parse_holder(os.pread(fd, 64, 0))
+                holder, doing = parse_holder(os.pread(fd, 64, 0))
                 raise run_busy(run_id, holder, doing, f"holding {path}") from None
             # A holder unlinks the file before it lets go, and `cmh rm` deletes it with the folder: a lock won
             # on such an unlinked file guards nothing, since the next writer opens a fresh one. Only the file
@@ -203,8 +198,11 @@ def run_lock(run_dir: Path, run_id: str, activity: str = "training", *, create: 
                 if not create and not run_dir.is_dir():
                     raise _gone(run_dir, run_id)
                 continue
+            left = os.pread(fd, 64, 0)  # a holder empties the file's place before it lets go: one killed did not
+            if left.strip():
+                say_taken_over(f"run {run_id}", path, left)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n{activity}\n".encode(), 0)
+            os.pwrite(fd, holder_record(activity), 0)
             try:
                 yield
             finally:
@@ -252,12 +250,6 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _parse_holder(raw: bytes) -> tuple[str, str]:
-    """(pid, activity) as a lock file names them; older files hold the pid alone (training)."""
-    words = raw.decode(errors="replace").split()
-    return (words[0] if words else "another process"), (words[1] if len(words) > 1 else "training")
-
-
 def lock_holder(run_dir: Path) -> str | None:
     """The pid writing the run now (its lock is held), or None."""
     state = lock_state(run_dir)
@@ -277,7 +269,7 @@ def lock_state(run_dir: Path) -> tuple[str, str] | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return _parse_holder(os.pread(fd, 64, 0))
+            return parse_holder(os.pread(fd, 64, 0))
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

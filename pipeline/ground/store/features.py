@@ -78,6 +78,13 @@ class ShardSpec:
         return cls(i, n)
 
 
+def _unreadable(exc: Exception, path: Path) -> str:
+    """``shard_problem``'s reason for a shard whose footer or ids cannot be read; an error that is not the file's
+    own (too many open files, no permission) is raised instead: it is no reason to delete the shard."""
+    raise_if_not_the_file(exc, path)
+    return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
 class FeatureWriter:
     """Plans, writes and finalises the shards of one (dataset, encoder)."""
 
@@ -181,8 +188,7 @@ class FeatureWriter:
             parquet = pq.ParquetFile(path)
             meta, schema = parquet.metadata, parquet.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise_if_not_the_file(exc, path)  # not a reason to delete the shard
-            return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            return _unreadable(exc, path)
         missing = sorted({"item_id", *self.columns} - set(schema.names))
         if missing:
             return f"lacks column(s) {missing}"
@@ -197,8 +203,7 @@ class FeatureWriter:
         try:
             ids = parquet.read(columns=["item_id"])
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise_if_not_the_file(exc, path)
-            return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            return _unreadable(exc, path)
         problem = id_column_problem(ids)
         if problem:
             return problem

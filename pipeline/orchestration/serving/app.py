@@ -4,15 +4,17 @@
 ``/thumbs/{id}.jpg`` and ``/health`` are the API. Item ids are matched as integers by the router, so
 no path (``..``, ``%2f``) ever reaches the file system: a thumbnail is a file the thumbnail store made
 for a known item, under the cache. Every error of the API is JSON ``{"error", "fix"}`` with its 4xx
-status; the page shows the same error above its search box.
+status, Starlette's own (no route, a method not served) and the body limit's 413 included; the page shows
+the same error above its search box, with the same status (``answer_refusal``).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -21,6 +23,7 @@ from pipeline.orchestration.serving.refusals import Refusal
 from pipeline.orchestration.serving.service import SearchService
 from pipeline.orchestration.serving.upload import SEND_ONE
 
+log = logging.getLogger(__name__)
 
 ROUTES_HELP = ("the page is /; the API is GET /api/search?text=...&k=..., POST /api/search (a picture), "
                "GET /api/items/{item_id}, GET /thumbs/{item_id}.jpg and GET /health")
@@ -56,39 +59,60 @@ def build_app(service: SearchService) -> Any:
     async def no_icon(request: Request) -> Response:
         return Response(status_code=204)  # browsers ask for one; the page has none, and that is no error
 
-    async def page(request: Request) -> Response:
+    def page_html(request: Request, *, answer: dict[str, Any] | None = None, error: Refusal | None = None,
+                  headers: dict[str, str] | None = None) -> Response:
         from stages.present.html.search_page import search_page
 
-        text = request.query_params.get("text")
+        params = request.query_params
+        html = search_page(service.info(), text=params.get("text") or "", k=params.get("k") or "", answer=answer,
+                           error=None if error is None else error.body())
+        return HTMLResponse(html, status_code=200 if error is None else error.status, headers=headers)
+
+    async def page(request: Request) -> Response:
         k = request.query_params.get("k")
-        answer, error, status = None, None, 200
+        text = request.query_params.get("text")
         try:
             _search_params(request)
             if request.method == "POST":
                 answer = await service.search_image(await _upload(request, service), k, preview=True)
-            elif text is not None:
-                answer = await service.search_text(text, k)
+            else:
+                answer = None if text is None else await service.search_text(text, k)
         except Refusal as refusal:
-            error, status = refusal.body(), refusal.status
-        html = search_page(service.info(), text=text or "", k=k or "", answer=answer, error=error)
-        return HTMLResponse(html, status_code=status)
+            return page_html(request, error=refusal)
+        return page_html(request, answer=answer)
+
+    def answer_refusal(request: Request, refusal: Refusal, headers: dict[str, str] | None = None) -> Response:
+        """A refusal as its asker reads it: the page (``/``) shows it above its search box, the API answers JSON."""
+        if request.url.path == "/":
+            return page_html(request, error=refusal, headers=headers)
+        return JSONResponse(refusal.body(), status_code=refusal.status, headers=headers)
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Refusal)
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return answer_refusal(request, exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own refusals (no route, a method the route does not serve), in the service's error shape
         assert isinstance(exc, HTTPException)
+        path = request.url.path[:200]
         if exc.status_code == 404:
-            body = {"error": f"nothing at {request.url.path[:200]}", "fix": ROUTES_HELP}
+            error = f"nothing at {path}"
         elif exc.status_code == 405:
-            body = {"error": f"{request.method} is not served at {request.url.path[:200]}", "fix": ROUTES_HELP}
+            error = f"{request.method} is not served at {path}"
         else:
-            body = {"error": str(exc.detail), "fix": ROUTES_HELP}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+            error = str(exc.detail)
+        return answer_refusal(request, Refusal(exc.status_code, error, ROUTES_HELP), headers=exc.headers)
+
+    async def gone(request: Request, exc: Exception) -> Response:
+        # the client closed the connection before its body arrived (or the HTTP parser refused the body and
+        # answered itself): no one reads an answer, and it is no failure of the server's, so no traceback
+        log.info("%s %s: the client went away before its request body arrived; nothing answered",
+                 request.method, request.url.path[:200])
+        return Response(status_code=400)
 
     async def failed(request: Request, exc: Exception) -> Response:
-        # Starlette raises the exception again after this answer, and the server logs its traceback once
+        # Starlette raises the exception again after this answer, and the server logs its traceback once. JSON
+        # even for the page: rendering the page again could fail as the request did, and then no answer would go out
         return JSONResponse({"error": f"the server failed on this request ({type(exc).__name__})",
                              "fix": "the server log has the traceback; the server keeps serving other requests"},
                             status_code=500)
@@ -102,8 +126,9 @@ def build_app(service: SearchService) -> Any:
         Route("/favicon.ico", no_icon, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={Refusal: refused, HTTPException: http_error,
-                                                       Exception: failed})
-    return BodyLimit(app, service.limits.max_body_bytes)
+                                                       ClientDisconnect: gone, Exception: failed})
+    return BodyLimit(app, service.limits.max_body_bytes,
+                     lambda scope, refusal: answer_refusal(Request(scope), refusal))
 
 
 #: The query parameters a search reads, by method: a picture search (POST) reads no text.

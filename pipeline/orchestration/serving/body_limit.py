@@ -2,18 +2,23 @@
 
 A ``Content-Length`` over the limit is refused before one byte of the body is read; a body sent
 without one (chunked) is counted as it arrives and refused at the first chunk that crosses the limit.
-Either way the connection is then closed by the server, so the rest is never read into memory.
+Either way the connection is then closed by the server, so the rest is never read into memory. The
+refusal is answered by the app's own ``respond`` (JSON for the API, the search page for the page), so
+it reads like every other error of the service.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable
+
+from pipeline.orchestration.serving.refusals import Refusal
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: The answer to a request refused here: an ASGI app that sends it (a Starlette ``Response`` is one).
+Respond = Callable[[Scope, Refusal], App]
 
 
 class _TooLarge(Exception):
@@ -21,9 +26,10 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    def __init__(self, app: App, max_bytes: int) -> None:
+    def __init__(self, app: App, max_bytes: int, respond: Respond) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.respond = respond
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,11 +39,11 @@ class BodyLimit:
         if length is not None:
             declared = int(length) if length.isdigit() else None
             if declared is None:
-                await self._refuse(send, 400, "the Content-Length header is not a number",
-                                   "send a well-formed HTTP request")
+                await self._refuse(scope, send, Refusal(400, "the Content-Length header is not a number",
+                                                        "send a well-formed HTTP request"))
                 return
             if declared > self.max_bytes:
-                await self._too_large(send, declared)
+                await self._too_large(scope, send, declared)
                 return
         seen = 0
         answered = False  # the response has started: the app's or our 413
@@ -50,7 +56,7 @@ class BodyLimit:
                 if seen > self.max_bytes:
                     if not answered:
                         answered = True
-                        await self._too_large(send, None)
+                        await self._too_large(scope, send, None)
                     raise _TooLarge()  # unwinds the app; what it would still send is dropped below
             return message
 
@@ -67,16 +73,19 @@ class BodyLimit:
         except _TooLarge:
             pass
 
-    async def _too_large(self, send: Send, declared: int | None) -> None:
+    async def _too_large(self, scope: Scope, send: Send, declared: int | None) -> None:
         size = f"is {declared / 1e6:.1f} MB" if declared is not None else "goes on past the limit"
-        await self._refuse(send, 413, f"the request body {size}; the limit is {self.max_bytes / 1e6:g} MB",
-                           "send a smaller picture (the search reads it at 224 px), or start the server with a "
-                           "larger --max-upload-mb")
+        await self._refuse(scope, send, Refusal(
+            413, f"the request body {size}; the limit is {self.max_bytes / 1e6:g} MB",
+            "send a smaller picture (the search reads it at 224 px), or start the server with a larger --max-upload-mb"))
 
-    @staticmethod
-    async def _refuse(send: Send, status: int, error: str, fix: str) -> None:
-        body = json.dumps({"error": error, "fix": fix}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope: Scope, send: Send, refusal: Refusal) -> None:
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":  # the unread rest of the body is never read: close after
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        async def nothing() -> Message:  # a response reads no body
+            return {"type": "http.disconnect"}
+
+        await self.respond(scope, refusal)(scope, nothing, closing_send)

@@ -95,6 +95,7 @@ def serve(cache: Cache, req: ServeRequest, say: Callable[[str], None] = log.info
     from PIL import Image
 
     from pipeline.orchestration.serving.app import build_app
+    from pipeline.orchestration.serving.protocol import http_protocol
 
     # an upload over the pixel limit is refused from its header; PIL's own warning about it would only be noise
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -116,23 +117,12 @@ def serve(cache: Cache, req: ServeRequest, say: Callable[[str], None] = log.info
         shown = f"[{host}]" if ":" in host else host
         say(f"serving run {service.run_id} ({service.searcher.n} items of {service.searcher.dataset}) on "
             f"http://{shown}:{port}/ (loaded in {service.load_s:.1f}s); Ctrl-C stops")
-        config = uvicorn.Config(build_app(service), http=_http_parser(say), log_config=None,
+        config = uvicorn.Config(build_app(service), http=http_protocol(say), log_config=None,
                                 access_log=req.access_log, lifespan="off", timeout_graceful_shutdown=10)
         stopped = _run_until_signal(uvicorn.Server(config), sock)
         say(f"stopped ({stopped}): the server shut down cleanly")
     finally:
         service.close()
-
-
-def _http_parser(say: Callable[[str], None]) -> str:
-    """httptools (C; pinned in the lock), else h11 (pure Python, slower; said, since it costs latency)."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        say("warning: httptools is not installed, so HTTP is parsed by h11 (pure Python, slower): "
-            "`pip install -r requirements.lock` installs it")
-        return "h11"
-    return "httptools"
 
 
 def _run_until_signal(server: "object", sock: socket.socket) -> str:
