@@ -139,6 +139,14 @@ def test_a_renamed_result_file_is_named_not_trained_and_published_again(cli, bui
     assert [p.name for p in (results / "pairs").iterdir()] == ["mine.parquet"]  # no second copy of the run
 
 
+def test_a_run_given_twice_to_publish_is_published_once(cli, built, tmp_path):
+    _, cache, run = built
+    out = cli("publish", "--dataset", "pairs", "--run", run, "--run", cache / "runs" / run, "--results",
+              tmp_path / "r", "--cache", cache)
+    assert out.code == 0, out.err
+    assert out.out.count("published ") == 1 and "1 result file(s)" in out.out  # was written and counted twice
+
+
 # -- 6: --pack holds every row published, even when the table was stopped -----------------------------------
 def test_rows_published_before_a_ctrl_c_are_in_the_archive_and_a_rerun_completes_it(cli, built, tmp_path,
                                                                                      monkeypatch):
