@@ -27,6 +27,12 @@ TABLE_SEEDS ?= 1,2,3
 q   = '$(subst ','\'',$($(1)))'
 opt = $(if $($(2)),$(1) $(call q,$(2)))
 COMMON   = $(call opt,--cache,CACHE)
+# A variable given on the command line that the target does not read was ignored without a word (`make table
+# METHOD=djsrh SEEDS=1` trained every method and seed): $(call unread,NAME,INSTEAD,fix) stops the target first, in
+# one line, unless INSTEAD (the variable it reads) is given too: then NAME is meant for another target. Only
+# command-line values count (an exported one may be meant for another target as well).
+given    = $(filter command line,$(origin $(1)))
+unread   = $(if $(call given,$(1)),$(if $(and $(2),$(call given,$(2))),,$(error $(1)= is not read by `make $@`: $(3))))
 CACHED   = $(DATASET)$(if $(LIMIT),-n$(LIMIT))
 
 .PHONY: setup extract train demo serve test bench grid report table gpu-pass slim-cache ls rm clean-cache help
@@ -54,11 +60,14 @@ extract: $(STAMP)
 		$(call opt,--ray-address,RAY_ADDRESS) $(call opt,--concurrency,CONCURRENCY) $(COMMON)
 
 train: $(STAMP)
+	@: $(call unread,METHODS,METHOD,give METHOD= (one method)) $(call unread,SEEDS,SEED,give SEED= (one seed))
 	$(CMH) train --method $(call q,METHOD) --dataset $(call q,CACHED) --bits $(call q,BITS) \
 		$(call opt,--image,IMAGE) $(call opt,--text,TEXT) --seed $(call q,SEED) $(call opt,--epochs,EPOCHS) \
 		$(call opt,--checkpoint-every,CHECKPOINT_EVERY) $(COMMON)
 
 grid: $(STAMP)
+	@: $(call unread,METHOD,METHODS,give METHODS= (a comma list)) $(call unread,SEED,SEEDS,give SEEDS= (a comma list)) \
+		$(call unread,TABLE_SEEDS,SEEDS,give SEEDS= (make grid's seeds))
 	$(CMH) grid --methods $(call q,METHODS) --dataset $(call q,CACHED) --bits $(call q,BITS) \
 		--seeds $(call q,SEEDS) $(call opt,--image,IMAGE) $(call opt,--text,TEXT) $(call opt,--epochs,EPOCHS) \
 		$(call opt,--workers,WORKERS) $(call opt,--device,DEVICE) $(call opt,--checkpoint-every,CHECKPOINT_EVERY) \
@@ -67,6 +76,11 @@ grid: $(STAMP)
 # The published table: only the cells results/ lacks (every seed 1 first), each published as it finishes,
 # then the README block and figure regenerated from results/ (commit all three). BUDGET= hours, PACK= archive.
 table: $(STAMP)
+	@: $(call unread,METHOD,METHODS,give METHODS= (a comma list)) $(call unread,SEEDS,TABLE_SEEDS,give TABLE_SEEDS= (the table's seeds)) \
+		$(call unread,SEED,TABLE_SEEDS,give TABLE_SEEDS= (the table's seeds)) $(call unread,LIMIT,,the table is of whole \
+		extractions (make grid LIMIT= trains a quick one)) $(call unread,IMAGE,,the table trains each method on \
+		its own features (make grid IMAGE= trains others)) $(call unread,TEXT,,the table trains each method on \
+		its own features (make grid TEXT= trains others))
 	$(CMH) table --dataset $(call q,DATASET) --methods $(call q,METHODS) --bits $(call q,BITS) \
 		--seeds $(call q,TABLE_SEEDS) --results results --readme README.md $(call opt,--budget,BUDGET) \
 		$(call opt,--workers,WORKERS) $(call opt,--device,DEVICE) $(call opt,--epochs,EPOCHS) \
@@ -77,7 +91,9 @@ table: $(STAMP)
 GPU_PY   ?= python3
 SLIM     ?= .carry/cache
 gpu-pass:
-	$(GPU_PY) bench/gpu_pass.py --out $(call q,OUT) --cache $(call q,SLIM) --methods $(call q,METHODS) \
+	@: $(call unread,METHOD,METHODS,give METHODS= (a comma list)) $(call unread,SEEDS,TABLE_SEEDS,give TABLE_SEEDS= (the table's seeds)) \
+		$(call unread,CACHE,SLIM,the pass trains on the carried cache: give SLIM=)
+	$(GPU_PY) bench/gpu_pass.py --out $(call q,OUT) --cache $(call q,SLIM) --dataset $(call q,DATASET) --methods $(call q,METHODS) \
 		--bits $(call q,BITS) --seeds $(call q,TABLE_SEEDS) $(call opt,--workers,WORKERS) $(call opt,--device,DEVICE) \
 		$(call opt,--minutes,MINUTES) $(call opt,--epochs,EPOCHS)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -40,6 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE_ENV = ROOT / "bench" / "device_env"
 ARCHIVE = "rows.tar.gz"
+#: The table is stopped outright this many seconds before ``--minutes``, so ``--margin`` must leave more: a budget
+#: that ends later never pauses the running cells, which then lose their work since the last checkpoint.
+STOP_BEFORE_S = 20.0
 ALL_METHODS = "baseline,cca-itq,djsrh,dsah,ccah,ucmfh,cfrh,dsprh,fjsph"
 #: Packages a method imports only when it fits (not on import, so the registry loads without them): a method
 #: whose package is missing is left out with the reason instead of failing its cells on the machine.
@@ -99,7 +103,7 @@ def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seed
     from pipeline.cli import _epochs_per_method, _ints
     from pipeline.ground.errors import CMHError
     from pipeline.ground.store.cache import Cache
-    from pipeline.orchestration.grid import GridRequest, grid_cells
+    from pipeline.orchestration.grid import GridRequest, grid_cells, resolve_methods
     from pipeline.orchestration.training import planned_run_ids
     from stages.present.results import current_run_ids
     from stages.train import methods as _  # noqa: F401  (registers every method)
@@ -111,7 +115,7 @@ def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seed
     published = current_run_ids(results, dataset)
     reasons: dict[str, str | None] = {}
     todo: dict[str, int] = {}
-    per_method = _epochs_per_method(epochs, methods)
+    _, per_method = resolve_methods(methods, _epochs_per_method(epochs))
     for name in methods:
         builder = METHODS.get(METHODS.resolve(name)).builder
         try:
@@ -123,8 +127,7 @@ def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seed
         lacking = [m for m in FIT_IMPORTS.get(METHODS.resolve(name), ()) if importlib.util.find_spec(m) is None]
         if lacking and not reasons[name]:
             reasons[name] = f"its fit imports {', '.join(lacking)}, which this Python lacks: carry the wheel(s) in .whl"
-        cells = grid_cells(GridRequest(dataset, [METHODS.resolve(name)], _ints(bits), _ints(seeds),
-                                       epochs={METHODS.resolve(k) if k != "*" else k: v for k, v in per_method.items()}))
+        cells = grid_cells(GridRequest(dataset, [METHODS.resolve(name)], _ints(bits), _ints(seeds), epochs=per_method))
         todo[name] = sum(planned_run_ids(c)[0] not in published for c in cells)
     return {"reasons": reasons, "todo": todo}
 
@@ -195,9 +198,14 @@ def pack_new(results: Path, dataset: str, before: dict, archive: Path, p: Pass) 
     if archive.exists():
         with tarfile.open(archive) as tar:
             have = sorted(tar.getnames())
-    if new and have != expected:
+    if new and not set(expected) <= set(have or ()):  # the table packs each row as it publishes it
         tmp = archive.with_name(archive.name + ".partial")
         with tarfile.open(tmp, "w:gz") as tar:
+            if have:  # what an earlier pass packed there is kept
+                with tarfile.open(archive) as old:
+                    for member in old.getmembers():
+                        if member.isfile() and member.name not in expected:
+                            tar.addfile(member, old.extractfile(member))
             for f in new:
                 tar.add(f, arcname=f"{dataset}/{f.name}")
         tmp.replace(archive)
@@ -237,13 +245,35 @@ def summary(new: list[Path], p: Pass, table_rc: int, left_out: list[str]) -> lis
     return lines
 
 
+def _path(text: str) -> Path:
+    """An argument path; an empty one is refused (it would be the checkout, the children's working folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a path, or leave the option out for its default")
+    return Path(text)
+
+
+def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` for a wall-time limit, margin or worker count the pass cannot keep: ``--minutes nan`` ran
+    the table for no time at all, a margin under ``STOP_BEFORE_S`` let the limit kill the cells before the budget
+    paused them at a checkpoint, and ``--workers 0`` was taken as 1 without a word."""
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        parser.error(f"--minutes {args.minutes}: give the wall-time limit as a number of minutes > 0")
+    if not (math.isfinite(args.margin) and args.margin > STOP_BEFORE_S):
+        parser.error(f"--margin {args.margin}: give more than {STOP_BEFORE_S:g} seconds (the table is stopped "
+                     f"{STOP_BEFORE_S:g} s before the limit; the budget must end before that, for cells to pause)")
+    if args.minutes * 60 <= args.margin:
+        parser.error(f"--minutes {args.minutes:g} leaves no time after the {args.margin:g} s margin")
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: give the number of cells trained at once, 1 or more")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=os.environ.get("OUT") or None, help="where every file goes (default $OUT)")
-    parser.add_argument("--cache", type=Path, default=ROOT / ".carry" / "cache", help="the carried (slim) cache")
-    parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="carried wheels (installed offline)")
-    parser.add_argument("--site", type=Path, default=Path("/tmp/cmh-site"), help="where the wheels are installed")
-    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--out", type=_path, default=os.environ.get("OUT") or None, help="where every file goes (default $OUT)")
+    parser.add_argument("--cache", type=_path, default=ROOT / ".carry" / "cache", help="the carried (slim) cache")
+    parser.add_argument("--wheels", type=_path, default=ROOT / ".whl", help="carried wheels (installed offline)")
+    parser.add_argument("--site", type=_path, default=Path("/tmp/cmh-site"), help="where the wheels are installed")
+    parser.add_argument("--results", type=_path, default=ROOT / "results")
     parser.add_argument("--dataset", default="mirflickr")
     parser.add_argument("--methods", default=ALL_METHODS)
     parser.add_argument("--bits", default="16,32,64,128")
@@ -265,11 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --out, or set OUT (the folder whose files come back from the GPU machine)")
     if args.emulate_device and args.results.resolve() == (ROOT / "results").resolve():
         parser.error("a dry run would publish its rows into the checkout's results/: give --results a scratch folder")
-    p = Pass(args.out)
+    check_limits(parser, args)
+    try:
+        p = Pass(args.out)
+    except OSError as exc:  # a file in its place, a read-only folder
+        parser.error(f"--out {args.out}: {exc.strerror} ({exc.filename}): give a folder this user can write")
     limit = p.started + args.minutes * 60
     budget_h = (args.minutes * 60 - args.margin) / 3600
-    if budget_h <= 0:
-        parser.error(f"--minutes {args.minutes} leaves no time after the {args.margin:g} s margin")
     p.say(f"python {sys.version.split()[0]} at {sys.executable}; checkout {ROOT}; cache {args.cache}; "
           f"limit {args.minutes:g} min, budget {budget_h * 60:.1f} min")
     carried = install_wheels(args.wheels, args.site, p)
@@ -289,14 +321,14 @@ def main(argv: list[str] | None = None) -> int:
            "--budget", f"{budget_h:.6f}", "--results", str(args.results), "--cache", str(args.cache),
            "--pack", str(archive)] + (["--epochs", args.epochs] if args.epochs else [])
     p.say("running: " + " ".join(cmd))
-    rc = run_table(cmd, env, limit - 20, p)
+    rc = run_table(cmd, env, limit - STOP_BEFORE_S, p)
     p.say(f"the table ended with exit status {rc}")
     new = pack_new(args.results, args.dataset, before, archive, p)
     lines = summary(new, p, rc, [m for m in asked if m not in methods])
     (args.out / "summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for line in lines:
         p.say(line)
-    return rc
+    return rc if rc >= 0 else 128 - rc  # a table ended by a signal: 128 + its number, as a shell says it
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from pipeline.ground.errors import CMHError, ConfigError  # noqa: E402
+from pipeline.ground.errors import CMHError, ConfigError, storage_error_message  # noqa: E402
+from pipeline.ground.paths import require_folder  # noqa: E402
 from pipeline.ground.store.parquet import META_KEY, write_json_atomic, write_table_atomic  # noqa: E402
 
 
@@ -37,7 +38,11 @@ def parse_keep(specs: list[str]) -> dict[str, list[str] | None]:
         encoder, _, cols = spec.partition(":")
         if not encoder or encoder in out:
             raise ConfigError(f"--keep {spec!r}: give each encoder once, as ENCODER or ENCODER:COL+COL")
-        out[encoder] = cols.split("+") if cols else None
+        columns = cols.split("+") if cols else None
+        if columns is not None and (not all(columns) or len(set(columns)) < len(columns)):
+            # an empty name was looked up as a column called '', a repeated one failed inside Arrow
+            raise ConfigError(f"--keep {spec!r}: name each column once, as ENCODER:COL+COL")
+        out[encoder] = columns
     return out
 
 
@@ -49,6 +54,7 @@ def slim_copy(source: Path, dest: Path, dataset: str, keep: dict[str, list[str] 
                           f"(--source), e.g. the one `make extract DATASET={dataset}` wrote")
     if dest.resolve() == source.resolve():
         raise ConfigError("--dest is the --source cache: give another folder for the slim copy")
+    require_folder(dest, "--dest", "a folder for the slim cache")
     sizes: dict[str, int] = {}
     out_data = dest / "datasets" / f"dataset={dataset}"
     out_data.mkdir(parents=True, exist_ok=True)
@@ -115,10 +121,17 @@ def check_copy(source: Path, dest: Path, dataset: str) -> list[str]:
     return problems
 
 
+def _path(text: str) -> Path:
+    """A cache root; an empty one is refused (`make slim-cache SLIM=` wrote the copy into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a folder")
+    return Path(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, required=True, help="cache root holding the full features (read only)")
-    parser.add_argument("--dest", type=Path, required=True, help="cache root for the slim copy (its dataset is replaced)")
+    parser.add_argument("--source", type=_path, required=True, help="cache root holding the full features (read only)")
+    parser.add_argument("--dest", type=_path, required=True, help="cache root for the slim copy (its dataset is replaced)")
     parser.add_argument("--dataset", default="mirflickr")
     parser.add_argument("--keep", action="append", default=None,
                         help="ENCODER or ENCODER:COL+COL, once per encoder (default: alexnet.imagenet:pool and bow)")
@@ -129,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         problems = check_copy(args.source, args.dest, args.dataset)
     except CMHError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only --dest: said as `cmh` says it; a rerun copies it again
+        message = storage_error_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     if problems:
         print(f"error: the slim copy differs from {args.source}: {'; '.join(problems[:5])}", file=sys.stderr)

@@ -23,7 +23,7 @@ try:  # typer 0.2x parses with a copy of click of its own, older ones with click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from pipeline.ground.errors import CMHError, ConfigError, Interrupted
+from pipeline.ground.errors import CMHError, ConfigError, Interrupted, storage_error_message
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Cross-modal hashing: extract features once, train hashing methods, query codes and reports.")
@@ -362,12 +362,9 @@ def grid(
     from pipeline.orchestration.grid import GridRequest, busy_error, run_grid
 
     method_names = [x.strip() for x in methods.split(",") if x.strip()]
-    twice = sorted({m for m in method_names if method_names.count(m) > 1})
-    if twice:
-        raise typer.BadParameter(f"--methods names {', '.join(twice)} more than once; give each method once")
     req = GridRequest(dataset=dataset, methods=method_names, bits=_ints(bits, "--bits"), seeds=_ints(seeds, "--seeds"),
                       image=image,
-                      text=text, epochs=_epochs_per_method(epochs, method_names), workers=workers, device=device,
+                      text=text, epochs=_epochs_per_method(epochs), workers=workers, device=device,
                       out_dir=out_dir, checkpoint_every=checkpoint_every)
     start = time.perf_counter()
     with _resumable("grid"):
@@ -412,7 +409,7 @@ def table(
             dataset=dataset, methods=method_names, bits=_ints(bits, "--bits"), seeds=_ints(seeds, "--seeds"),
             results=results,
             readme=readme, budget=budget, workers=workers, device=device,
-            epochs=_epochs_per_method(epochs, method_names), checkpoint_every=checkpoint_every, pack=pack),
+            epochs=_epochs_per_method(epochs), checkpoint_every=checkpoint_every, pack=pack),
             echo=typer.echo)
     typer.echo(f"table finished in {time.perf_counter() - start:.1f} s")
     busy = busy_error(result.outcomes)
@@ -420,10 +417,15 @@ def table(
         raise busy
 
 
-def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) -> dict[str, int]:
-    """``N`` (every method) or ``method=N,...``; BadParameter for a non-integer or a method not in the grid."""
-    if not text:
+def _epochs_per_method(text: Optional[str]) -> dict[str, int]:
+    """``N`` (every method) or ``method=N,...``; BadParameter for an empty value, a non-integer or a method given
+    twice. Whether each method is in the grid is checked once its names are resolved (``grid.resolve_methods``:
+    DJSRH or an alias is djsrh)."""
+    if text is None:
         return {}
+    if not text.strip():  # `--epochs "$E"` with E unset would train the papers' schedules: hours, not a dry run
+        raise typer.BadParameter("the value is empty: give N, or method=N,... (e.g. djsrh=15,dsah=20), or leave --epochs out "
+                                 "for the papers' epochs", param_hint="--epochs")
 
     def number(value: str, where: str) -> int:
         try:
@@ -435,12 +437,9 @@ def _epochs_per_method(text: Optional[str], methods: list[str] | None = None) ->
     if "=" not in text:
         return {"*": number(text, "")}
     out = {}
-    for pair in text.split(","):
+    for pair in [p for p in text.split(",") if p.strip()]:  # a blank between commas is no pair, as in --bits
         name, _, value = pair.partition("=")
         name = name.strip()
-        if methods is not None and name not in methods:
-            raise typer.BadParameter(f"epochs for {name!r}, which is not among --methods {','.join(methods)}",
-                                     param_hint="--epochs")
         if name in out:  # the last one would win without a word
             raise typer.BadParameter(f"epochs for {name} are given twice ({out[name]} and {value.strip()}); "
                                      f"give each method once", param_hint="--epochs")
@@ -508,11 +507,6 @@ def rm(
     remove(_cache(cache), RmRequest(patterns=patterns or (), kind=kind, dataset=dataset, method=method, yes=yes,
                                     all=all_, force=force), echo=typer.echo)
 
-
-#: OSErrors of the storage rather than of the program: permission denied, read-only file system, disk or quota full.
-_STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
-#: OSErrors of a path given where another kind of entry is: a file where a folder is needed, or the reverse.
-_SHAPE_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
 
 def _open_files_limit() -> int | None:
@@ -620,20 +614,11 @@ def main() -> None:
                        f"stopped", err=True)
             _leave_now(2)  # before the teardown: a loader left half-started says it again as an ignored exception
             sys.exit(2)
-        if exc.errno not in _STORAGE_ERRNOS + _SHAPE_ERRNOS:
+        message = storage_error_message(exc)
+        if message is None:
             raise
-        # a read-only run folder, a full disk, a file in a folder's place: every write is atomic, so what was
-        # there is intact
         logging.getLogger("cmh").debug("error", exc_info=True)
-        where = exc.filename or "a file being written"
-        if exc.errno in _SHAPE_ERRNOS:
-            fix = ("a file stands where a folder is needed (or a folder where a file is): move it, or give the "
-                   "option another path")
-        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = "free space on that disk (or write to another one)"
-        else:
-            fix = "make it readable and writable for you (or write elsewhere)"
-        _say_error(f"{where}: {exc.strerror}: {fix}, and run the command again")
+        _say_error(message)
         sys.exit(2)
     except KeyError as exc:  # registry lookups: the message already lists the alternatives
         if exc.args and isinstance(exc.args[0], str) and "registered:" in exc.args[0]:

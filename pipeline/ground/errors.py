@@ -1,6 +1,8 @@
 """Exceptions a user can cause; each message says what was wrong and how to fix it."""
 from __future__ import annotations
 
+import errno
+
 
 class CMHError(Exception):
     """Base class for errors that the CLI prints without a traceback."""
@@ -46,3 +48,26 @@ def interruption(exc: BaseException) -> BaseException | None:
             return seen
         seen = seen.__context__
     return None
+
+
+#: OSErrors of the storage rather than of the program: permission denied, read-only file system, disk or quota full.
+STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+#: OSErrors of a path given where another kind of entry is: a file where a folder is needed, or the reverse.
+SHAPE_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+
+
+def storage_error_message(exc: OSError) -> str | None:
+    """The one-line message (file, reason, fix) of an OSError of the storage: a read-only folder, a full disk, a
+    file in a folder's place; None for any other OSError. Every write is atomic, so what was there is intact and
+    the same command, run again, resumes. The command line and the bench scripts say it the same way."""
+    if exc.errno not in STORAGE_ERRNOS + SHAPE_ERRNOS:
+        return None
+    where = exc.filename or "a file being written"
+    if exc.errno in SHAPE_ERRNOS:
+        fix = ("a file stands where a folder is needed (or a folder where a file is): move it, or give the "
+               "option another path")
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space on that disk (or write to another one)"
+    else:
+        fix = "make it readable and writable for you (or write elsewhere)"
+    return f"{where}: {exc.strerror}: {fix}, and run the command again"

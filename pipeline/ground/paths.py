@@ -19,6 +19,16 @@ def require_folder(path: Path, option: str, what: str = "a folder") -> Path:
     return path
 
 
+def require_writable(path: Path, option: str) -> Path:
+    """``path`` when the deepest folder of it that exists can be written; ConfigError naming ``option`` when it
+    cannot (read-only, a read-only file system, or another user's), said before the work whose output it holds."""
+    folder = next((f for f in (path, *path.parents) if f.exists()), None)
+    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: {folder} cannot be written (read-only, or another user's): make it "
+                          f"writable, or give {option} another folder")
+    return path
+
+
 def expand_home(path: str | os.PathLike) -> Path:
     """``path`` with a leading ``~`` or ``~user`` expanded (a quoted one reaches us as it was typed);
     ConfigError when that home is unknown: pathlib raises RuntimeError for an unknown user, and an empty

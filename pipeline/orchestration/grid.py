@@ -21,10 +21,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from pipeline.ground.errors import CacheError, ConfigError
-from pipeline.ground.paths import require_folder
+from pipeline.ground.paths import require_folder, require_writable
 from pipeline.ground.store.cache import Cache
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,42 @@ def grid_cells(req: GridRequest) -> list:
                          seed=seed, epochs=req.epochs.get(method, req.epochs.get("*")), device=req.device,
                          progress=False, checkpoint_every=req.checkpoint_every, stop_at=req.stop_at)
             for seed in req.seeds for method in req.methods for bits in req.bits]
+
+
+def resolve_methods(methods: Sequence[str], epochs: Mapping[str, int]) -> tuple[list[str], dict[str, int]]:
+    """The methods by their registered names, and ``epochs`` keyed the same way (``"*"`` kept): DJSRH, or an
+    alias, is djsrh. ConfigError for a method named twice, or epochs for a method not in the grid.
+
+    Cells look their epochs up by the registered name, so ``--methods DJSRH --epochs DJSRH=2`` trained djsrh's
+    full schedule without a word; and ``--methods baseline,Baseline`` trained and published one cell twice."""
+    from stages.train import methods as _registered  # noqa: F401  (registers every method; unknown names fail now)
+    from stages.train.base import METHODS
+
+    names = [METHODS.resolve(m) for m in methods]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        spelled = sorted({m for m, n in zip(methods, names) if n in twice})
+        also = f" ({', '.join(spelled)})" if len(spelled) > len(twice) else ""
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once{also}; give each method once")
+    resolved: dict[str, int] = {}
+    for key, value in epochs.items():
+        try:
+            name = key if key == "*" else METHODS.resolve(key)
+        except KeyError:
+            name = None
+        if name is None or (name != "*" and name not in names):
+            raise ConfigError(f"--epochs: epochs for {key!r}, which is not among --methods {','.join(methods)}")
+        if name in resolved:
+            raise ConfigError(f"--epochs: epochs for {name} are given twice ({resolved[name]} and {value}); give "
+                              f"each method once")
+        resolved[name] = value
+    return names, resolved
+
+
+def check_dataset(cache: Cache, dataset: str) -> None:
+    """CacheError naming the fix when ``dataset`` is not cached (or not a dataset name): said once, before any
+    cell starts, rather than by every cell (each worker said it again, after spawning)."""
+    cache.dataset(dataset).items_meta  # noqa: B018  (reads the item table's footer; raises when it is missing)
 
 
 def check_workers(workers: int | None, cells: int) -> None:
@@ -232,12 +268,11 @@ def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print
     from stages.present.plots import plot_map_vs_bits
     from stages.present.published import comparison_markdown
     from stages.present.tables import methods_by_bits, results_table
-    from stages.train import methods  # noqa: F401  (registers every method; unknown names fail now)
-    from stages.train.base import METHODS
 
     from pipeline.orchestration.training import check_request
 
-    req = replace(req, methods=[METHODS.resolve(m) for m in req.methods])
+    names, epochs = resolve_methods(req.methods, req.epochs)
+    req = replace(req, methods=names, epochs=epochs)
     cells = grid_cells(req)
     if not cells:
         raise ConfigError("the grid is empty: give at least one method, code length and seed")
@@ -246,6 +281,8 @@ def run_grid(cache: Cache, req: GridRequest, echo: Callable[[str], None] = print
         check_request(cell)
     if req.out_dir is not None:  # the tables are written after the training: a file in the way is said now
         require_folder(Path(req.out_dir), "--out-dir", "a folder for the table files")
+        require_writable(Path(req.out_dir), "--out-dir")
+    check_dataset(cache, req.dataset)
 
     def heard(outcome: CellOutcome) -> None:
         echo(outcome.line)

@@ -20,6 +20,8 @@ def publish(cache: Cache, dataset: str, run_ids: Sequence[str], results: Path, *
 
     require_folder(Path(results), "--results", "the results registry folder (results/)")
     runs = [cache.find_run(r) for r in run_ids] if run_ids else cache.runs(dataset)
+    runs = list({run.path.resolve(): run for run in runs}.values())  # `--run X --run X` (or its id and its folder)
+    # is one run: it was written twice and counted as two result files
     if not runs:
         have = {r.dataset for r in cache.runs()} - {None}
         raise CacheError(f"no finished runs of {dataset!r} under {cache.runs_dir()}; train them first (`cmh train`)"

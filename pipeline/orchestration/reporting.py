@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.ground.errors import CacheError, ConfigError
-from pipeline.ground.paths import require_folder
+from pipeline.ground.paths import require_folder, require_writable
 from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.lineage import stale_summary
 from stages.present.results import DEFAULT_PLAN, TablePlan
@@ -38,6 +38,7 @@ def report(cache: Cache, req: ReportRequest, echo: Callable[[str], None] = print
     rows = cache.report_rows(req.dataset, run_ids)
     out_dir = req.out_dir or cache.reports_dir
     require_folder(Path(out_dir), "--out-dir")
+    require_writable(Path(out_dir), "--out-dir")
     table = methods_by_bits(rows, dataset=req.dataset, metric=req.metric, out_dir=out_dir, beside=f"val_{req.metric}")
     echo(table.markdown)
     echo("written: " + ", ".join(str(p) for p in table.paths.values()))
@@ -83,17 +84,19 @@ def report_results(req: ResultsReportRequest, echo: Callable[[str], None] = prin
     """The table, spreads and comparison of the published rows; the README block and figure when asked."""
     from pipeline.ground.store.cache import read_report_rows
     from stages.present.plots import plot_map_vs_bits
-    from stages.present.results import readme_block, readme_markers, scan_results, update_readme
+    from stages.present.results import readme_block, scan_results, update_readme
 
     if req.dataset is None:
         raise ConfigError("--results needs --dataset (the folder name under results/)")
-    if req.readme is not None:
-        readme_markers(req.readme, req.dataset)  # a README it cannot update is refused before the figure is drawn
+    if req.readme is not None:  # a README it cannot update is refused before the figure is drawn
+        check_readme_outputs(req.readme, req.dataset, req.figure)
+    elif req.figure is not None:
+        check_figure(req.figure, "--figure")
     base = req.readme.parent if req.readme is not None else Path.cwd()  # never the install location
     # The default figure belongs to the README it is drawn for: without --readme (or --figure) nothing is
     # drawn, since docs/<dataset>_map_vs_bits.png under the current folder may be the committed figure of
     # other results (tabulating a scratch results folder from the repository replaced it).
-    figure = req.figure or (base / "docs" / f"{req.dataset}_map_vs_bits.png" if req.readme is not None else None)
+    figure = req.figure or (readme_figure(req.readme, req.dataset) if req.readme is not None else None)
     scan = scan_results(req.results, req.dataset)
     if scan.current and figure is not None:
         plot_map_vs_bits(read_report_rows(scan.current), figure, dataset=req.dataset)
@@ -110,3 +113,31 @@ def report_results(req: ResultsReportRequest, echo: Callable[[str], None] = prin
     if req.readme is not None:
         changed = update_readme(req.readme, req.dataset, block)
         echo(f"{req.readme}: {'updated' if changed else 'already up to date'}; figure: {figure}")
+
+
+def readme_figure(readme: Path, dataset: str) -> Path:
+    """Where the figure of a README's results block goes by default: ``docs/<dataset>_map_vs_bits.png`` beside it."""
+    return Path(readme).parent / "docs" / f"{dataset}_map_vs_bits.png"
+
+
+def check_figure(figure: Path, option: str) -> None:
+    """ConfigError for a figure path cmh cannot write a PNG to: another suffix (a PNG was written under
+    ``fig.svg``), a file in place of its folder, or a folder that cannot be written."""
+    figure = Path(figure)
+    if figure.is_dir():
+        raise ConfigError(f"{figure}: Is a directory: give {option} the figure's file path, ending in .png")
+    if figure.suffix.lower() != ".png":
+        raise ConfigError(f"{option} {figure}: the figure is a PNG image; give a path ending in .png")
+    require_folder(figure.parent, option, "a folder for the figure")
+    require_writable(figure.parent, option)
+
+
+def check_readme_outputs(readme: Path, dataset: str, figure: Path | None = None) -> None:
+    """DataError or ConfigError naming the fix when the README's block of ``dataset`` or its figure could not be
+    written: no block (or a damaged one), a folder that cannot be written. ``cmh table`` says it before training."""
+    from stages.present.results import readme_markers
+
+    readme_markers(readme, dataset)
+    require_writable(Path(readme).parent, "--readme")
+    check_figure(figure if figure is not None else readme_figure(readme, dataset),
+                 "--figure" if figure is not None else "--readme (its figure)")

@@ -5,8 +5,8 @@ already in ``results/<dataset>/`` with the same run id (hence config hash) and t
 and trains the rest, every cell's seed 1 before any seed 2. Each finished cell is copied into
 ``results/`` at once, so a kill loses at most the running cells' work since their last checkpoint, and
 a rerun resumes them. ``budget_h`` stops new cells from starting after that many hours and pauses the
-running ones at a checkpoint. ``pack`` writes the rows published by this call into one archive that
-unpacks into ``results/`` (how the rows of a GPU pass come home). With ``readme``, the README block and
+running ones at a checkpoint. ``pack`` adds each row this call publishes to one archive, as it is published,
+that unpacks into ``results/`` (how the rows of a GPU pass come home). With ``readme``, the README block and
 figure are regenerated from ``results/`` at the end.
 """
 from __future__ import annotations
@@ -21,9 +21,11 @@ from typing import Callable, Sequence
 
 from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
+from pipeline.ground.store.lock import folder_held_alone
 from pipeline.ground.store.parquet import write_bytes_atomic
 from stages.present.results import DEFAULT_PLAN
-from pipeline.orchestration.grid import CellOutcome, GridRequest, check_workers, grid_cells, train_cells
+from pipeline.orchestration.grid import (CellOutcome, GridRequest, check_dataset, check_workers, grid_cells,
+                                         resolve_methods, train_cells)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class TableResult:
 
 def parse_budget(budget: str | float | None) -> float | None:
     """Hours as a positive number; ConfigError naming the fix otherwise."""
-    if budget is None or budget == "":
+    if budget is None:  # an empty --budget is refused below: `--budget "$B"` with B unset is no budget by mistake
         return None
     try:
         hours = float(budget)
@@ -76,20 +78,19 @@ def parse_budget(budget: str | float | None) -> float | None:
 def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = print) -> TableResult:
     from pipeline.orchestration.training import check_request, planned_run_ids
     from stages.present.results import current_run_ids, publish_runs
-    from stages.train import methods  # noqa: F401  (registers every method)
-    from stages.train.base import METHODS
 
     hours = parse_budget(req.budget)
-    names = [METHODS.resolve(m) for m in req.methods]
-    grid = GridRequest(dataset=req.dataset, methods=names, bits=req.bits, seeds=req.seeds, epochs=dict(req.epochs),
+    names, epochs = resolve_methods(req.methods, req.epochs)
+    grid = GridRequest(dataset=req.dataset, methods=names, bits=req.bits, seeds=req.seeds, epochs=epochs,
                        workers=req.workers, device=req.device, checkpoint_every=req.checkpoint_every,
                        stop_at=None if hours is None else time.time() + hours * 3600)
     cells = grid_cells(grid)
     if not cells:
         raise ConfigError("the table is empty: give at least one method, code length and seed")
-    check_workers(req.workers, max(len(cells), req.workers or 1))  # 0 or less: refused even when nothing trains
+    check_workers(req.workers, len(cells))  # 0 or less, or more than the table has cells: refused
     for cell in cells:  # every check that needs no data, before the first cell trains
         check_request(cell)
+    check_dataset(cache, req.dataset)
     _check_outputs(req)  # what is written after the training, checked before it
     published_ids = current_run_ids(req.results, req.dataset)
     todo, already = [], []
@@ -99,21 +100,26 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
             already.append(run_id)
         else:
             todo.append(cell)
-    if todo:
-        check_workers(req.workers, len(todo))
     echo(f"{req.dataset}: {len(cells)} cells; {len(already)} already in {req.results} (this code version), "
          f"{len(todo)} to train" + (f", within {hours:g} h" if hours else ""))
+    workers = req.workers
+    if workers is not None and todo and workers > len(todo):  # a rerun of `make table WORKERS=6` as cells run
+        workers = len(todo)  # out: refusing it would leave the last cells to a WORKERS= the user must lower
+        echo(f"WORKERS={req.workers}: {len(todo)} cell(s) left to train, so {workers} worker(s)")
     published: list[Path] = []
 
     def publish(outcome: CellOutcome) -> None:
         echo(outcome.line)
         if outcome.finished:
-            published.extend(publish_runs([cache.run(outcome.run_id)], req.results))
+            files = publish_runs([cache.run(outcome.run_id)], req.results)
+            published.extend(files)
+            if req.pack is not None:  # at once, not at the end: a rerun after a kill finds these rows published
+                _pack(files, req.results, req.pack)  # ("already in results/") and would never pack them
 
-    outcomes = train_cells(cache, todo, workers=req.workers, device=req.device, on_outcome=publish)
+    outcomes = train_cells(cache, todo, workers=workers, device=req.device, on_outcome=publish)
     result = TableResult(len(cells), already, outcomes, published)
     if req.pack is not None and published:
-        result.archive = _pack(published, req.results, req.pack)
+        result.archive = Path(req.pack)
         echo(f"{len(published)} new result file(s) packed into {result.archive} (beside what it held; unpack with "
              f"`tar -xzf {result.archive.name} -C {req.results}`)")
     missing = result.missing
@@ -136,30 +142,24 @@ def _check_outputs(req: TableRequest) -> None:
     """ConfigError (or DataError) naming the fix for an output the table could write only after hours of
     training: a results folder that is a file or cannot be written, a README without the dataset's block, a
     ``--pack`` archive that cannot be added to."""
-    from pipeline.ground.paths import require_folder
-    from stages.present.results import readme_markers
+    from pipeline.ground.paths import require_folder, require_writable
+    from pipeline.orchestration.reporting import check_readme_outputs
 
     results = Path(req.results)
     require_folder(results / req.dataset, "--results", "the results registry folder (results/)")
-    _require_writable(results / req.dataset, "--results")
-    if req.readme is not None:
-        readme_markers(req.readme, req.dataset)  # no block for this dataset: said now, not after the training
+    require_writable(results / req.dataset, "--results")
+    if req.readme is not None:  # no block for this dataset, or no writable docs/: said now, not after the training
+        check_readme_outputs(req.readme, req.dataset)
     if req.pack is not None:
         pack = Path(req.pack)
+        registry = (results / req.dataset).resolve()
+        if pack.resolve() in (results.resolve(), registry) or registry in pack.resolve().parents:
+            raise ConfigError(f"--pack {pack} is in the results folder {registry}, whose files are read as result "
+                              f"rows: give an archive path outside it (e.g. rows.tar.gz)")
         require_folder(pack.parent, "--pack", "an archive path in a folder")
-        _require_writable(pack.parent, "--pack")
+        require_writable(pack.parent, "--pack")
         if pack.exists() or pack.is_symlink():
             _packed_members(pack)  # an archive that cannot be read would be lost to the merge: refused now
-
-
-def _require_writable(path: Path, option: str) -> None:
-    """ConfigError when the deepest existing folder of ``path`` cannot be written (read-only, or not ours)."""
-    import os
-
-    folder = next((f for f in (path, *path.parents) if f.exists()), None)
-    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: {folder} cannot be written (read-only, or another user's): make it "
-                          f"writable, or give {option} another folder")
 
 
 def _packed_members(out: Path) -> dict[str, bytes]:
@@ -183,14 +183,16 @@ def _pack(files: Sequence[Path], results: Path, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new = {str(Path(f).resolve().relative_to(Path(results).resolve())): Path(f) for f in files}
-    kept = {name: data for name, data in (_packed_members(out) if out.exists() else {}).items() if name not in new}
-    buffer = io.BytesIO()  # the rows of a table are a few MB: built in memory, then written atomically
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in sorted(kept.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-        for name, f in new.items():
-            tar.add(f, arcname=name)
-    write_bytes_atomic(buffer.getvalue(), out)
+    with folder_held_alone(out.parent):  # two tables packing into one archive: neither loses the other's rows
+        kept = {name: data for name, data in (_packed_members(out) if out.exists() else {}).items()
+                if name not in new}
+        buffer = io.BytesIO()  # the rows of a table are a few MB: built in memory, then written atomically
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for name, data in sorted(kept.items()):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+            for name, f in new.items():
+                tar.add(f, arcname=name)
+        write_bytes_atomic(buffer.getvalue(), out)
     return out

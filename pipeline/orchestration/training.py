@@ -121,6 +121,10 @@ def check_request(req: TrainRequest) -> str:
         raise ConfigError(f"tie rule {req.tie!r}: use one of {', '.join(TIE_RULES)}")
     check_bits(req.bits)
     check_device(req.device)
+    for flag, spec in (("--image (IMAGE=)", req.image), ("--text (TEXT=)", req.text)):
+        if spec is not None and not any(part.strip() for part in spec.split(",")):  # '' read as "the default"
+            raise ConfigError(f"{flag} {spec!r} names no features: give them (e.g. alexnet:pool, bow), or leave the "
+                              f"option out for the method's own")
     if not 0 <= req.seed < 2**32:  # numpy's seed range
         raise ConfigError(f"training seed {req.seed}: give a whole number from 0 to {2**32 - 1} (SEED=/--seed)")
     if req.checkpoint_every is not None and req.checkpoint_every < 1:
@@ -315,8 +319,8 @@ def _with_default_features(req: TrainRequest, method_name: str, quiet: bool = Fa
                               text=None if req.text is None else canonical_feature_spec(req.text))
     if req.image is not None and req.text is not None:
         return req
-    req = dataclasses.replace(req, image=req.image or builder.default_image_features,
-                              text=req.text or builder.default_text_features)
+    req = dataclasses.replace(req, image=builder.default_image_features if req.image is None else req.image,
+                              text=builder.default_text_features if req.text is None else req.text)
     said = (method_name, req.image, req.text)
     if not quiet and said not in _SAID_DEFAULTS:  # once per process: a grid asks for every code length
         _SAID_DEFAULTS.add(said)

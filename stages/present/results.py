@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ground.versions import RESULTS_VERSION
 from pipeline.ground.errors import CacheError, DataError
-from pipeline.ground.paths import require_folder
+from pipeline.ground.paths import require_folder, require_writable
 from pipeline.ground.store.parquet import read_metadata, read_table, write_bytes_atomic, write_table_atomic
 from stages.present.published import comparison_markdown
 from pipeline.ground.store.cache import read_report_rows
@@ -102,6 +102,7 @@ def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool
     ``LIMIT=`` extraction named like the benchmark would otherwise replace the benchmark's numbers."""
     results_root = Path(results_root)
     require_folder(results_root, "--results", "the results registry folder (results/)")
+    require_writable(results_root, "--results")
     planned = []
     for run in runs:
         run = run if isinstance(run, RunDir) else RunDir(Path(run))
@@ -183,6 +184,7 @@ def scan_results(results_root: Path, dataset: str) -> ResultsScan:
         raise CacheError(f"no published results for {dataset!r} in {folder}; publish runs first "
                          f"(cmh publish --dataset {dataset})")
     seen: dict[str, Path] = {}
+    misnamed: list[tuple[Path, str]] = []
     for path in files:
         fix = f"delete it, or publish its run again (`cmh publish --dataset {dataset} --run {path.stem}`)"
         table = read_table(path, fix=fix)  # a damaged or foreign file: named, never skipped silently
@@ -193,12 +195,18 @@ def scan_results(results_root: Path, dataset: str) -> ResultsScan:
         if run_id in seen:  # a copy would count one seed twice (and give a spread of 0)
             raise DataError(f"{path} and {seen[run_id]} both hold run {run_id}: delete the copy")
         seen[run_id] = path
+        if path.stem != run_id:  # said after the loop, once no second file of the run says "delete the copy"
+            misnamed.append((path, run_id))
         versions = set(table.column("code_version").to_pylist())
         version = ",".join(sorted(str(v) for v in versions))
         if versions == {RESULTS_VERSION}:
             scan.current.append(path)
         else:
             scan.stale.append((path, version))
+    if misnamed:  # cells are planned by file name: a renamed one would be trained and published again, beside it
+        path, run_id = misnamed[0]
+        raise DataError(f"{path} holds run {run_id}, and a result file is named after its run: rename it to "
+                        f"{run_id}.parquet")
     return scan
 
 
@@ -325,7 +333,13 @@ def readme_markers(readme: Path, dataset: str) -> tuple[str, str, str]:
     readme = Path(readme)
     if not readme.is_file():
         raise DataError(f"--readme {readme} is not a file: give the README that holds the results block")
-    text = readme.read_text(encoding="utf-8")
+    raw = readme.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a README saved as Latin-1 or UTF-16 by an editor
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{readme} line {line} is not UTF-8 (byte {raw[exc.start]:#04x}): save the README as "
+                        f"UTF-8, then run the command again") from None
     start, end = README_START.format(dataset=dataset), README_END.format(dataset=dataset)
     counts = (text.count(start), text.count(end))
     if counts == (0, 0):
@@ -345,15 +359,17 @@ def readme_markers(readme: Path, dataset: str) -> tuple[str, str, str]:
 def update_readme(readme: Path, dataset: str, block: str) -> bool:
     """Replace the generated block of ``dataset`` in ``readme`` (between its markers); True when it changed."""
     head, old, tail = readme_markers(readme, dataset)
-    if old == f"\n{block}":
+    newline = "\r\n" if old.startswith("\r\n") else "\n"  # a README with Windows line ends keeps them
+    block = block.replace("\n", newline)
+    if old == f"{newline}{block}":
         return False
-    write_bytes_atomic(f"{head}\n{block}{tail}".encode("utf-8"), readme)
+    write_bytes_atomic(f"{head}{newline}{block}{tail}".encode("utf-8"), readme)
     return True
 
 
 def readme_block_in(readme: Path, dataset: str) -> str | None:
     """The generated block currently in ``readme`` (None when it has none)."""
     try:
-        return readme_markers(readme, dataset)[1].lstrip("\n")
+        return readme_markers(readme, dataset)[1].lstrip("\r\n").replace("\r\n", "\n")
     except DataError:
         return None

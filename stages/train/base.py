@@ -24,7 +24,7 @@ from pipeline.ground.config import merge_config
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.registry import Registry
 from pipeline.ground.store.aligned import AlignedFeatures
-from stages.train.checks import check_optimisation
+from stages.train.checks import CLOSED_FORM_IGNORED, check_optimisation
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,12 @@ def resolve_config(name: str, dataset: str | None = None, overrides: Mapping[str
     cfg_cls = entry.config
     preset_key = dataset.split("-")[0] if dataset is not None else None
     preset = entry.dataset_presets.get(preset_key, {}) if preset_key else {}
-    cfg = merge_config(entry.name, cfg_cls, (f"dataset preset {preset_key}", preset), ("--set", overrides))
-    merged = {**preset, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    given = dict(overrides or {})
+    if entry.builder.closed_form:  # said ignored below, and kept out of the config: the run id is the config's
+        # hash, so `--epochs 2` (a table's dry run) made a second baseline run, with the same codes as the first
+        given = {k: v for k, v in given.items() if k not in CLOSED_FORM_IGNORED}
+    cfg = merge_config(entry.name, cfg_cls, (f"dataset preset {preset_key}", preset), ("--set", given))
+    merged = {**preset, **{k: v for k, v in given.items() if v is not None}}
     weights = getattr(cfg, "weights", None)
     if weights is not None and "weights" in merged:
         defaults = cfg_cls().weights

@@ -63,6 +63,8 @@ OPTIMIZER_SETTINGS: dict[str, tuple[str, ...]] = {"sgd": ("lr", "momentum", "nes
 #: Settings of the gradient loop; a closed-form method (fit once, no optimiser) reads none of them.
 LOOP_SETTINGS = ("batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "betas", "drop_last",
                  "weights")
+#: What a closed-form method never reads: said ignored when given, and left out of its config (and run id).
+CLOSED_FORM_IGNORED = ("epochs", *LOOP_SETTINGS)
 
 
 def _number(value: Any) -> bool:
@@ -76,10 +78,10 @@ def check_optimisation(name: str, cfg: Any, given: Mapping[str, Any], defaults: 
     notes = []
     changed = [k for k, v in given.items() if hasattr(defaults, k) and v is not None and v != getattr(defaults, k)]
     if closed_form:
-        ignored = [k for k in changed if k in ("epochs", *LOOP_SETTINGS)]
+        ignored = [k for k in changed if k in CLOSED_FORM_IGNORED]
         if ignored:
             notes.append(f"{name} is fitted in closed form, without an optimiser: its setting(s) "
-                         f"{', '.join(ignored)} are ignored")
+                         f"{', '.join(ignored)} are ignored (the run is the one trained without them)")
         return notes
     optimizer = getattr(cfg, "optimizer", None)
     if optimizer is None:

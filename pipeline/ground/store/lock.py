@@ -195,3 +195,15 @@ def held_alone(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def folder_held_alone(folder: Path) -> Iterator[None]:
+    """``held_alone`` for a read-merge-replace of a file in ``folder`` beside which no lock file may be left (the
+    ``--pack`` archive of a GPU pass, whose folder comes back file by file): the folder itself is locked."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

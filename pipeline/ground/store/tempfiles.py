@@ -33,7 +33,11 @@ def current_umask() -> int:
 def partial_for(path: str | os.PathLike) -> tuple[int, str]:
     """``(fd, name)`` of a new ``<path>.XXXX.partial`` beside ``path``, mode ``0666 & ~umask``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=PARTIAL_SUFFIX)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=PARTIAL_SUFFIX)
+    except OSError as exc:  # a read-only folder or a full disk: name the file being written, not a random
+        # temporary name the user never gave and that does not exist
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     except BaseException:
