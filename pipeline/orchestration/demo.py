@@ -39,7 +39,7 @@ def run_demo(cache: Cache, methods: Sequence[str] = DEMO_METHODS, echo: Callable
         summary = run_extraction(cache, items, splits, create_encoder(name), progress=False)
         echo(summary.describe())
     result = run_grid(cache, GridRequest(dataset="demo", methods=list(methods), bits=DEMO_BITS,
-                                         epochs=dict(DEMO_EPOCHS), workers=1, skip_config_errors=True))
+                                         epochs=_short_schedules(methods), workers=1, skip_config_errors=True))
     table = result.tables["map@50"]
     echo(table.markdown)
     runs = cache.runs_dir()
@@ -52,16 +52,16 @@ def run_demo(cache: Cache, methods: Sequence[str] = DEMO_METHODS, echo: Callable
          f"table {', '.join(str(p) for p in table.paths.values())}; figure {result.figure}")
 
 
+def _short_schedules(methods: Sequence[str]) -> dict[str, int]:
+    """The demo's epochs of the methods it trains (the grid refuses epochs for a method it does not train)."""
+    return {m: DEMO_EPOCHS[m] for m in methods if m in DEMO_EPOCHS}
+
+
 def _checked_methods(methods: Sequence[str]) -> list[str]:
     """The methods by their registered names; ConfigError for none, an unknown one or one given twice, said
     before the demo set is generated and extracted (the grid would say it only after that minute)."""
-    from stages.train import methods as _registered  # noqa: F401  (registers every method)
-    from stages.train.base import METHODS
+    from pipeline.orchestration.grid import resolve_methods
 
-    names = [METHODS.resolve(m) for m in methods]  # KeyError listing the registered ones, said in one line
-    if not names:
+    if not methods:
         raise ConfigError(f"--methods is empty: give a comma list, e.g. {','.join(DEMO_METHODS)}")
-    twice = sorted({m for m in names if names.count(m) > 1})
-    if twice:
-        raise ConfigError(f"--methods names {', '.join(twice)} more than once; give each method once")
-    return names
+    return resolve_methods(methods, {})[0]  # an unknown name is a KeyError listing the registered ones
