@@ -189,19 +189,21 @@ def held_alone(path: Path) -> Iterator[None]:
     to one ``errors.parquet`` and drop pairs from one item table, and without it the last replace would
     lose the others' changes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _held(os.open(path, os.O_RDWR | os.O_CREAT, 0o666)):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @contextmanager
 def folder_held_alone(folder: Path) -> Iterator[None]:
     """``held_alone`` for a read-merge-replace of a file in ``folder`` beside which no lock file may be left (the
     ``--pack`` archive of a GPU pass, whose folder comes back file by file): the folder itself is locked."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    with _held(os.open(folder, os.O_RDONLY | os.O_DIRECTORY)):
+        yield
+
+
+@contextmanager
+def _held(fd: int) -> Iterator[None]:
+    """Hold the open descriptor ``fd`` exclusively (waiting for another holder), then close it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
