@@ -33,6 +33,7 @@ from torch import Tensor
 
 from pipeline.ground.errors import ConfigError
 from stages.train.base import FeatureBatch, HashingMethod
+from stages.train.blocked_adam import BlockedAdam
 from stages.train.checks import OPTIMIZER_SETTINGS
 from stages.train.validation import Validator
 
@@ -114,7 +115,8 @@ def make_optimizer(method: HashingMethod) -> torch.optim.Optimizer:
         return torch.optim.SGD(_sgd_groups(groups), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        # bit-identical to torch.optim.Adam, with a cache-blocked CPU step (tests/train/test_loop_speed.py)
+        return BlockedAdam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use {' or '.join(OPTIMIZER_SETTINGS)}")
 
 
