@@ -43,7 +43,7 @@ def _scalar_dtype() -> torch.dtype:
 
 def _all_positive_zero(*tensors: Tensor) -> bool:
     """Every value +0.0, sign bit included (-0.0 is not skipped: PyTorch's update would rewrite it)."""
-    return not any(t.view(torch.int32).any() for t in tensors)
+    return not any(t.view(torch.uint8).any() for t in tensors)  # bytes: the fastest of the any() reductions
 
 
 class BlockedAdam(torch.optim.Adam):
