@@ -89,6 +89,34 @@ def one_line_error(result: CliResult) -> str:
     return lines[0]
 
 
+_HOLD_DATASET = """
+import sys
+from pathlib import Path
+from pipeline.ground.store.layout import CacheLayout
+from pipeline.ground.store.lock import DatasetLock
+lock = DatasetLock(CacheLayout(Path(sys.argv[1])), "pairs", sys.argv[2])
+lock.exclusive(attempts=1) if sys.argv[2] == "removing" else lock.shared()
+print("held", flush=True)
+sys.stdin.read()  # until the test lets go
+lock.release()
+"""
+
+
+class DatasetHolder:
+    """Another process holding dataset ``pairs`` of ``cache`` as ``activity`` does, until the block ends."""
+
+    def __init__(self, cache: Path, activity: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLD_DATASET, str(cache), activity], cwd=REPO, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def __enter__(self) -> int:
+        assert self.proc.stdout.readline().strip() == "held"
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.communicate("", timeout=30)
+
+
 @pytest.fixture
 def pairs_dir(tmp_path) -> Path:
     root = tmp_path / "data"

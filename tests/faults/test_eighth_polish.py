@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import REPO, one_line_error, write_pairs
+from tests.faults.conftest import REPO, DatasetHolder, one_line_error, write_pairs
 
 
 # -- 1: one error shape for every answer of `cmh serve` -----------------------------------------------------------
@@ -175,34 +173,6 @@ def test_what_the_http_parser_refuses_is_400_in_the_service_shape(parser):
 
 
 # -- 2: removing a dataset against an extract or encode of it ----------------------------------------------------
-HOLD = """
-import sys
-from pathlib import Path
-from pipeline.ground.store.layout import CacheLayout
-from pipeline.ground.store.lock import DatasetLock
-lock = DatasetLock(CacheLayout(Path(sys.argv[1])), "pairs", sys.argv[2])
-lock.exclusive(attempts=1) if sys.argv[2] == "removing" else lock.shared()
-print("held", flush=True)
-sys.stdin.read()  # until the test lets go
-lock.release()
-"""
-
-
-class _Holder:
-    """Another process holding dataset ``pairs`` of ``cache`` as ``activity`` does, until the block ends."""
-
-    def __init__(self, cache: Path, activity: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(cache), activity], cwd=REPO, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def __enter__(self) -> int:
-        assert self.proc.stdout.readline().strip() == "held"
-        return self.proc.pid
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.communicate("", timeout=30)
-
-
 def _cached_dataset(cache: Path) -> Path:
     """What `cmh rm --kind datasets` sees of a dataset: its folder with an item table."""
     folder = cache / "datasets" / "dataset=pairs"
@@ -213,7 +183,7 @@ def _cached_dataset(cache: Path) -> Path:
 
 def test_rm_of_a_dataset_an_encode_reads_is_refused_naming_the_encode(cli, tmp_path):
     folder = _cached_dataset(tmp_path / "cache")
-    with _Holder(tmp_path / "cache", "encoding") as pid:  # before: removed under the encode, which wrote stale codes
+    with DatasetHolder(tmp_path / "cache", "encoding") as pid:  # before: removed under the encode, which wrote stale codes
         line = one_line_error(cli("rm", "--kind", "datasets", "pairs", "--yes", "--cache", tmp_path / "cache"))
     assert line == (f"error: pairs: dataset 'pairs' is being encoded by process {pid} (lock "
                     f"{tmp_path / 'cache' / 'locks' / 'dataset=pairs.lock'}); wait for it to finish, or stop it, then "
@@ -234,7 +204,7 @@ def test_an_extract_or_encode_while_a_removal_runs_is_refused_naming_the_removal
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
     data = write_pairs(tmp_path / "data", n=8).parent
-    with _Holder(cache, "removing") as pid:
+    with DatasetHolder(cache, "removing") as pid:
         extracted = cli("extract", "--dataset", "pairs", "--data-dir", data, "--cache", cache, "--encoders", "bow",
                         "-o", "dataset.text_kind=tags")
         with pytest.raises(CacheError) as encoded:

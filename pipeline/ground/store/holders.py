@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Mapping
 
 log = logging.getLogger(__name__)
 
 #: What a writer holding a lock does -> the participle a refusal names it by.
 ACTIVITIES = {"training": "trained", "encoding": "encoded", "indexing": "indexed", "removing": "removed",
               "extracting": "extracted"}
+
+#: The same for a dataset's lock, whose holders read it as well as write it: a training reads it, and is named so.
+DATASET_ACTIVITIES = {**ACTIVITIES, "training": "trained on"}
 
 
 def holder_record(activity: str) -> bytes:
@@ -30,12 +34,13 @@ def parse_holder(raw: bytes) -> tuple[str, str]:
     return (words[0] if words else "another process"), (words[1] if len(words) > 1 else "training")
 
 
-def being_written(subject: str, holder: str, doing: str, what: str, or_else: str = "") -> str:
+def being_written(subject: str, holder: str, doing: str, what: str, or_else: str = "",
+                  participles: Mapping[str, str] = ACTIVITIES) -> str:
     """The refusal of a command that would write (or remove) ``subject`` ("run X", "dataset 'X'") while another
-    process holds it: that process and what it does (``doing``, an ``ACTIVITIES`` key), what is held
+    process holds it: that process and what it does (``doing``, a key of ``participles``), what is held
     (``what``: the lock file, the checkpoint), and to wait for it or stop it. One wording for every such refusal."""
     by = f"process {holder}" if holder.isdigit() else "another process"
-    return (f"{subject} is being {ACTIVITIES.get(doing, 'written')} by {by} ({what}); wait for it to finish, or "
+    return (f"{subject} is being {participles.get(doing, 'written')} by {by} ({what}); wait for it to finish, or "
             f"stop it, then run the command again{or_else}")
 
 

@@ -13,9 +13,9 @@ the process ends, however it ends):
 A writer that needs the exclusive lock while another process holds the dataset does not wait for it
 (an extraction can take hours): it waits only for the items to be written, then reads them like any
 other extraction (the ``--shard`` workers that start together), or is refused with a one-line error
-when it was to replace them. ``cmh encode`` holds it shared too, as it reads the features, and ``cmh rm``
-exclusive while it deletes them: a removal is refused while any of them runs, and they are refused while a
-removal runs, each naming the other's pid. Readers take no lock; they compare
+when it was to replace them. ``cmh encode`` and training (``cmh train``, ``grid``, ``table``) hold it shared too,
+as they read the features, and ``cmh rm`` exclusive while it deletes them: a removal is refused while any of them
+runs, and they are refused while a removal runs, each naming the other's pid. Other readers take no lock; they compare
 fingerprints instead (``aligned.check_features_match_items``).
 
 Every holder names itself (``holders``) in a record of its own, ``locks/dataset=<name>.holders/<pid>-<n>``,
@@ -37,7 +37,8 @@ from types import TracebackType
 from typing import Iterator
 
 from pipeline.ground.errors import CacheError
-from pipeline.ground.store.holders import ACTIVITIES, being_written, holder_record, parse_holder, say_taken_over
+from pipeline.ground.store.holders import (ACTIVITIES, DATASET_ACTIVITIES, being_written, holder_record,
+                                           parse_holder, say_taken_over)
 from pipeline.ground.store.layout import CacheLayout
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _RECORD_NUMBERS = itertools.count()
 
 class DatasetLock:
     """``with DatasetLock(layout, name, activity) as lock:`` holds nothing until ``shared()`` or ``exclusive()``;
-    ``activity`` (extracting, encoding or removing) is what a refused process is told this one does."""
+    ``activity`` (extracting, encoding, training or removing) is what a refused process is told this one does."""
 
     def __init__(self, layout: CacheLayout, dataset: str, activity: str = "extracting") -> None:
         if activity not in ACTIVITIES:
@@ -105,7 +106,8 @@ class DatasetLock:
         first: it is the one to wait for) and what it does."""
         holders = sorted(self.holders(), key=lambda h: h[1] != "removing")
         holder, doing = holders[0] if holders else ("another process", "extracting")
-        return CacheError(being_written(f"dataset {self.dataset!r}", holder, doing, f"lock {self.path}", or_else))
+        return CacheError(being_written(f"dataset {self.dataset!r}", holder, doing, f"lock {self.path}", or_else,
+                                        DATASET_ACTIVITIES))
 
     def holders(self) -> list[tuple[str, str]]:
         """(pid, activity) of the other processes holding the dataset now, as their records name them; a record

@@ -83,10 +83,10 @@ def remove_checkpoint(run: RunInfo) -> int:
 
 def remove_dataset(layout: CacheLayout, dataset: DatasetInfo) -> int:
     """Delete the dataset's items, splits and features (not its thumbnails), holding its lock alone so no
-    extraction writes them and no encode reads them meanwhile; CacheError naming the process when one does;
+    extraction writes them and no encode or training reads them meanwhile; CacheError naming the process when one does;
     the bytes freed."""
     with DatasetLock(layout, dataset.name, "removing") as lock:
-        if not lock.exclusive(attempts=1):  # an extraction or an encode of it runs: refused naming its pid
+        if not lock.exclusive(attempts=1):  # an extraction, encode or training of it runs: refused naming its pid
             raise lock.busy()
         for path in dataset.paths:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
