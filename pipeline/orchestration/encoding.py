@@ -28,7 +28,7 @@ from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.provenance import environment
 from pipeline.ground.store.cache import Cache, DatasetCache
 from pipeline.ground.store.checkpoints import run_lock
-from pipeline.ground.store.lock import DatasetLock
+from pipeline.ground.store.lock import dataset_held_shared
 from pipeline.orchestration.engines import check_engine_options
 from pipeline.ground.store.features import config_hash
 from pipeline.ground.store.layout import PHYSICAL_SPLITS
@@ -115,8 +115,7 @@ def encode_dataset(cache: Cache, run: str, dataset: str, *, chunk_rows: int = CH
     # dataset's lock, held shared as an extraction holds it: a `cmh rm` of the dataset meanwhile is refused naming
     # this process, and this encode is refused naming the `cmh rm` deleting the features it would read
     with run_lock(run_dir.path, run_dir.run_id, "encoding", create=False), \
-            DatasetLock(cache, dataset, "encoding") as dataset_lock:
-        dataset_lock.shared()
+            dataset_held_shared(cache, dataset, "encoding"):
         return _encode_held(cache, run_dir, dataset, chunk_rows=chunk_rows, progress=progress, say=say,
                             engine=engine, ray_address=ray_address, concurrency=concurrency, device=device)
 

@@ -4,11 +4,10 @@
 feature cache (never images). A run directory ``runs/<run_id>/`` holds the resolved
 config, environment and data fingerprints, the trained weights, codes per split, the report and plots.
 A run whose report already exists with the same resolved config is not trained again (``force`` redoes it).
-The whole command holds the dataset's lock shared, so the features cannot be removed under it (``_dataset_held``).
+The whole command holds the dataset's lock shared, so the features cannot be removed under it.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -16,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from pipeline.ground.store.cache import Cache, DatasetCache
 from pipeline.ground.store.checkpoints import RunBusy, RunCheckpoints, training_lock
 from pipeline.ground.store.codes import binarize
 from pipeline.ground.store.features import config_hash
-from pipeline.ground.store.lock import DatasetLock
+from pipeline.ground.store.lock import dataset_held_shared
 from pipeline.ground.store.runs import RunDir, RunId, drop_leftovers, report_scores_problem
 from pipeline.ground.versions import RESULTS_VERSION
 from stages.train import coding
@@ -155,23 +154,10 @@ def train_runs(cache: Cache, req: TrainRequest,
     req = _with_default_features(req, method_name)
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dataset = cache.dataset(req.dataset)
-    with _dataset_held(cache, dataset):
+    # held shared for the whole command (load, train, code, evaluate, write), as an extraction or an encode
+    # holds it: the features cannot be removed under a training, and trainers of one dataset share it
+    with dataset_held_shared(cache, dataset.name, "training"):
         return _train_held(cache, req, method_name, device, dataset, on_result)
-
-
-@contextlib.contextmanager
-def _dataset_held(cache: Cache, dataset: DatasetCache) -> Iterator[None]:
-    """The dataset's lock, held shared for the whole command (load, train, code, evaluate, write) as an extraction
-    or an encode holds it: a `cmh rm` of the dataset meanwhile is refused naming this process, this training is
-    refused naming a `cmh rm` under way, and trainers of one dataset (grid workers, two `cmh train`) share it.
-    A dataset never cached has nothing to guard: no lock file is left for it, and loading says it is not cached."""
-    lock = DatasetLock(cache, dataset.name, "training")
-    if not (dataset.exists() or lock.path.exists()):
-        yield
-        return
-    with lock:
-        lock.shared()
-        yield
 
 
 def _train_held(cache: Cache, req: TrainRequest, method_name: str, device: str, dataset: DatasetCache,

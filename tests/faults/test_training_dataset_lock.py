@@ -105,3 +105,15 @@ def test_two_trainings_of_one_dataset_hold_it_together(built, cli):
     for trainer, seed in ((first, 2), (second, 3)):
         assert trainer.said.startswith(f"trained pairs-baseline-16b-s{seed}-"), trainer.said
         assert (cache / "runs" / trainer.said.split()[1] / "report.parquet").exists()
+
+
+def test_a_mistyped_dataset_leaves_no_lock_behind(built, cli):
+    """Training and encode take the dataset's lock only for a dataset that is cached: a typo is the readers'
+    one-line "not cached" error, with no `locks/dataset=<typo>.lock` left in the cache."""
+    _, cache, _ = built
+    run = next(p.name for p in (cache / "runs").iterdir() if (p / "report.parquet").exists())
+    for args in (("train", "--method", "baseline", "--dataset", "pairz", "--bits", "16"),
+                 ("encode", "--run", run, "--dataset", "pairz")):
+        refused = cli(*args, "--cache", cache)
+        assert refused.code != 0 and one_line_error(refused).startswith("error: ") and "pairz" in refused.err
+    assert not list((cache / "locks").glob("dataset=pairz*"))

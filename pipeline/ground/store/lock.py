@@ -211,3 +211,18 @@ def _held(fd: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def dataset_held_shared(layout: CacheLayout, dataset: str, activity: str) -> Iterator[None]:
+    """The dataset's lock held shared for a reader's whole command (a training, an encode): a `cmh rm` of the
+    dataset meanwhile is refused naming this process, the reader is refused naming a `cmh rm` under way, and
+    readers share it. A dataset never cached has nothing to guard: no lock file is left for a mistyped name, and
+    the reader's own check says it is not cached."""
+    lock = DatasetLock(layout, dataset, activity)
+    if not (layout.items_path(dataset).exists() or lock.path.exists()):
+        yield
+        return
+    with lock:
+        lock.shared()
+        yield
