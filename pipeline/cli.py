@@ -574,6 +574,15 @@ def _usage_error(exc: click_errors.UsageError) -> str:
     return f"{message}; {fix} (see `{command} --help`)" if fix else f"{message}; see `{command} --help`"
 
 
+def _interrupted(argv: list[str]) -> str:
+    """The line for Ctrl-C in a command without checkpoints (report, publish, extract, index, ...): every file
+    is written to a temporary name and renamed whole, so what the command had finished is kept and nothing is
+    half-written."""
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    return (f"interrupted (Ctrl-C): `cmh {command}` stopped before it finished; each file it writes appears whole "
+            f"or not at all, so nothing is half-written: run the same command again")
+
+
 def main() -> None:
     try:
         empty = _empty_path_option(sys.argv[1:])
@@ -583,6 +592,8 @@ def main() -> None:
         # not standalone: click's errors come here, to be said in one line like every other refusal
         status = app(standalone_mode=False)
         if isinstance(status, int) and status:  # --help gives 0; Ctrl-C outside a command that resumes, 130
+            if status == 130:  # typer's Exit(130) for a KeyboardInterrupt: said, not left silent
+                _say_error(_interrupted(sys.argv[1:]))
             sys.exit(status)
     except getattr(click_errors, "NoArgsIsHelpError", ()) as exc:  # `cmh` alone: the help is printed already
         sys.exit(exc.exit_code)

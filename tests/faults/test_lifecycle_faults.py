@@ -174,6 +174,30 @@ def test_ctrl_c_stops_the_workers_and_says_a_rerun_resumes(built, tmp_path, sig,
     assert not any(lock_holder(p) for p in runs.iterdir())
 
 
+@pytest.mark.parametrize("command, module, function", [
+    (("report", "--results", "results", "--dataset", "pairs"), "pipeline.orchestration.reporting", "report_results"),
+    (("publish", "--dataset", "pairs"), "pipeline.orchestration.publishing", "publish"),
+    (("extract", "--dataset", "pairs", "--data-dir", "data"), "pipeline.orchestration.extraction", "extract"),
+])
+def test_ctrl_c_in_a_command_without_checkpoints_is_said_in_one_line(cli, monkeypatch, tmp_path, command, module,
+                                                                     function):
+    """typer turns the KeyboardInterrupt into exit status 130 and says nothing: a user saw the prompt come back
+    and could not tell whether the command had finished."""
+    import importlib
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, pressed)
+    monkeypatch.chdir(tmp_path)
+    result = cli(*command, "--cache", tmp_path / "cache")
+    assert result.code == 130, result.err
+    assert "Traceback" not in result.err and "Aborted" not in result.err, result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "interrupted (Ctrl-C)" in errors[0] and f"`cmh {command[0]}`" in errors[0], result.err
+    assert "run the same command again" in errors[0]
+
+
 # -- 5: --pack onto an archive packed earlier -----------------------------------------------------------------
 def test_pack_adds_to_an_existing_archive_and_keeps_what_it_held(cli, built, tmp_path):
     _, cache, run = built
