@@ -112,6 +112,9 @@ def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seed
     import importlib.util
 
     data = Cache(cache).dataset(dataset)
+    if not data.exists():  # said once for the pass, not once per method as each method's features would say it
+        raise SystemExit(f"no cached dataset {dataset!r} under {cache}: build the carried cache with `make slim-cache` "
+                         f"and carry its folder (README, \"Where the numbers live\")")
     published = current_run_ids(results, dataset)
     reasons: dict[str, str | None] = {}
     todo: dict[str, int] = {}

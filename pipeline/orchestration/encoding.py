@@ -131,7 +131,8 @@ def _encode_held(cache: Cache, run_dir: RunDir, dataset: str, *, chunk_rows: int
     drop_leftovers(run_dir.encode_partials(dataset), "encode")
     run_dir.require_trained()
     config = cache.require_current(run_dir)
-    method = load_method(run_dir.model_path, method=config["method"], bits=config["bits"])
+    method = load_method(run_dir.model_path, method=config["method"], bits=config["bits"],
+                         run_id=config.get("run_id"))
     refs = {m: _refs_for(ds, run_dir, config, method.dims, dataset, m) for m in ("image", "text")}
     encoders = sorted({r.encoder for rs in refs.values() for r in rs})
     features = _feature_fingerprints(ds, encoders)

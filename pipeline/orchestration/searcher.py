@@ -140,7 +140,8 @@ class Searcher:
             for ref in refs:
                 if ref.encoder not in self.encoders:
                     self.encoders[ref.encoder] = encoder_for(self.ds, ref.encoder)
-        self.method = load_method(self.run.model_path, method=self.config["method"], bits=self.config["bits"])
+        self.method = load_method(self.run.model_path, method=self.config["method"], bits=self.config["bits"],
+                                  run_id=self.config.get("run_id"))
         self.source = CodesSource(self.run, dataset, cache)
         codes = self.source.read()
         self.n = len(codes["item_id"])

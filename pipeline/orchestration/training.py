@@ -163,7 +163,8 @@ def train_runs(cache: Cache, req: TrainRequest,
 def _train_held(cache: Cache, req: TrainRequest, method_name: str, device: str, dataset: DatasetCache,
                 on_result: Callable[[RunResult], None]) -> list[RunResult]:
     """``train_runs`` holding the dataset's lock."""
-    data = _load(dataset, req)
+    _feature_refs(dataset, req)  # what is not cached is refused now, whether or not a run needs training
+    data: _Data | None = None  # read when a code length first needs training: a rerun of finished runs reads no split
     results: list[RunResult] = []
     busy: list[RunBusy] = []
     for bits in req.bits:
@@ -187,6 +188,7 @@ def _train_held(cache: Cache, req: TrainRequest, method_name: str, device: str, 
         try:
             with training_lock(run.path, spec.run_id):
                 _drop_partials(run)
+                data = data or _load(dataset, req)
                 results.append(_train_one(run, spec, req, dataset, data, device, fresh=fresh))
         except RunBusy as exc:
             busy.append(exc)
@@ -282,7 +284,7 @@ def _train_one(run: RunDir, spec: "_Spec", req: TrainRequest, dataset: DatasetCa
         history = _fit(method, spec, data, req, device, checkpoints)
     except TrainingPaused as paused:
         return RunResult(spec.run_id, run.path, spec.bits, {}, paused=paused)
-    run.write_model(lambda path: save_method(method, path))
+    run.write_model(lambda path: save_method(method, path, run_id=spec.run_id))
     run.write_history({"epochs": history.epochs, "seconds": history.seconds, "validation": history.validation,
                        "validation_protocol": VALIDATION_PROTOCOL, "selection": history.selection,
                        "resumed_from": history.resumed_from, "checkpoints": history.checkpoints,
@@ -361,12 +363,18 @@ def _check_encoders_known(dataset: DatasetCache, spec: str, flag: str) -> None:
             raise ConfigError(f"{flag} {spec!r}: {exc.args[0]}") from None
 
 
-def _load(dataset: DatasetCache, req: TrainRequest) -> _Data:
-    t0 = time.perf_counter()
+def _feature_refs(dataset: DatasetCache, req: TrainRequest) -> tuple[list[FeatureRef], list[FeatureRef]]:
+    """The request's image and text columns, from the manifests alone: a dataset, encoder or column that is not
+    cached is refused here, before any run is looked at."""
+    dataset.items_meta, dataset.splits_meta  # file footers: a dataset gone or renamed is named, with the fix
     _check_encoders_known(dataset, req.image, "--image (IMAGE=)")
     _check_encoders_known(dataset, req.text, "--text (TEXT=)")
-    image_refs = dataset.feature_refs(req.image, "image")
-    text_refs = dataset.feature_refs(req.text, "text")
+    return dataset.feature_refs(req.image, "image"), dataset.feature_refs(req.text, "text")
+
+
+def _load(dataset: DatasetCache, req: TrainRequest) -> _Data:
+    t0 = time.perf_counter()
+    image_refs, text_refs = _feature_refs(dataset, req)
     features = {s: dataset.features(s, image_refs, text_refs) for s in ("train", "validation", "query", "database")}
     return _Data(features, {s: FeatureBatch.from_features(v) for s, v in features.items()},
                  FeatureDims.from_features(features["train"]), image_refs, text_refs, time.perf_counter() - t0)

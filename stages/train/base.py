@@ -241,21 +241,25 @@ def create_method(name: str, *, dims: FeatureDims, bits: int, dataset: str | Non
     return method
 
 
-def save_method(method: HashingMethod, path: Path | BinaryIO) -> None:
+def save_method(method: HashingMethod, path: Path | BinaryIO, *, run_id: str | None = None) -> None:
     """Write a trained method to ``path`` (or an open binary file): weights, resolved config (JSON form),
-    dims, name and bits."""
+    dims, name and bits, and the id of the run it was trained for (the seed is in the id, not the config)."""
     config = json.loads(json.dumps(dataclasses.asdict(method.cfg), default=str))
-    torch.save({"state_dict": method.state_dict(), "config": config, "dims": dataclasses.asdict(method.dims),
-                "method": method.name, "bits": method.bits}, path)
+    saved = {"state_dict": method.state_dict(), "config": config, "dims": dataclasses.asdict(method.dims),
+             "method": method.name, "bits": method.bits}
+    torch.save({**saved, "run_id": run_id} if run_id is not None else saved, path)
 
 
-def load_method(path: Path, *, method: str | None = None, bits: int | None = None) -> HashingMethod:
+def load_method(path: Path, *, method: str | None = None, bits: int | None = None,
+                run_id: str | None = None) -> HashingMethod:
     """The method saved at ``path`` by :func:`save_method`, weights loaded, in eval mode.
 
     Every method registers its buffers (closed-form projections, anchors, means) in ``__init__`` with
     their final shapes, so the saved state loads strictly. ``method`` and ``bits``: what the run's config
     says it trained; a model of another method or code length (a ``model.pt`` copied from another run)
-    is refused, since its codes would be compared with database codes it did not make."""
+    is refused, since its codes would be compared with database codes it did not make. ``run_id``: the
+    same for a model of another seed or config, when the file names its run (models saved before it did
+    are taken as they are)."""
     fix = "train the run again with `cmh train ... --force`"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -280,4 +284,7 @@ def load_method(path: Path, *, method: str | None = None, bits: int | None = Non
     if (method is not None and entry.name != METHODS.resolve(method)) or (bits is not None and model.bits != bits):
         raise CacheError(f"{path} holds a {entry.name} model of {model.bits} bits, but its run trained {method} at "
                          f"{bits} bits (a model.pt copied from another run?); {fix}")
+    if run_id is not None and saved.get("run_id") not in (None, run_id):
+        raise CacheError(f"{path} holds the model of run {saved['run_id']}, not of run {run_id} (a model.pt "
+                         f"copied from another run?); {fix}")
     return model.eval()

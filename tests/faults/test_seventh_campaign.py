@@ -201,6 +201,21 @@ def test_a_model_copied_from_a_run_of_another_code_length_is_refused_not_searche
         assert "holds a baseline model of 8 bits, but its run trained baseline at 16 bits" in line, line
 
 
+def test_a_model_copied_from_a_run_of_another_seed_is_refused_naming_both_runs(cli, built):
+    """Same method, same code length: only the run id the file records tells it apart."""
+    import shutil
+
+    _, cache, run = built
+    assert cli("train", "--method", "baseline", "--dataset", "pairs", "--bits", "16", "--seed", "2", "--cache",
+               cache).code == 0
+    other = next(p for p in (cache / "runs").iterdir() if "-16b-s2-" in p.name)
+    shutil.copy(other / "model.pt", cache / "runs" / run / "model.pt")
+    for command in (["query", "--run", run, "--text", "dog"], ["encode", "--run", run, "--dataset", "pairs"]):
+        line = one_line_error(cli(*command, "--cache", cache))
+        assert f"holds the model of run {other.name}, not of run {run}" in line and "--force" in line, line
+    assert cli("query", "--run", other.name, "--text", "dog", "--cache", cache).code == 0
+
+
 # -- a finished run's report or codes replaced after the fact ----------------------------------------------------
 def _values_as_text(table):
     import pyarrow as pa

@@ -200,3 +200,20 @@ def test_checkpoint_every_must_be_a_positive_number_of_epochs(demo, cli):
     line = one_line_error(cli("train", "--method", "djsrh", "--dataset", "demo", "--bits", "16",
                               "--checkpoint-every", "0", "--cache", demo.root))
     assert "--checkpoint-every 0" in line and ">= 1" in line
+
+
+def test_a_rerun_of_finished_runs_reads_no_split_and_a_new_length_reads_them_once(demo, monkeypatch):
+    """`make table` and `cmh train` reruns skip what is done: they must not first load every split (seconds and
+    gigabytes at scale) only to find nothing to train."""
+    from pipeline.orchestration import training
+
+    loads = []
+    real = training._load
+    monkeypatch.setattr(training, "_load", lambda *a, **k: loads.append(1) or real(*a, **k))
+    req = TrainRequest(dataset="demo", method="baseline", bits=(8,), epochs=1, progress=False)
+    (first,) = train_runs(demo, req)
+    assert not first.skipped and len(loads) == 1
+    (again,) = train_runs(demo, req)
+    assert again.skipped and len(loads) == 1  # nothing read
+    both = train_runs(demo, TrainRequest(dataset="demo", method="baseline", bits=(8, 16, 32), epochs=1, progress=False))
+    assert [r.skipped for r in both] == [True, False, False] and len(loads) == 2  # read once for the two new ones
