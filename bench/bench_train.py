@@ -34,6 +34,31 @@ def _mlp_epoch(batch, bits: int, batch_size: int) -> float:
     return time.process_time() - start
 
 
+#: Batches on which matrix-product FLOPs are counted (the count does not depend on the values, only the shapes).
+FLOP_BATCHES = 4
+
+
+def _head(batch, rows: int):
+    """The first ``rows`` items of a FeatureBatch."""
+    import dataclasses
+
+    return dataclasses.replace(batch, image=batch.image[:rows], text=batch.text[:rows], labels=batch.labels[:rows],
+                               index=batch.index[:rows],
+                               image_parts={k: v[:rows] for k, v in batch.image_parts.items()},
+                               text_parts={k: v[:rows] for k, v in batch.text_parts.items()})
+
+
+def _flops(work) -> int:
+    """Matrix-product FLOPs (mm, addmm, bmm, convolutions, attention) that ``work()`` runs, forward and backward,
+    as torch's FlopCounterMode counts them; element-wise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        work()
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -69,9 +94,12 @@ def main() -> None:
     from stages.train.base import METHODS, resolve_config
 
     loaded: dict[tuple[str, str], tuple] = {}
+    mlp_flops: dict[tuple[tuple[str, str], int], int] = {}
     print(f"{dataset}: {args.bits} bits, {torch.get_num_threads()} threads; CPU seconds per epoch; MLP = two 2-layer "
-          f"MLPs, same features and batch size, measured in this run; checkpoint: wall seconds of one save")
-    print(f"{'method':8s} {'features':22s} {'s/epoch':>8s} {'MLP s/ep':>9s} {'ratio':>6s} {'paper ep':>8s} "
+          f"MLPs, same features and batch size, measured in this run; mm FLOPs: the method's matrix-product FLOPs "
+          f"per epoch over the MLP's (counted on {FLOP_BATCHES} batches): the ratio no exact speed-up goes below; "
+          f"checkpoint: wall seconds of one save")
+    print(f"{'method':8s} {'features':22s} {'s/epoch':>8s} {'MLP s/ep':>9s} {'ratio':>6s} {'mm FLOPs':>8s} {'paper ep':>8s} "
           f"{'paper schedule':>15s} {'ckpt s':>7s} {'ckpt/epoch':>10s} {'ckpt/default':>12s}")
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         builder = METHODS.get(name).builder
@@ -87,12 +115,19 @@ def main() -> None:
             closed = create_method(name, dims=dims, bits=args.bits, dataset=dataset,
                                    overrides={"reg": 1e-2, "pca_dim": 0} if name == "cca-itq" else None)
             seconds = fit_method(closed, batch, seed=0).seconds
-            print(f"{name:8s} {'+'.join(spec):22s} {seconds:8.2f} {'':>9s} {'':>6s} {'closed':>8s} "
+            print(f"{name:8s} {'+'.join(spec):22s} {seconds:8.2f} {'':>9s} {'':>6s} {'':>8s} {'closed':>8s} "
                   f"{'one fit':>15s}")
             continue
         size = method.cfg.batch_size
         if size not in mlp:
             mlp[size] = _mlp_epoch(batch, args.bits, size)
+        head = _head(batch, size * FLOP_BATCHES)
+        if (spec, size) not in mlp_flops:
+            mlp_flops[spec, size] = _flops(lambda: _mlp_epoch(head, args.bits, size))
+        counted = create_method(name, dims=dims, bits=args.bits, dataset=dataset)
+        flop_ratio = _flops(lambda: fit_method(counted, head, seed=0, epochs=1)) / max(1, mlp_flops[spec, size])
+        torch.manual_seed(0)
+        method = create_method(name, dims=dims, bits=args.bits, dataset=dataset)
         with tempfile.TemporaryDirectory() as tmp:  # one checkpoint, after epoch `epochs` of epochs + 1
             store = RunCheckpoints(Path(tmp), {"bench": name}, every=args.epochs)
             cpu0 = time.process_time()
@@ -105,7 +140,7 @@ def main() -> None:
         # the default saves once per DEFAULT_INTERVAL_S of training (at least one epoch apart)
         default_share = save_s / max(per_epoch, DEFAULT_INTERVAL_S)
         print(f"{name:8s} {'+'.join(spec):22s} {per_epoch:8.2f} {mlp[size]:9.2f} {per_epoch / mlp[size]:6.2f} "
-              f"{paper:8d} {per_epoch * paper / 60:13.1f} m {save_s:7.2f} {save_s / per_epoch:9.1%} "
+              f"{flop_ratio:8.2f} {paper:8d} {per_epoch * paper / 60:13.1f} m {save_s:7.2f} {save_s / per_epoch:9.1%} "
               f"{default_share:11.2%}")
 
 
