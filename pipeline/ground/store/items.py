@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import shlex
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -254,13 +255,19 @@ def _split_params(layout: CacheLayout, dataset: str) -> dict[str, Any]:
         return {}
 
 
-def read_splits(layout: CacheLayout, dataset: str) -> Splits:
+def _existing_splits_path(layout: CacheLayout, dataset: str) -> Path:
+    """The split table's path; a missing one is refused with the extract command that writes it again."""
     path = layout.splits_path(dataset)
     if not path.exists():
         if not layout.items_path(dataset).exists():
             items_meta(layout, dataset)  # a dataset that is not cached at all is said as such, with the near names
         raise CacheError(f"no split membership for {dataset!r} at {path} (deleted, or an interrupted extraction): "
                          f"write it again with `{extract_command(layout, dataset, overwrite=True)}`")
+    return path
+
+
+def read_splits(layout: CacheLayout, dataset: str) -> Splits:
+    path = _existing_splits_path(layout, dataset)
     check_schema_version(read_metadata(path, _FIX), path)
     t = read_table(path, fix=_FIX)
     try:
@@ -282,5 +289,5 @@ def read_splits(layout: CacheLayout, dataset: str) -> Splits:
 
 
 def splits_meta(layout: CacheLayout, dataset: str) -> dict[str, Any]:
-    return read_metadata(layout.splits_path(dataset), _FIX)
+    return read_metadata(_existing_splits_path(layout, dataset), _FIX)
 
