@@ -1,5 +1,6 @@
-"""The GPU pass: on a lent GPU machine, train the table's missing cells within a wall-time limit and send the
-new result rows back in one archive. ``make gpu-pass`` runs it; README "Where the numbers live" gives the call.
+"""The GPU pass: on a lent GPU machine, train the cells the table lacks on the GPU within a wall-time limit and
+send the new result rows back in one archive. A GPU's runs have ids of their own (it rounds otherwise, so its
+codes differ from the CPU's): the CPU's rows of a cell leave it to train, and the GPU's are published beside them. ``make gpu-pass`` runs it; README "Where the numbers live" gives the call.
 
 On the machine, with the working tree (``results/`` included) and the carried slim cache
 (``bench/slim_cache.py``) and wheels beside it, this script:
@@ -97,9 +98,9 @@ def child_env(site: Path | None, emulate: bool, out: Path, carried: list[str]) -
 
 
 def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seeds: str, epochs: str | None,
-                  results: Path) -> dict:
+                  results: Path, device: str) -> dict:
     """``{"reasons": {method: why the cache cannot feed its default features, or None}, "todo": {method: cells
-    results/ lacks}}``. Runs in a child, with the project's packages importable."""
+    results/ lacks on ``device`` (a GPU's run ids are its own)}}``. Runs in a child, with the project's packages importable."""
     from pipeline.cli import _epochs_per_method, _ints
     from pipeline.ground.errors import CMHError
     from pipeline.ground.store.cache import Cache
@@ -130,7 +131,8 @@ def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seed
         lacking = [m for m in FIT_IMPORTS.get(METHODS.resolve(name), ()) if importlib.util.find_spec(m) is None]
         if lacking and not reasons[name]:
             reasons[name] = f"its fit imports {', '.join(lacking)}, which this Python lacks: carry the wheel(s) in .whl"
-        cells = grid_cells(GridRequest(dataset, [METHODS.resolve(name)], _ints(bits), _ints(seeds), epochs=per_method))
+        cells = grid_cells(GridRequest(dataset, [METHODS.resolve(name)], _ints(bits), _ints(seeds), epochs=per_method,
+                                       device=device))
         todo[name] = sum(planned_run_ids(c)[0] not in published for c in cells)
     return {"reasons": reasons, "todo": todo}
 
@@ -140,7 +142,7 @@ def plan(args: argparse.Namespace, env: dict[str, str], p: Pass) -> tuple[list[s
     asked = [m.strip() for m in args.methods.split(",") if m.strip()]
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--feature-check", json.dumps(asked),
                            "--cache", str(args.cache), "--dataset", args.dataset, "--bits", args.bits,
-                           "--seeds", args.seeds, "--results", str(args.results)]
+                           "--seeds", args.seeds, "--results", str(args.results), "--device", args.device]
                           + (["--epochs", args.epochs] if args.epochs else []),
                           env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.feature_check is not None:
         print(json.dumps(feature_check(args.cache, args.dataset, json.loads(args.feature_check), args.bits, args.seeds,
-                                       args.epochs, args.results)))
+                                       args.epochs, args.results, args.device)))
         return 0
     if args.out is None or str(args.out) in ("", "."):
         parser.error("give --out, or set OUT (the folder whose files come back from the GPU machine)")
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     asked = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or not todo:
         p.say("nothing to train: " + ("no method can run from the carried cache" if not methods
-                                      else f"results/{args.dataset} holds every cell asked for"))
+                                      else f"results/{args.dataset} holds every cell asked for, on {args.device}"))
         (args.out / "summary.txt").write_text("nothing to train\n", encoding="utf-8")
         return 0 if methods else 2
     workers = max(1, min(args.workers, todo))

@@ -85,9 +85,9 @@ DEFAULT_GPU_WORKERS = 6
 
 
 def default_workers(device: str | None) -> int:
-    import torch
+    from stages.train.checks import resolved_device
 
-    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    on_gpu = resolved_device(device).startswith("cuda")
     return DEFAULT_GPU_WORKERS if on_gpu else 1
 
 

@@ -36,6 +36,7 @@ from stages.train.base import (METHODS, FeatureBatch, FeatureDims, HashingMethod
                                save_method)
 from stages.train.loop import TrainHistory, TrainingPaused, encode_split, fit_method
 from stages.train.validation import K as VALIDATION_K, Validator, default_every
+from stages.train.checks import device_kind, resolved_device
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,12 @@ def feature_identity(spec: str | None) -> str | None:
 
 
 def run_id_for(req: TrainRequest, bits: int, resolved: Mapping[str, Any]) -> str:
-    key = config_hash({"image": feature_identity(req.image), "text": feature_identity(req.text),
-                       "eval_mode": req.eval_mode, "tie": req.tie, "config": resolved})
+    identity = {"image": feature_identity(req.image), "text": feature_identity(req.text),
+                "eval_mode": req.eval_mode, "tie": req.tie, "config": resolved}
+    kind = device_kind(resolved_device(req.device))
+    if kind != "cpu":  # a GPU rounds otherwise, so its codes are another run's: its own folder, checkpoint and
+        identity["device"] = kind  # result file, never the CPU's reused or resumed (whose ids stay as they were)
+    key = config_hash(identity)
     return str(RunId.of(req.dataset, METHODS.resolve(req.method), bits, req.seed, key))
 
 
@@ -152,7 +157,7 @@ def train_runs(cache: Cache, req: TrainRequest,
     the others go on, and RunBusy names it (or them) at the end."""
     method_name = check_request(req)
     req = _with_default_features(req, method_name)
-    device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolved_device(req.device)
     dataset = cache.dataset(req.dataset)
     # held shared for the whole command (load, train, code, evaluate, write), as an extraction or an encode
     # holds it: the features cannot be removed under a training, and trainers of one dataset share it

@@ -39,12 +39,14 @@ def comparison_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
     cells: dict[tuple[str, str], dict[int, float]] = {}
     configs: dict[str, set] = {}
     for r in rows:
-        configs.setdefault(r["method"], set()).add((r.get("image_features"), r.get("epochs"), r.get("config_hash")))
+        configs.setdefault(r["method"], set()).add((r.get("image_features"), r.get("epochs"), r.get("config_hash"),
+                                                    r.get("device")))
     for r in rows:
         label = r["method"]
         if len(configs[label]) > 1:  # several configurations of one method: say which is which
             epochs = "no epochs" if r.get("epochs") is None else f"{r['epochs']} ep"  # closed form: not "None ep"
-            label += f" [{r.get('image_features')}, {epochs}, {r.get('config_hash')}]"
+            on = f", {r.get('device') or 'cpu'}" if len({c[3] for c in configs[label]}) > 1 else ""  # GPU beside CPU
+            label += f" [{r.get('image_features')}, {epochs}, {r.get('config_hash')}{on}]"
         cells.setdefault((label, r["task"]), {})[int(r["bits"])] = float(r["mean"])
     bits = sorted({int(r["bits"]) for r in rows})
     lines = [f"mAP@50 on {dataset}: ours / published (— = not published)", "",

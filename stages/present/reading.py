@@ -31,10 +31,17 @@ def _compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return "above" if diff > 0 else "below"
 
 
+def shown_name(row: Mapping[str, Any]) -> str:
+    """A configuration's name in a sentence: the method, and the device when it is a GPU (its runs are their
+    own configuration: the CPU's and the GPU's rows of a method are never one)."""
+    device = row.get("device")
+    return str(row["method"]) if device in (None, "cpu") else f"{row['method']} on {device}"
+
+
 def _by_method(stats: Iterable[Mapping[str, Any]]) -> dict[str, dict[tuple[str, int], Mapping[str, Any]]]:
     out: dict[str, dict[tuple[str, int], Mapping[str, Any]]] = defaultdict(dict)
     for row in stats:
-        out[str(row["method"])][_key(row)] = row
+        out[shown_name(row)][_key(row)] = row
     return out
 
 
@@ -47,14 +54,14 @@ def across_lengths(stats: Sequence[Mapping[str, Any]]) -> list[str]:
     length, and whose mean rises with every longer code. ``stats``: ``stages.present.tables.results_table``
     rows (one configuration per method)."""
     methods = _by_method(stats)
-    supervised = {str(r["method"]) for r in stats if r.get("supervised")}
+    supervised = {shown_name(r) for r in stats if r.get("supervised")}
     lines = []
     for task in sorted({str(r["task"]) for r in stats}):
         name = TASK_NAMES.get(task, task)
         bits = sorted({b for cells in methods.values() for t, b in cells if t == task})
         best = [max((cells[(task, b)] for cells in methods.values() if (task, b) in cells), key=lambda r: r["mean"])
                 for b in bits]
-        leaders = [str(r["method"]) for r in best]
+        leaders = [shown_name(r) for r in best]
         if len(set(leaders)) == 1:
             lines.append(f"{name}: {_label(leaders[0], supervised)} has the best mean at every length "
                          f"({', '.join(map(str, bits))} bits).")
@@ -79,7 +86,7 @@ def _against_baseline(task: str, name: str, bits: Sequence[int], methods: Mappin
         return []
     groups: dict[str, list[str]] = defaultdict(list)
     for method, cells in sorted(methods.items()):
-        if method in (BASELINE, "baseline"):
+        if method.split(" on ")[0] in (BASELINE, "baseline"):  # the shallow rows, of either device
             continue
         verdicts = [_compare(cells[(task, b)], base[(task, b)]) for b in bits if (task, b) in cells and (task, b) in base]
         if not verdicts:
@@ -171,8 +178,10 @@ def device_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     runs: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r.get("train_s") is not None:
-            runs[str(r.get("device") or "unknown")][str(r["run_id"])] = float(r["train_s"])
+            device = str(r.get("device") or "unknown").split(":", 1)[0]  # cuda:0 and cuda: one device
+            runs[device][str(r["run_id"])] = float(r["train_s"])
     parts = [f"{dev}: {len(v)} runs, {sum(v.values()) / 3600:.1f} h of training" for dev, v in sorted(runs.items())]
     if not any(dev.startswith("cuda") for dev in runs):
-        parts.append("cuda: none yet (`make table DEVICE=cuda WORKERS=6` on a GPU machine trains every missing cell)")
+        parts.append("cuda: none yet (`make table DEVICE=cuda WORKERS=6` on a GPU machine trains every cell the GPU "
+                     "lacks, as runs of their own beside the CPU's)")
     return ["Training time by device: " + "; ".join(parts) + "."]

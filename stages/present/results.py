@@ -235,6 +235,8 @@ def within_noise(dataset: str, files: list[Path], metric: str = "map@50") -> lis
     Two means closer than the larger of their sample stds cannot be told apart by these seeds (a
     single-seed cell has no std: the other cell's is used); when neither has one, the line says so.
     """
+    from stages.present.reading import shown_name
+
     rows = results_table(read_report_rows(files), dataset, metric)
     columns: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
@@ -251,16 +253,16 @@ def within_noise(dataset: str, files: list[Path], metric: str = "map@50") -> lis
                 unknown.append(r)
             elif best["mean"] - r["mean"] < max(stds):
                 close.append(r)
-        head = f"{task} {bits}: best {best['method']} ({_mean_std(best)})"
+        head = f"{task} {bits}: best {shown_name(best)} ({_mean_std(best)})"
         if close:
-            line = f"{head}; within one std of it: " + ", ".join(f"{r['method']} ({_mean_std(r)})" for r in close)
+            line = f"{head}; within one std of it: " + ", ".join(f"{shown_name(r)} ({_mean_std(r)})" for r in close)
         elif len(unknown) < len(group) - 1:
             line = f"{head}, ahead of " + ("every other" if not unknown else "every other with a spread") + \
                    " by more than the larger std"
         else:
             line = head
         if unknown:
-            line += "; one seed on both sides, no spread to compare: " + ", ".join(r["method"] for r in unknown)
+            line += "; one seed on both sides, no spread to compare: " + ", ".join(shown_name(r) for r in unknown)
         lines.append(line)
     return lines
 

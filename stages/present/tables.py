@@ -54,6 +54,9 @@ def _query(rows: pa.Table, sql: str, params: dict[str, Any]) -> list[dict[str, A
 
     if "device" not in rows.column_names:  # rows written before the device was recorded: one unknown device
         rows = rows.append_column("device", pa.nulls(rows.num_rows, pa.string()))
+    else:  # seeds trained with DEVICE=cuda and DEVICE=cuda:0 are one device's (and one run id's) cell
+        kinds = [d if d is None else str(d).split(":", 1)[0] for d in rows.column("device").to_pylist()]
+        rows = rows.set_column(rows.schema.get_field_index("device"), "device", pa.array(kinds, pa.string()))
     con = duckdb.connect()
     try:
         con.register("rows", rows)
@@ -102,9 +105,13 @@ def _labels(rows: list[dict[str, Any]]) -> dict[tuple, str]:
     for key in keys:
         by_method.setdefault(key[0], []).append(key)
     labels = {}
+    hash_at = IDENTITY.index("config_hash")
     for method, group in by_method.items():
+        differ = [i for i, _ in enumerate(IDENTITY) if i and len({g[i] for g in group}) > 1]
+        if hash_at in differ and len({tuple(g[i] for i in differ if i != hash_at) for g in group}) == len(group):
+            differ.remove(hash_at)  # the readable fields (epochs, device, ...) tell them apart: the hash is noise
         for key in group:
-            extra = [f"{name}={key[i]}" for i, name in enumerate(IDENTITY) if i and len({g[i] for g in group}) > 1]
+            extra = [f"{IDENTITY[i]}={key[i]}" for i in differ]
             labels[key] = f"{method} ({', '.join(extra)})" if extra else str(method)
     return labels
 

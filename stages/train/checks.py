@@ -27,6 +27,21 @@ def check_bits(bits: Sequence[int]) -> None:
                               f"{MAX_BITS}, e.g. 16,32,64,128")
 
 
+def resolved_device(device: str | None) -> str:
+    """The device a run trains on: the one asked for, else CUDA where there is a GPU, else the CPU."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_kind(device: str | None) -> str:
+    """``cpu`` or ``cuda`` (``cuda:1`` is a CUDA device too); rows written before the device was recorded were
+    all trained on the CPU."""
+    return "cpu" if not device else str(device).split(":", 1)[0]
+
+
 def check_device(device: str | None) -> None:
     """ConfigError for a device that is not a torch device, or CUDA asked for where there is none."""
     if device is None:

@@ -215,6 +215,7 @@ def test_a_table_still_running_at_the_limit_is_stopped_and_its_lines_kept(tmp_pa
 
 def test_a_carried_cache_without_the_dataset_is_said_once_not_once_per_method(tmp_path):
     with pytest.raises(SystemExit) as stop:
-        gpu_pass.feature_check(tmp_path, "demo", ["djsrh", "dsah", "ccah"], "16", "1", None, tmp_path / "results")
+        gpu_pass.feature_check(tmp_path, "demo", ["djsrh", "dsah", "ccah"], "16", "1", None, tmp_path / "results",
+                              "cpu")
     message = str(stop.value.code)
     assert message.count("no cached dataset 'demo'") == 1 and "make slim-cache" in message

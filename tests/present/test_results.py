@@ -94,3 +94,28 @@ def test_single_seed_cells_are_compared_with_the_other_side_spread(published: Pa
     assert best_alpha, lines
     # gamma and delta (one seed each) are judged against alpha's std; none lacks a spread on both sides
     assert "one seed on both sides" not in best_alpha[0]
+
+
+def test_a_gpu_configuration_is_tabulated_and_read_apart_from_the_cpu_one(tmp_path: Path):
+    """A GPU rounds otherwise than the CPU, so its runs of a method are a configuration of their own (its run
+    ids differ): its own table row, named by device in the table, the reading and the papers' comparison,
+    never more seeds of the CPU's, and never hiding them."""
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    runs = []
+    for seed in (1, 2, 3):
+        runs.append(make_run(cache, f"toy-alpha-16b-s{seed}-aaaa", "alpha", 16, seed, 2.0, device="cpu",
+                             **_provenance()))
+        runs.append(make_run(cache, f"toy-beta-16b-s{seed}-aaaa", "beta", 16, seed, 1.5, device="cpu",
+                             **_provenance()))
+    for seed in (1, 2):  # cuda and cuda:0 are one device
+        runs.append(make_run(cache, f"toy-alpha-16b-s{seed}-bbbb", "alpha", 16, seed, 0.3,
+                             device="cuda" if seed == 1 else "cuda:0", **{**_provenance(), "config_hash": "bbbb"}))
+    publish_runs(runs, results)
+    block = readme_block(results, "toy")
+    rows = [line for line in block.splitlines() if line.startswith("| alpha (")]
+    assert sorted(r.split(" |")[0] for r in rows) == ["| alpha (device=cpu)", "| alpha (device=cuda)"], rows
+    assert any("device=cuda" in r and "(n=2)" in r for r in rows) and any("(n=3)" in r for r in rows)
+    reading = block.split("Within noise")[1].split("Beside the papers")[0]
+    assert "best alpha on cuda (" in reading and "alpha on cuda has the best mean" in reading, reading
+    beside = [line for line in block.split("papers' own numbers")[1].splitlines() if line.startswith("| alpha")]
+    assert len(beside) == 4 and sum("cuda]" in line for line in beside) == 2, beside  # neither hides the other
