@@ -32,10 +32,15 @@ def _compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 
 
 def shown_name(row: Mapping[str, Any]) -> str:
-    """A configuration's name in a sentence: the method, and the device when it is a GPU (its runs are their
-    own configuration: the CPU's and the GPU's rows of a method are never one)."""
+    """A configuration's name in a sentence: the method, its epochs when they are fewer or more than its
+    paper's (a budget row), and the device when it is a GPU; so two configurations of one method published
+    side by side are read apart, never one in the other's place."""
+    name = str(row["method"])
+    epochs, paper = row.get("epochs"), row.get("paper_epochs")
+    if epochs is not None and paper is not None and str(epochs) != str(paper):
+        name += f" ({epochs} of {paper} epochs)"
     device = row.get("device")
-    return str(row["method"]) if device in (None, "cpu") else f"{row['method']} on {device}"
+    return name if device in (None, "cpu") else f"{name} on {device}"
 
 
 def _by_method(stats: Iterable[Mapping[str, Any]]) -> dict[str, dict[tuple[str, int], Mapping[str, Any]]]:

@@ -119,3 +119,14 @@ def test_a_gpu_configuration_is_tabulated_and_read_apart_from_the_cpu_one(tmp_pa
     assert "best alpha on cuda (" in reading and "alpha on cuda has the best mean" in reading, reading
     beside = [line for line in block.split("papers' own numbers")[1].splitlines() if line.startswith("| alpha")]
     assert len(beside) == 4 and sum("cuda]" in line for line in beside) == 2, beside  # neither hides the other
+
+
+def test_a_budget_configuration_is_read_apart_from_the_papers_schedule(tmp_path: Path):
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    runs = [make_run(cache, f"toy-alpha-16b-s{seed}-{key}", "alpha", 16, seed, noise,
+                     **{**_provenance(epochs=epochs), "config_hash": key})
+            for seed in (1, 2) for key, epochs, noise in (("aaaa", 10, 2.0), ("cccc", 2, 0.3))]
+    publish_runs(runs, results)
+    block = readme_block(results, "toy")
+    reading = block.split("Within noise")[1].split("Beside the papers")[0]
+    assert "best alpha (2 of 10 epochs) (" in reading and "alpha (2 of 10 epochs) has the best mean" in reading
