@@ -176,7 +176,7 @@ def _train_held(cache: Cache, req: TrainRequest, method_name: str, device: str, 
         spec = _spec(req, method_name, bits)
         run = cache.run(spec.run_id)
         if run.is_complete() and not req.force:
-            problem = _reuse_problem(run)
+            problem = _reuse_problem(run, device)
             if problem is None:
                 changed = cache.data_change(run)  # the id is the config alone: the data may have been re-extracted
                 problem = changed and f"was trained on other data than {req.dataset!r} holds now ({changed})"
@@ -208,9 +208,10 @@ def _train_held(cache: Cache, req: TrainRequest, method_name: str, device: str, 
     return results
 
 
-def _reuse_problem(run: RunDir) -> str | None:
+def _reuse_problem(run: RunDir, device: str) -> str | None:
     """Why a run with a report cannot be reused as it is (its config, model, codes or report damaged or
-    missing, or written by another code version), or None. Only file footers are read: cheap on a rerun."""
+    missing, written by another code version, or trained on another kind of device than ``device``), or None.
+    Only file footers are read: cheap on a rerun."""
     import pyarrow.parquet as pq
 
     from pipeline.ground.errors import CMHError
@@ -225,6 +226,8 @@ def _reuse_problem(run: RunDir) -> str | None:
         config = run.read_config()
     except CMHError:
         return f"has a damaged {run.config_path.name}"
+    if device_kind(config.get("device")) != device_kind(device):  # a GPU rounds otherwise: not this run's codes
+        return f"was trained on {config.get('device') or 'cpu'}, not on {device_kind(device)}"
     if not run.model_path.is_file():
         return f"has no {run.model_path.name}"
     for split in ("query", "database"):
@@ -276,7 +279,7 @@ def _train_one(run: RunDir, spec: "_Spec", req: TrainRequest, dataset: DatasetCa
                device: str, *, fresh: bool = False) -> RunResult:
     """One run, holding its lock: fit (resuming a checkpoint) -> codes -> evaluate -> write."""
     checkpoints = RunCheckpoints(run.path, {"run_id": spec.run_id, "config_hash": RunId.parse(spec.run_id).key,
-                                            "code_version": RESULTS_VERSION,
+                                            "code_version": RESULTS_VERSION, "device": device_kind(device),
                                             "data_fingerprint": dataset.items_meta.get("fingerprint")},
                                  every=req.checkpoint_every)
     if fresh:  # --force, or the data changed: from scratch, and the old report is no longer the run's

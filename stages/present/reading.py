@@ -140,14 +140,17 @@ class Missing:
 
 def missing_cells(rows: Iterable[Mapping[str, Any]], methods: Sequence[str], bits: Sequence[int],
                   seeds: Sequence[int]) -> Missing:
-    """The planned cells absent from ``rows`` (report rows), and their cost at each method's measured speed:
-    the mean ``train_s`` of its published CPU runs (any length), for methods that have one."""
+    """The planned cells without a CPU run in ``rows`` (report rows; a GPU's run is another configuration, and
+    `make table` on the CPU still trains the cell), and their cost at each method's measured speed: the mean
+    ``train_s`` of its published CPU runs (any length), for methods that have one."""
     have: set[tuple[str, int, int]] = set()
     seconds: dict[str, list[float]] = defaultdict(list)
     seen_runs: set[str] = set()
     for r in rows:
+        if r.get("device", "cpu") not in (None, "cpu"):
+            continue
         have.add((str(r["method"]), int(r["bits"]), int(r["seed"])))
-        if r.get("run_id") in seen_runs or r.get("device", "cpu") not in (None, "cpu") or r.get("train_s") is None:
+        if r.get("run_id") in seen_runs or r.get("train_s") is None:
             continue
         seen_runs.add(r.get("run_id"))
         seconds[str(r["method"])].append(float(r["train_s"]))

@@ -54,8 +54,9 @@ def _query(rows: pa.Table, sql: str, params: dict[str, Any]) -> list[dict[str, A
 
     if "device" not in rows.column_names:  # rows written before the device was recorded: one unknown device
         rows = rows.append_column("device", pa.nulls(rows.num_rows, pa.string()))
-    else:  # seeds trained with DEVICE=cuda and DEVICE=cuda:0 are one device's (and one run id's) cell
-        kinds = [d if d is None else str(d).split(":", 1)[0] for d in rows.column("device").to_pylist()]
+    else:  # seeds trained with DEVICE=cuda and DEVICE=cuda:0 are one device's (and one run id's) cell, and rows
+        # of files written before the device was recorded (all trained on the CPU) are the CPU's
+        kinds = ["cpu" if d is None else str(d).split(":", 1)[0] for d in rows.column("device").to_pylist()]
         rows = rows.set_column(rows.schema.get_field_index("device"), "device", pa.array(kinds, pa.string()))
     con = duckdb.connect()
     try:

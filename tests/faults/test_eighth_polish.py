@@ -262,7 +262,8 @@ def test_alexnet_and_alexnet_imagenet_train_one_run_the_published_one():
     from pipeline.orchestration.training import TrainRequest, feature_identity, planned_run_ids
 
     def run_id(image: str | None, **kw: Any) -> str:
-        return planned_run_ids(TrainRequest(dataset="mirflickr", bits=(16,), seed=1, image=image, **kw))[0]
+        return planned_run_ids(TrainRequest(dataset="mirflickr", bits=(16,), seed=1, image=image, device="cpu",
+                                            **kw))[0]
 
     # before: alexnet.imagenet gave eee017b6 and alexnet.imagenet:pool 274b35dc, beside the published ids
     assert run_id("alexnet.imagenet", method="dsprh") == run_id("alexnet", method="dsprh") == \
@@ -282,7 +283,7 @@ def test_every_published_run_id_comes_back_from_either_spelling_of_its_features(
         for image in {row["image_features"], row["image_features"].replace("alexnet", "alexnet.imagenet")}:
             req = TrainRequest(dataset="mirflickr", method=row["method"], bits=(row["bits"],), seed=row["seed"],
                                image=image, text=row["text_features"], epochs=epochs, eval_mode=row["eval_mode"],
-                               tie=row["tie_rule"])
+                               tie=row["tie_rule"], device=row["device"])
             assert planned_run_ids(req) == [run], (image, row["method"])
 
 

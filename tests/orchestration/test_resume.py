@@ -217,3 +217,25 @@ def test_a_rerun_of_finished_runs_reads_no_split_and_a_new_length_reads_them_onc
     assert again.skipped and len(loads) == 1  # nothing read
     both = train_runs(demo, TrainRequest(dataset="demo", method="baseline", bits=(8, 16, 32), epochs=1, progress=False))
     assert [r.skipped for r in both] == [True, False, False] and len(loads) == 2  # read once for the two new ones
+
+
+def test_a_run_or_checkpoint_trained_on_a_gpu_is_never_taken_for_the_cpus(demo, reference, caplog):
+    """A GPU rounds otherwise, so its run is not the CPU's even under the CPU's id (runs written before a GPU's
+    ids were its own): a finished one is trained again, a checkpoint is not resumed, and both are said."""
+    (done,) = train_runs(demo, _req())
+    run = demo.run(done.run_id)
+    config = run.read_config()
+    run.write_config({**config, "device": "cuda:0"})
+    with caplog.at_level("WARNING"):
+        (again,) = train_runs(demo, _req())
+    assert "was trained on cuda:0, not on cpu" in caplog.text and not again.skipped
+    assert _codes(demo, again.run_id) == reference["djsrh"][1]
+
+    path = _paused_checkpoint(demo)
+    saved = torch.load(path, weights_only=False)
+    saved["identity"]["device"] = "cuda"
+    torch.save(saved, path)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        (run,) = train_runs(demo, _req())
+    assert "written by another setup (device 'cuda' -> 'cpu')" in caplog.text and run.resumed_from is None

@@ -26,10 +26,11 @@ def test_one_seed_on_both_sides_is_said_not_ranked():
 
 def test_missing_cells_and_their_cost_come_from_the_published_runs():
     rows = [{"run_id": "a", "method": "djsrh", "bits": 16, "seed": 1, "train_s": 3600.0, "device": "cpu"},
-            {"run_id": "a", "method": "djsrh", "bits": 16, "seed": 1, "train_s": 3600.0, "device": "cpu"}]
-    missing = missing_cells(rows, ["djsrh", "ucmfh"], [16, 32], [1])
+            {"run_id": "a", "method": "djsrh", "bits": 16, "seed": 1, "train_s": 3600.0, "device": "cpu"},
+            {"run_id": "g", "method": "djsrh", "bits": 32, "seed": 1, "train_s": 60.0, "device": "cuda:0"}]
+    missing = missing_cells(rows, ["djsrh", "ucmfh"], [16, 32], [1])  # a GPU's run leaves the CPU's cell missing
     assert missing.cells == [("djsrh", 32, 1), ("ucmfh", 16, 1), ("ucmfh", 32, 1)]
     assert missing.hours == {"djsrh": 1.0, "ucmfh": None}
     text = "\n".join(missing_lines(missing, 4))
     assert "Missing cells (3 of 4), about 1 CPU-hours" in text and "no published run to time: ucmfh" in text
-    assert "cuda: none yet" in device_lines(rows)[0]
+    assert "cuda: none yet" in device_lines(rows[:2])[0] and "cuda: 1 runs" in device_lines(rows)[0]

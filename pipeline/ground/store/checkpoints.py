@@ -53,7 +53,7 @@ def run_busy(run_id: str, holder: str, doing: str, what: str) -> RunBusy:
 
 
 #: Identity keys that checkpoints written by older code lack; such a checkpoint is judged on the other keys.
-_ADDED_LATER = ("run_id",)
+_ADDED_LATER = ("run_id", "device")
 
 
 class RunCheckpoints:
