@@ -207,9 +207,10 @@ def report(
     readme: Optional[Path] = typer.Option(None, help="with --results: rewrite this README's generated block for the dataset"),
     figure: Optional[Path] = typer.Option(None, help="with --results: where the mAP-vs-bits PNG goes (default with --readme: docs/<dataset>_map_vs_bits.png beside the README; without either, none is drawn)"),
     html: bool = typer.Option(False, "--html", help="also write <out-dir>/<dataset>.html: table, figures, curves and a retrieval gallery per run"),
-    gallery_queries: int = typer.Option(4, min=1, help="--html: gallery queries per task (image->text and text->image)"),
+    # bounded: the page holds queries x top-k thumbnails per task and run (100 x 100 is already 20,000 per run)
+    gallery_queries: int = typer.Option(4, min=1, max=100, help="--html: gallery queries per task (image->text and text->image), 1 to 100"),
     gallery_seed: int = typer.Option(0, help="--html: seed that draws the gallery queries from the query split"),
-    top_k: int = typer.Option(10, min=1, help="--html: retrievals shown per gallery query"),
+    top_k: int = typer.Option(10, min=1, max=100, help="--html: retrievals shown per gallery query, 1 to 100"),
 ) -> None:
     """Print the methods x bits table (validation score in brackets) of the cache's runs, or of results/."""
     from pipeline.orchestration.reporting import ReportRequest, ResultsReportRequest, report as run, report_results
@@ -574,21 +575,50 @@ def _usage_error(exc: click_errors.UsageError) -> str:
     return f"{message}; {fix} (see `{command} --help`)" if fix else f"{message}; see `{command} --help`"
 
 
-def _interrupted(argv: list[str]) -> str:
-    """The line for Ctrl-C in a command without checkpoints (report, publish, extract, index, ...): every file
-    is written to a temporary name and renamed whole, so what the command had finished is kept and nothing is
-    half-written."""
-    command = next((arg for arg in argv if not arg.startswith("-")), "")
-    return (f"interrupted (Ctrl-C): `cmh {command}` stopped before it finished; each file it writes appears whole "
+def _command(argv: list[str]) -> str:
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
+def _interrupted(argv: list[str], how: str = "interrupted (Ctrl-C)") -> str:
+    """The line for Ctrl-C or SIGTERM in a command without checkpoints (report, publish, extract, index, ...):
+    every file is written to a temporary name and renamed whole, so what the command had finished is kept and
+    nothing is half-written."""
+    return (f"{how}: `cmh {_command(argv)}` stopped before it finished; each file it writes appears whole "
             f"or not at all, so nothing is half-written: run the same command again")
 
 
+def _refuse_undecodable(argv: list[str]) -> None:
+    """ConfigError for an argument whose bytes are not UTF-8 (a file name from another system's encoding):
+    Parquet, JSON and HTML take UTF-8 paths and text, so such a path would fail half-way, or pass for a damaged
+    file and be advised to be rebuilt."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ConfigError(f"{shown} holds bytes that are not UTF-8: rename the file or folder to a UTF-8 name "
+                              f"(e.g. `convmv -f latin1 -t utf8`), or give another one") from None
+
+
 def main() -> None:
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    before = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
+        _main()
+    finally:
+        if before is not None:  # main() called in-process (tests, a wrapper) leaves the handler as it found it
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main() -> None:
+    try:
+        _refuse_undecodable(sys.argv[1:])
         empty = _empty_path_option(sys.argv[1:])
         if empty is not None:
             raise ConfigError(f"{empty} is empty: give a path (an empty one would mean the current folder), or leave "
                               f"the option out for its default")
+        if _command(sys.argv[1:]) != "serve" and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)  # said in one line (the server stops on it by itself)
         # not standalone: click's errors come here, to be said in one line like every other refusal
         status = app(standalone_mode=False)
         if isinstance(status, int) and status:  # --help gives 0; Ctrl-C outside a command that resumes, 130
@@ -610,6 +640,10 @@ def main() -> None:
         logging.getLogger("cmh").debug("error", exc_info=True)
         _say_error(str(exc))
         sys.exit(2)
+    except _Terminated:  # SIGTERM in a command that does not resume: its temporary files removed on the way out
+        _say_error(_interrupted(sys.argv[1:], "terminated (SIGTERM)"))
+        _leave_now(143)
+        sys.exit(143)
     except Interrupted as exc:
         _say_error(str(exc))
         # 128 + the signal, as a shell reports it; left at once, since the interpreter's own exit after a

@@ -11,6 +11,9 @@ def require_folder(path: Path, option: str, what: str = "a folder") -> Path:
     """``path`` when it is a folder or can be made one; ConfigError naming ``option`` when it, or a folder
     above it, is a file (writing under it would fail half-way with ENOTDIR or EEXIST)."""
     for folder in (path, *path.parents):
+        if folder.is_symlink() and not folder.exists():  # a link to nothing: mkdir would fail with EEXIST
+            raise ConfigError(f"{option} {path}: {folder} is a link to {os.readlink(folder)}, which does not exist; "
+                              f"make its target, or give {what} elsewhere")
         if folder.exists():
             if not folder.is_dir():
                 raise ConfigError(f"{option} {path}: {folder} is a file, not a folder; give {what} (it is made "

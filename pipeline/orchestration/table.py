@@ -111,10 +111,11 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
     def publish(outcome: CellOutcome) -> None:
         echo(outcome.line)
         if outcome.finished:
-            files = publish_runs([cache.run(outcome.run_id)], req.results)
-            published.extend(files)
-            if req.pack is not None:  # at once, not at the end: a rerun after a kill finds these rows published
-                _pack(files, req.results, req.pack)  # ("already in results/") and would never pack them
+            run = cache.run(outcome.run_id)
+            if req.pack is not None:  # into the archive first: a cell found published by a rerun ("already in
+                publish_runs([run], req.results, check_only=True)  # results/") is never packed, so a failed or
+                _pack_staged(run, Path(req.pack))  # killed pack must leave it unpublished, to be packed next time
+            published.extend(publish_runs([run], req.results))
 
     outcomes = train_cells(cache, todo, workers=workers, device=req.device, on_outcome=publish)
     result = TableResult(len(cells), already, outcomes, published)
@@ -173,6 +174,18 @@ def _packed_members(out: Path) -> dict[str, bytes]:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConfigError(f"--pack {out} exists but is not a readable .tar.gz ({type(exc).__name__}), so the new "
                           f"rows cannot be added to it: {fix}") from None
+
+
+def _pack_staged(run, out: Path) -> Path:
+    """Add ``run``'s result file to the archive ``out``, written as it will be published (the same rows and
+    metadata), in a scratch folder."""
+    import tempfile
+
+    from stages.present.results import publish_runs
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cmh-pack-") as tmp:  # not beside the archive: $OUT takes few files
+        return _pack(publish_runs([run], Path(tmp)), Path(tmp), out)
 
 
 def _pack(files: Sequence[Path], results: Path, out: Path) -> Path:

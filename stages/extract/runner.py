@@ -45,6 +45,14 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 # -- data loading --------------------------------------------------------------------------------
+def _plain_sigterm(worker_id: int) -> None:
+    """In a loader worker (forked: it inherits the command's handlers): SIGTERM, which the loader sends a worker
+    it stops, ends it at once instead of raising the command's one-line stop inside it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class _ImageDataset(Dataset):
     """Flat position -> (position, image tensor, None) or (position, None, reason) for an unreadable image."""
 
@@ -125,7 +133,8 @@ def _iterate(encoder: Encoder, refs: Sequence[str], batches: list[list[int]],
     if transform is None:
         raise TypeError(f"encoder {encoder.id} reads images but has no image_transform()")
     data = DataLoader(_ImageDataset(refs, transform), batch_sampler=batches, num_workers=loader.workers,
-                      collate_fn=_collate, pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor)
+                      collate_fn=_collate, pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor,
+                      worker_init_fn=_plain_sigterm)
     it = iter(data)
     try:
         yield from it

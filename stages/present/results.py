@@ -59,6 +59,19 @@ def row_problem(table: pa.Table) -> str | None:
     for name, (ok, what) in _TYPES.items():
         if name in table.column_names and not ok(table.schema.field(name).type):
             return f"column {name!r} holds {table.schema.field(name).type}, not {what}"
+    unnamed = [c for c in _NAMED if c in table.column_names and table.column(c).null_count]
+    if unnamed:
+        return f"a row has no {unnamed[0]}"
+    tasks = set(table.column("task").to_pylist()) - set(TASKS)
+    if tasks:
+        return f"task {sorted(tasks)[0]!r} is none of {', '.join(TASKS)}"
+    one_run = [c for c in ("run_id", "method", "bits", "seed", "config_hash") if len(set(table.column(c).to_pylist())) > 1]
+    if one_run:  # a report is one run's: rows of another length or seed would land in another cell
+        return f"its rows disagree on {one_run[0]} (one run's rows share it)"
+    keys = list(zip(*(table.column(c).to_pylist() for c in ("task", "metric", *(["k"] if "k" in table.column_names
+                                                                               else [])))))
+    if len(set(keys)) != len(keys):  # a second row of one score would be averaged in as another seed
+        return f"it holds the score {'/'.join(map(str, next(k for k in keys if keys.count(k) > 1)[:2]))} twice"
     for row in table.select(["metric", "value", "bits", "seed"]).to_pylist():
         value, metric = row["value"], row["metric"]
         if metric is None or value is None or value != value:
@@ -68,6 +81,13 @@ def row_problem(table: pa.Table) -> str | None:
         if row["bits"] is None or row["bits"] < 1 or row["seed"] is None or row["seed"] < 0:
             return f"bits={row['bits']}, seed={row['seed']}: a code length >= 1 and a seed >= 0 are needed"
     return None
+
+
+#: Text columns every row names (a null would stand in no cell, or sort against text).
+_NAMED = ("task", "metric", "run_id", "dataset", "method", "config_hash", "hardware", "split_protocol", "code_version")
+#: A report's tasks: the retrieval directions (cross-modal, and the intra-modal sanity checks), and the
+#: modalities the code-health rows describe.
+TASKS = ("i2t", "t2i", "i2i", "t2t", "image", "text")
 
 
 def _file_problem(table: pa.Table, path: Path, dataset: str) -> str | None:
@@ -93,7 +113,8 @@ class ResultsScan:
     stale: list[tuple[Path, str]] = field(default_factory=list)  # (file, its code version)
 
 
-def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool = False) -> list[Path]:
+def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool = False,
+                 check_only: bool = False) -> list[Path]:
     """Copy each run's report rows to ``<results_root>/<dataset>/<run_id>.parquet`` (atomic).
 
     Every run is checked before any file is written. Rows made on another split protocol, other split
@@ -111,6 +132,8 @@ def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool
         if not replace:
             _refuse_other_data(dest, table, meta)
         planned.append((table, dest, meta))
+    if check_only:  # every refusal said, nothing written: the files it would write
+        return [dest for _, dest, _ in planned]
     return [write_table_atomic(table, dest, metadata=meta) for table, dest, meta in planned]
 
 

@@ -198,6 +198,32 @@ def test_ctrl_c_in_a_command_without_checkpoints_is_said_in_one_line(cli, monkey
     assert "run the same command again" in errors[0]
 
 
+@pytest.mark.parametrize("command, module, function", [
+    (("report", "--results", "results", "--dataset", "pairs"), "pipeline.orchestration.reporting", "report_results"),
+    (("extract", "--dataset", "pairs", "--data-dir", "data"), "pipeline.orchestration.extraction", "extract"),
+])
+def test_sigterm_in_a_command_without_checkpoints_is_said_in_one_line(cli, monkeypatch, tmp_path, command, module,
+                                                                      function):
+    """A batch system's time limit (SIGTERM) ended `cmh report --html` with status 143 and no word, and left
+    the temporary file it was writing behind."""
+    import importlib
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises long before this ends
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(importlib.import_module(module), function, killed)
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    result = cli(*command, "--cache", tmp_path / "cache")
+    assert result.code == 143, result.err
+    assert "Traceback" not in result.err, result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "terminated (SIGTERM)" in errors[0] and f"`cmh {command[0]}`" in errors[0]
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
+
 # -- 5: --pack onto an archive packed earlier -----------------------------------------------------------------
 def test_pack_adds_to_an_existing_archive_and_keeps_what_it_held(cli, built, tmp_path):
     _, cache, run = built
@@ -470,3 +496,19 @@ def test_two_tables_at_once_share_the_cells_and_the_second_names_the_first(cli, 
     assert "1 cell(s) busy" in line and f"rerun when {first.pid} finishes" in line
     assert [p.name for p in (results / "pairs").iterdir()] == [f"{_planned('baseline', 8)}.parquet"]  # the free cell
     assert first.returncode == 130 and "Traceback" not in first_err, first_err[-2000:]
+
+
+def test_a_path_whose_bytes_are_not_utf8_is_refused_before_anything_is_read(cli, tmp_path):
+    """A healthy cache under such a name was called damaged, with `--overwrite` as the fix; other commands
+    ended in a UnicodeEncodeError traceback."""
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/cache\xfb")
+    for args in (("ls", "--cache", odd), ("report", "--results", odd, "--dataset", "pairs")):
+        line = one_line_error(cli(*args))
+        assert "not UTF-8" in line and "cache\\xfb holds" in line and "overwrite" not in line, line
+
+
+@pytest.mark.parametrize("option", ["--gallery-queries", "--top-k"])
+def test_a_gallery_too_large_to_finish_is_refused_in_one_line(cli, tmp_path, option):
+    """10^8 queries x 10^8 retrievals wrote 202 MB of page for a 600-item demo; at 18,015 items it never ends."""
+    line = one_line_error(cli("report", "--dataset", "demo", "--cache", tmp_path, "--html", option, "100000000"))
+    assert option in line and "100" in line

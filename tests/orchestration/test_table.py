@@ -120,3 +120,34 @@ def test_a_gpu_trains_runs_of_its_own_and_the_cpu_ids_stay_those_published():
         assert planned_run_ids(dataclasses.replace(cpu, device=None)) == [cpu_id]  # no GPU here: the CPU's
     gpu = {run_id_for(dataclasses.replace(cpu, device=d), 64, {}) for d in ("cuda", "cuda:0", "cuda:1")}
     assert len(gpu) == 1 and run_id_for(cpu, 64, {}) not in gpu  # one id for every CUDA device, not the CPU's
+
+
+def test_a_pack_that_fails_leaves_its_cell_unpublished_so_the_rerun_packs_it(demo, tmp_path, monkeypatch):
+    """Only the archive comes home from a GPU pass: a cell published but not packed would be lost to it, since
+    the rerun finds it published and packs nothing."""
+    import pipeline.orchestration.table as table
+
+    results, pack = tmp_path / "results", tmp_path / "out" / "rows.tar.gz"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(table, "_pack", full_disk)
+    with pytest.raises(OSError):
+        build_table(demo, _req(results, seeds=(1,), methods=("djsrh",), pack=pack), echo=lambda line: None)
+    assert not list((results / "demo").glob("*.parquet"))  # not published: the rerun trains (reuses) and packs it
+    monkeypatch.undo()
+    out = build_table(demo, _req(results, seeds=(1,), methods=("djsrh",), pack=pack), echo=lambda line: None)
+    assert len(out.published) == 1
+    with tarfile.open(pack) as tar:
+        (member,) = tar.getmembers()
+        assert tar.extractfile(member).read() == out.published[0].read_bytes()  # the very file published
+
+
+def test_a_pack_under_a_dangling_link_is_refused_before_any_training(demo, cli, tmp_path):
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    line = one_line_error(cli("table", "--dataset", "demo", "--methods", "djsrh", "--bits", "16", "--seeds", "1",
+                              "--epochs", "2", "--cache", demo.root, "--results", tmp_path / "results",
+                              "--pack", tmp_path / "gone" / "rows.tar.gz"))
+    assert "is a link to" in line and "does not exist" in line
+    assert not list((demo.root / "runs").glob("*")) if (demo.root / "runs").exists() else True

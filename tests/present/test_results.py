@@ -130,3 +130,22 @@ def test_a_budget_configuration_is_read_apart_from_the_papers_schedule(tmp_path:
     block = readme_block(results, "toy")
     reading = block.split("Within noise")[1].split("Beside the papers")[0]
     assert "best alpha (2 of 10 epochs) (" in reading and "alpha (2 of 10 epochs) has the best mean" in reading
+
+
+@pytest.mark.parametrize("corrupt, says", [
+    (lambda rows: rows + [dict(rows[0])], "twice"),  # one score twice: it would count as another seed
+    (lambda rows: [{**r, "bits": 64} if r["task"] == "t2i" else r for r in rows], "disagree on bits"),
+    (lambda rows: [{**r, "task": "I2T"} if r["task"] == "i2t" else r for r in rows], "task 'I2T' is none of"),
+    (lambda rows: [{**r, "hardware": None} for r in rows], "a row has no hardware"),
+    (lambda rows: [{**r, "method": None} for r in rows], "a row has no method"),
+])
+def test_result_rows_that_would_land_in_another_cell_are_refused_in_one_line(published: Path, corrupt, says):
+    import pyarrow as pa
+
+    path = published / "toy" / "toy-alpha-16b-s1.parquet"
+    table = pq.read_table(path)
+    rows = corrupt(table.to_pylist())
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema).replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(DataError, match=says) as err:
+        scan_results(published, "toy")
+    assert "is not a result file cmh can trust" in str(err.value) and "\n" not in str(err.value)
