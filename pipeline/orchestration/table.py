@@ -157,6 +157,8 @@ def _check_outputs(req: TableRequest) -> None:
         if pack.resolve() in (results.resolve(), registry) or registry in pack.resolve().parents:
             raise ConfigError(f"--pack {pack} is in the results folder {registry}, whose files are read as result "
                               f"rows: give an archive path outside it (e.g. rows.tar.gz)")
+        if not pack.name.endswith((".tar.gz", ".tgz")):  # it is one, whatever it is called
+            raise ConfigError(f"--pack {pack}: the archive is a gzipped tar; give a name ending in .tar.gz")
         require_folder(pack.parent, "--pack", "an archive path in a folder")
         require_writable(pack.parent, "--pack")
         if pack.exists() or pack.is_symlink():

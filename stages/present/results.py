@@ -200,12 +200,12 @@ def scan_results(results_root: Path, dataset: str) -> ResultsScan:
     require_folder(Path(results_root), "--results", "the results registry folder (results/)")
     if not folder.is_dir():
         raise CacheError(f"no published results for {dataset!r} under {results_root}; publish runs first "
-                         f"(cmh publish --dataset {dataset})")
+                         f"(cmh publish --dataset {dataset} --results {results_root})")
     scan = ResultsScan()
     files = sorted(folder.glob("*.parquet"))
     if not files:
         raise CacheError(f"no published results for {dataset!r} in {folder}; publish runs first "
-                         f"(cmh publish --dataset {dataset})")
+                         f"(cmh publish --dataset {dataset} --results {results_root})")
     seen: dict[str, Path] = {}
     misnamed: list[tuple[Path, str]] = []
     for path in files:

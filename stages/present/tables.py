@@ -211,7 +211,10 @@ def methods_by_bits(report_rows: pa.Table, dataset: str | None = None, metric: s
     """
     rows = results_table(report_rows, dataset, metric, run_ids)
     if not rows:
-        raise CacheError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else ""))
+        have = sorted({str(m) for m in report_rows.column("metric").to_pylist() if m is not None}
+                      if "metric" in report_rows.column_names else [])
+        raise CacheError(f"no report rows with metric={metric!r}" + (f" for dataset {dataset!r}" if dataset else "")
+                         + (f": give one of {', '.join(have)}" if have else ""))
     datasets = sorted({r["dataset"] for r in rows})
     if len(datasets) > 1:
         raise ConfigError(f"runs cover several datasets ({', '.join(datasets)}); pass dataset=<one of them>")

@@ -512,3 +512,12 @@ def test_a_gallery_too_large_to_finish_is_refused_in_one_line(cli, tmp_path, opt
     """10^8 queries x 10^8 retrievals wrote 202 MB of page for a 600-item demo; at 18,015 items it never ends."""
     line = one_line_error(cli("report", "--dataset", "demo", "--cache", tmp_path, "--html", option, "100000000"))
     assert option in line and "100" in line
+
+
+def test_a_pack_named_as_another_format_and_a_misspelt_metric_name_their_fix(cli, built, tmp_path):
+    _, cache, _ = built
+    line = one_line_error(_table(cli, cache, tmp_path / "results", "--methods", "baseline", "--bits", "16", "--pack",
+                                 tmp_path / "rows.zip"))
+    assert "give a name ending in .tar.gz" in line
+    line = one_line_error(cli("report", "--cache", cache, "--dataset", "pairs", "--metric", "MAP@50"))
+    assert "give one of" in line and "map@50" in line
