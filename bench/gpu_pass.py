@@ -1,6 +1,7 @@
 """The GPU pass: on a lent GPU machine, train the cells the table lacks on the GPU within a wall-time limit and
 send the new result rows back in one archive. A GPU's runs have ids of their own (it rounds otherwise, so its
-codes differ from the CPU's): the CPU's rows of a cell leave it to train, and the GPU's are published beside them. ``make gpu-pass`` runs it; README "Where the numbers live" gives the call.
+codes differ from the CPU's): the CPU's rows of a cell leave it to train, and the GPU's are published beside them.
+``make gpu-pass`` runs it; README "Where the numbers live" gives the call.
 
 On the machine, with the working tree (``results/`` included) and the carried slim cache
 (``bench/slim_cache.py``) and wheels beside it, this script:
@@ -100,7 +101,8 @@ def child_env(site: Path | None, emulate: bool, out: Path, carried: list[str]) -
 def feature_check(cache: Path, dataset: str, methods: list[str], bits: str, seeds: str, epochs: str | None,
                   results: Path, device: str) -> dict:
     """``{"reasons": {method: why the cache cannot feed its default features, or None}, "todo": {method: cells
-    results/ lacks on ``device`` (a GPU's run ids are its own)}}``. Runs in a child, with the project's packages importable."""
+    results/ lacks on ``device`` (a GPU's run ids are its own)}}``. Runs in a child, with the project's packages
+    importable."""
     from pipeline.cli import _epochs_per_method, _ints
     from pipeline.ground.errors import CMHError
     from pipeline.ground.store.cache import Cache

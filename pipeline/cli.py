@@ -604,20 +604,20 @@ def main() -> None:
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
     before = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
-        _main()
+        _main(main_thread)
     finally:
         if before is not None:  # main() called in-process (tests, a wrapper) leaves the handler as it found it
             signal.signal(signal.SIGTERM, before)
 
 
-def _main() -> None:
+def _main(main_thread: bool) -> None:
     try:
         _refuse_undecodable(sys.argv[1:])
         empty = _empty_path_option(sys.argv[1:])
         if empty is not None:
             raise ConfigError(f"{empty} is empty: give a path (an empty one would mean the current folder), or leave "
                               f"the option out for its default")
-        if _command(sys.argv[1:]) != "serve" and threading.current_thread() is threading.main_thread():
+        if _command(sys.argv[1:]) != "serve" and main_thread:
             signal.signal(signal.SIGTERM, _on_sigterm)  # said in one line (the server stops on it by itself)
         # not standalone: click's errors come here, to be said in one line like every other refusal
         status = app(standalone_mode=False)

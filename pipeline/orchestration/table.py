@@ -23,7 +23,7 @@ from pipeline.ground.errors import ConfigError
 from pipeline.ground.store.cache import Cache
 from pipeline.ground.store.lock import folder_held_alone
 from pipeline.ground.store.parquet import write_bytes_atomic
-from stages.present.results import DEFAULT_PLAN
+from stages.present.results import DEFAULT_PLAN, Publication
 from pipeline.orchestration.grid import (CellOutcome, GridRequest, check_dataset, check_workers, grid_cells,
                                          resolve_methods, train_cells)
 
@@ -77,7 +77,7 @@ def parse_budget(budget: str | float | None) -> float | None:
 
 def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = print) -> TableResult:
     from pipeline.orchestration.training import check_request, planned_run_ids
-    from stages.present.results import current_run_ids, publish_runs
+    from stages.present.results import current_run_ids, plan_publication
 
     hours = parse_budget(req.budget)
     names, epochs = resolve_methods(req.methods, req.epochs)
@@ -111,11 +111,10 @@ def build_table(cache: Cache, req: TableRequest, echo: Callable[[str], None] = p
     def publish(outcome: CellOutcome) -> None:
         echo(outcome.line)
         if outcome.finished:
-            run = cache.run(outcome.run_id)
+            planned = plan_publication([cache.run(outcome.run_id)], req.results)
             if req.pack is not None:  # into the archive first: a cell found published by a rerun ("already in
-                publish_runs([run], req.results, check_only=True)  # results/") is never packed, so a failed or
-                _pack_staged(run, Path(req.pack))  # killed pack must leave it unpublished, to be packed next time
-            published.extend(publish_runs([run], req.results))
+                _pack_staged(planned, Path(req.pack))  # results/") is never packed, so a failed or killed pack
+            published.extend(p.write(req.results) for p in planned)  # must leave it unpublished, for the rerun
 
     outcomes = train_cells(cache, todo, workers=workers, device=req.device, on_outcome=publish)
     result = TableResult(len(cells), already, outcomes, published)
@@ -178,16 +177,14 @@ def _packed_members(out: Path) -> dict[str, bytes]:
                           f"rows cannot be added to it: {fix}") from None
 
 
-def _pack_staged(run, out: Path) -> Path:
-    """Add ``run``'s result file to the archive ``out``, written as it will be published (the same rows and
-    metadata), in a scratch folder."""
+def _pack_staged(planned: Sequence[Publication], out: Path) -> Path:
+    """Add the result files ``planned`` to the archive ``out``, written as they will be published, in a scratch
+    folder."""
     import tempfile
-
-    from stages.present.results import publish_runs
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cmh-pack-") as tmp:  # not beside the archive: $OUT takes few files
-        return _pack(publish_runs([run], Path(tmp)), Path(tmp), out)
+        return _pack([p.write(Path(tmp)) for p in planned], Path(tmp), out)
 
 
 def _pack(files: Sequence[Path], results: Path, out: Path) -> Path:

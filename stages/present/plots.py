@@ -16,6 +16,7 @@ import pyarrow as pa
 from pipeline.ground.errors import CacheError, DataError
 from pipeline.ground.store.runs import RunDir
 from stages.evaluate.report import read_rows
+from stages.present.reading import configuration_note
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +130,6 @@ def method_label(row: Mapping[str, Any], ambiguous: bool) -> str:
     return f"{row['method']} [{row.get('image_features')}/{row.get('text_features')}]"
 
 
-def _apart(row: Mapping[str, Any]) -> str:
-    """What else keeps a row's seeds off another configuration's line, as the table keeps them apart: its
-    epochs when they are not its paper's (a budget run), its device when it is a GPU."""
-    out = ""
-    epochs, paper = row.get("epochs"), row.get("paper_epochs")
-    if epochs is not None and paper is not None and str(epochs) != str(paper):
-        out += f" ({epochs} ep)"
-    device = row.get("device")
-    return out + (f" on {str(device).split(':', 1)[0]}" if device and device != "cpu" else "")
-
-
 def plot_map_vs_bits(report_rows: Iterable[Mapping[str, Any]] | pa.Table, out_png: Path,
                      dataset: str | None, metric: str = "map@50", addressed: bool = False) -> Path:
     """One panel per task: ``metric`` against code length, mean ± std over seeds, one line per method
@@ -152,7 +142,8 @@ def plot_map_vs_bits(report_rows: Iterable[Mapping[str, Any]] | pa.Table, out_pn
         features[r["method"]].add((r.get("image_features"), r.get("text_features")))
     groups: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        label = method_label(r, len(features[r["method"]]) > 1) + _apart(r)
+        # a budget or GPU configuration's seeds are a line of their own, as the table keeps them apart
+        label = method_label(r, len(features[r["method"]]) > 1) + configuration_note(r)
         groups[(r["task"], label)][int(r["bits"])].append(float(r["value"]))
     tasks = sorted({task for task, _ in groups}, key=lambda t: list(TASK_TITLES).index(t) if t in TASK_TITLES else 99)
     fig = _figure(4.2 * len(tasks), 3.8)

@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from stages.train.checks import device_kind
+
 TASK_NAMES = {"i2t": "image→text", "t2i": "text→image"}
 #: The shallow, tuned reference every deep method is read against.
 BASELINE = "cca-itq"
@@ -31,16 +33,21 @@ def _compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return "above" if diff > 0 else "below"
 
 
-def shown_name(row: Mapping[str, Any]) -> str:
-    """A configuration's name in a sentence: the method, its epochs when they are fewer or more than its
-    paper's (a budget row), and the device when it is a GPU; so two configurations of one method published
-    side by side are read apart, never one in the other's place."""
-    name = str(row["method"])
+def configuration_note(row: Mapping[str, Any]) -> str:
+    """What tells a row's configuration from its method's others beside the method's name: its epochs when
+    they are fewer or more than its paper's (a budget row), and its device when it is a GPU."""
+    note = ""
     epochs, paper = row.get("epochs"), row.get("paper_epochs")
     if epochs is not None and paper is not None and str(epochs) != str(paper):
-        name += f" ({epochs} of {paper} epochs)"
-    device = row.get("device")
-    return name if device in (None, "cpu") else f"{name} on {device}"
+        note += f" ({epochs} of {paper} epochs)"
+    kind = device_kind(row.get("device"))
+    return note if kind == "cpu" else f"{note} on {kind}"
+
+
+def shown_name(row: Mapping[str, Any]) -> str:
+    """A configuration's name in a sentence, so two configurations of one method published side by side are
+    read apart, never one in the other's place."""
+    return str(row["method"]) + configuration_note(row)
 
 
 def _by_method(stats: Iterable[Mapping[str, Any]]) -> dict[str, dict[tuple[str, int], Mapping[str, Any]]]:
@@ -147,7 +154,7 @@ def missing_cells(rows: Iterable[Mapping[str, Any]], methods: Sequence[str], bit
     seconds: dict[str, list[float]] = defaultdict(list)
     seen_runs: set[str] = set()
     for r in rows:
-        if r.get("device", "cpu") not in (None, "cpu"):
+        if device_kind(r.get("device")) != "cpu":
             continue
         have.add((str(r["method"]), int(r["bits"]), int(r["seed"])))
         if r.get("run_id") in seen_runs or r.get("train_s") is None:
@@ -186,7 +193,7 @@ def device_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     runs: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r.get("train_s") is not None:
-            device = str(r.get("device") or "unknown").split(":", 1)[0]  # cuda:0 and cuda: one device
+            device = device_kind(r["device"]) if r.get("device") else "unknown"  # cuda:0 and cuda: one device
             runs[device][str(r["run_id"])] = float(r["train_s"])
     parts = [f"{dev}: {len(v)} runs, {sum(v.values()) / 3600:.1f} h of training" for dev, v in sorted(runs.items())]
     if not any(dev.startswith("cuda") for dev in runs):

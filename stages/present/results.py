@@ -65,7 +65,8 @@ def row_problem(table: pa.Table) -> str | None:
     tasks = set(table.column("task").to_pylist()) - set(TASKS)
     if tasks:
         return f"task {sorted(tasks)[0]!r} is none of {', '.join(TASKS)}"
-    one_run = [c for c in ("run_id", "method", "bits", "seed", "config_hash") if len(set(table.column(c).to_pylist())) > 1]
+    one_run = [c for c in ("run_id", "method", "bits", "seed", "config_hash")
+               if len(set(table.column(c).to_pylist())) > 1]
     if one_run:  # a report is one run's: rows of another length or seed would land in another cell
         return f"its rows disagree on {one_run[0]} (one run's rows share it)"
     keys = list(zip(*(table.column(c).to_pylist() for c in ("task", "metric", *(["k"] if "k" in table.column_names
@@ -113,9 +114,27 @@ class ResultsScan:
     stale: list[tuple[Path, str]] = field(default_factory=list)  # (file, its code version)
 
 
-def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool = False,
-                 check_only: bool = False) -> list[Path]:
-    """Copy each run's report rows to ``<results_root>/<dataset>/<run_id>.parquet`` (atomic).
+@dataclass(frozen=True)
+class Publication:
+    """One run's result file as it is published: its rows, its file metadata, and its name in a registry."""
+
+    table: pa.Table
+    meta: dict[str, Any]
+    name: str  # "<dataset>/<run_id>.parquet"
+
+    def write(self, root: Path) -> Path:
+        """The file, written atomically under ``root`` (the registry, or a staging folder)."""
+        return write_table_atomic(self.table, Path(root) / self.name, metadata=self.meta)
+
+
+def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool = False) -> list[Path]:
+    """Copy each run's report rows to ``<results_root>/<dataset>/<run_id>.parquet`` (atomic), once every run
+    has passed ``plan_publication``."""
+    return [p.write(results_root) for p in plan_publication(runs, results_root, replace=replace)]
+
+
+def plan_publication(runs: list[RunDir | Path], results_root: Path, *, replace: bool = False) -> list[Publication]:
+    """The result file of each run, checked against ``results_root`` and not yet written.
 
     Every run is checked before any file is written. Rows made on another split protocol, other split
     sizes or other data than the results already published for the dataset (the file a run would
@@ -128,13 +147,11 @@ def publish_runs(runs: list[RunDir | Path], results_root: Path, *, replace: bool
     for run in runs:
         run = run if isinstance(run, RunDir) else RunDir(Path(run))
         table, meta = _publishable(run)
-        dest = results_root / str(meta["dataset"]) / f"{meta['run_id']}.parquet"
+        name = f"{meta['dataset']}/{meta['run_id']}.parquet"
         if not replace:
-            _refuse_other_data(dest, table, meta)
-        planned.append((table, dest, meta))
-    if check_only:  # every refusal said, nothing written: the files it would write
-        return [dest for _, dest, _ in planned]
-    return [write_table_atomic(table, dest, metadata=meta) for table, dest, meta in planned]
+            _refuse_other_data(results_root / name, table, meta)
+        planned.append(Publication(table, meta, name))
+    return planned
 
 
 def _publishable(run: RunDir) -> tuple[pa.Table, dict[str, Any]]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from pipeline.ground.errors import CacheError, ConfigError
 from pipeline.ground.store.parquet import write_bytes_atomic, write_table_atomic
 from stages.evaluate.code_health import is_degenerate
+from stages.train.checks import device_kind
 from stages.present.sql import HEALTH_SQL, RESULTS_SQL
 
 TASK_ORDER = ("i2t", "t2i", "i2i", "t2t")
@@ -56,7 +57,7 @@ def _query(rows: pa.Table, sql: str, params: dict[str, Any]) -> list[dict[str, A
         rows = rows.append_column("device", pa.nulls(rows.num_rows, pa.string()))
     else:  # seeds trained with DEVICE=cuda and DEVICE=cuda:0 are one device's (and one run id's) cell, and rows
         # of files written before the device was recorded (all trained on the CPU) are the CPU's
-        kinds = ["cpu" if d is None else str(d).split(":", 1)[0] for d in rows.column("device").to_pylist()]
+        kinds = [device_kind(d) for d in rows.column("device").to_pylist()]
         rows = rows.set_column(rows.schema.get_field_index("device"), "device", pa.array(kinds, pa.string()))
     con = duckdb.connect()
     try:
